@@ -1,0 +1,72 @@
+"""The compressible-model protocol: the only surface the trainer touches.
+
+A model that can shrink while it trains offers
+
+* ``model.ssm_layers() -> list[CompressibleLayer]``: the layers whose state can be cut, in order;
+* ``model.state_sizes -> list[int]``: one state size per SSM layer (the same order);
+* ``model.config`` (or the builder's config dict) records ``state_sizes`` so that a checkpoint
+  rebuilds the cut shapes.
+
+Each :class:`CompressibleLayer` offers
+
+* ``state_size: int``;
+* ``needs_calibration: bool``: ``True`` for input-dependent layers (Mamba) whose energy is
+  estimated from statistics accumulated over calibration batches, ``False`` for LTI layers (LRU);
+* ``start_stats()`` / ``pop_stats() -> dict[str, Tensor]`` (only when ``needs_calibration``):
+  between the two calls every forward pass adds its per-state sums into the layer; the trainer
+  sums the popped tensors across ranks (they must be plain sums, plus a ``count`` entry);
+* ``energy(stats, method) -> Tensor``: one non-negative float64 energy per state *coordinate*
+  (shape ``(n,)``), in the coordinates that ``truncate_`` selects from (balanced coordinates for
+  the LRU, the diagonal modes for Mamba). ``stats`` is ``None`` for LTI layers;
+* ``truncate_(keep) -> dict[str, StateMap | None]``: keep the coordinates ``keep`` (a sorted
+  ``LongTensor`` of indices into ``energy``'s output), replacing the affected Parameters with
+  fresh ones and updating ``state_size``. It returns, for every parameter it replaced (keyed by
+  its name relative to the layer, as in ``layer.named_parameters()``), how to carry optimizer
+  state over: a function mapping an old state tensor (Adam's ``exp_avg``/``exp_avg_sq``) to the
+  new shape when coordinates are kept as they were (Mamba's selection), or ``None`` when the
+  cut changed basis (LRU balanced truncation) and the old moments do not belong to the new
+  coordinates: the trainer then drops that parameter's optimizer state (Adam restarts for it
+  with its own bias correction; the learning-rate schedule and step count go on).
+
+Parameters carry tags that the optimizer groups are built from (never from tensor rank):
+``p._no_weight_decay = True`` and ``p._ssm = True`` (gets ``lr * ssm_lr_factor``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+StateMap = Callable[[Tensor], Tensor]
+
+ENERGY_METHODS_LTI = ("hankel",)
+SELECTIONS = ("largest", "smallest", "random")
+
+
+@runtime_checkable
+class CompressibleLayer(Protocol):
+    state_size: int
+    needs_calibration: bool
+
+    def energy(self, stats: dict[str, Tensor] | None, method: str) -> Tensor: ...
+
+    def truncate_(self, keep: Tensor) -> dict[str, StateMap | None]: ...
+
+
+@runtime_checkable
+class CompressibleModel(Protocol):
+    def ssm_layers(self) -> list[CompressibleLayer]: ...
+
+    @property
+    def state_sizes(self) -> list[int]: ...
+
+
+def tag_parameter(p, *, no_weight_decay: bool = False, ssm: bool = False):
+    """Mark ``p`` for the optimizer-group builder; returns ``p`` for chaining."""
+    if no_weight_decay:
+        p._no_weight_decay = True
+    if ssm:
+        p._ssm = True
+    return p
