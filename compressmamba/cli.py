@@ -1,0 +1,61 @@
+"""The ``compressmamba`` command line. Each subcommand is a small function over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_train(args) -> int:
+    from .training import Trainer, load_recipe
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    for seed in seeds:
+        overrides = list(args.overrides)
+        if seed is not None:
+            overrides.append(f"seed={seed}")
+        recipe = load_recipe(args.recipe, overrides)
+        if seed is not None and len(seeds) > 1 and not any(o.startswith("out_dir=") for o in args.overrides):
+            recipe.out_dir = None  # one folder per seed
+        trainer = Trainer(recipe, resume=args.resume)
+        summary = trainer.fit()
+        if trainer.accelerator.is_main_process:
+            print(json.dumps(summary, indent=2))
+            print(f"run folder: {trainer.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compressmamba", description="In-training compression of state-space models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe (YAML) with in-training compression",
+                       description="Train RECIPE.yaml; override any key with dotted key=value "
+                       "(e.g. reduction.tau=0.02 train.steps=500). Works under `accelerate launch`.")
+    t.add_argument("recipe", help="path to a recipe YAML file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
+    t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
+    t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
+    t.set_defaults(func=_cmd_train)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+# Other modules add subcommands here: each entry is ``register(subparsers)``.
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"compressmamba {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

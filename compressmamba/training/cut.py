@@ -1,0 +1,94 @@
+"""The compression event: calibrate, measure energy, decide sizes (identically on every rank),
+truncate, and report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import broadcast_object_list
+from torch import nn
+
+from .config import ReductionConfig
+from .schedule import LayerDecision, decide_layer
+
+
+@dataclass
+class CutReport:
+    step: int
+    old_sizes: list[int]
+    new_sizes: list[int]
+    energy_kept: list[float]
+    energies: list[list[float]] = field(default_factory=list)  # per layer, sorted descending
+    maps: dict = field(default_factory=dict)  # qualified param name → state map or None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return self.old_sizes != self.new_sizes
+
+
+def _layer_names(model: nn.Module) -> dict[int, str]:
+    return {id(m): name for name, m in model.named_modules()}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, layers, batches, accelerator) -> list[dict | None]:
+    """Accumulate the layers' statistics over ``batches`` (eval mode, no grad) and sum them
+    across ranks. Returns one stats dict per layer (None for LTI layers)."""
+    needs = [getattr(layer, "needs_calibration", False) for layer in layers]
+    if not any(needs):
+        return [None] * len(layers)
+    was_training = model.training
+    model.eval()
+    for layer, need in zip(layers, needs):
+        if need:
+            layer.start_stats()
+    try:
+        for batch in batches:
+            model(**batch)
+    finally:
+        stats = [layer.pop_stats() if need else None for layer, need in zip(layers, needs)]
+        model.train(was_training)
+    out = []
+    for s in stats:
+        if s is None:
+            out.append(None)
+            continue
+        out.append({k: accelerator.reduce(v.to(accelerator.device), reduction="sum").cpu() for k, v in s.items()})
+    return out
+
+
+def compression_event(model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator,
+                      generator: torch.Generator) -> CutReport:
+    """Cut every layer of ``model`` (the unwrapped module) by ``cfg``'s rule at ``step``."""
+    t0 = time.perf_counter()
+    layers = model.ssm_layers()
+    names = _layer_names(model)
+    stats = calibrate(model, layers, batches, accelerator)
+    decisions: list[LayerDecision] = []
+    energies = []
+    for layer, s in zip(layers, stats):
+        e = layer.energy(s, cfg.method).detach().to(torch.float64).cpu()
+        energies.append(torch.sort(e, descending=True).values.tolist())
+        decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?")))
+    # rank 0 decides for everyone: every rank then cuts the same states
+    box = [[(d.old, d.new, d.keep.tolist(), d.energy_kept) for d in decisions]]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    maps = {}
+    for layer, (old, new, keep, _) in zip(layers, box[0]):
+        if new < old:
+            prefix = names[id(layer)]
+            for k, fn in layer.truncate_(torch.tensor(keep, dtype=torch.long)).items():
+                maps[f"{prefix}.{k}" if prefix else k] = fn
+    return CutReport(
+        step=step,
+        old_sizes=[d[0] for d in box[0]],
+        new_sizes=[layer.state_size for layer in layers],
+        energy_kept=[d[3] for d in box[0]],
+        energies=energies,
+        maps=maps,
+        seconds=time.perf_counter() - t0,
+    )

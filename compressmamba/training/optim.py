@@ -1,0 +1,98 @@
+"""AdamW with parameter groups built from tags, the learning-rate schedule, and the optimizer
+surgery after a cut.
+
+Moment policy across a cut (what ``carry_optimizer_state`` does, per parameter):
+* the same Parameter object survives: its Adam state is kept exactly;
+* the layer returned a state map (a selection of coordinates, e.g. Mamba's kept states): the
+  moments are sliced with the same indices, the per-parameter step is kept;
+* the layer returned ``None`` (a change of basis, e.g. the LRU's balanced truncation): the old
+  moments do not belong to the new coordinates, so that parameter's state is dropped and Adam
+  restarts for it with its own bias correction (torch's AdamW keeps a per-parameter ``step``).
+The learning-rate schedule is a pure function of the global step, so it goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Groups from tags: ``_ssm`` → lr × ssm_lr_factor, no weight decay; ``_no_weight_decay``
+    → no weight decay; everything else → lr, weight_decay. Biases and norm weights are not
+    decayed either (1-D tensors that are not tagged SSM parameters)."""
+    groups = {"decay": [], "no_decay": [], "ssm": []}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if getattr(p, "_ssm", False):
+            groups["ssm"].append(p)
+        elif getattr(p, "_no_weight_decay", False) or p.dim() < 2:
+            groups["no_decay"].append(p)
+        else:
+            groups["decay"].append(p)
+    out = [
+        {"params": groups["decay"], "weight_decay": cfg.weight_decay, "lr_scale": 1.0, "name": "decay"},
+        {"params": groups["no_decay"], "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"},
+        {"params": groups["ssm"], "weight_decay": 0.0, "lr_scale": cfg.ssm_lr_factor, "name": "ssm"},
+    ]
+    for g in out:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return [g for g in out if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warm-up, then constant
+    or cosine decay to ``min_lr_ratio``."""
+    warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_frac * total)
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) -> float:
+    f = lr_factor(step, total, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * f
+    return cfg.lr * f
+
+
+def snapshot_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """name → (Parameter, its optimizer state) before a cut."""
+    return {name: (p, optimizer.state.get(p)) for name, p in model.named_parameters()}
+
+
+def carry_optimizer_state(model: nn.Module, new_opt: torch.optim.Optimizer, before: dict, maps: dict) -> dict:
+    """Fill ``new_opt``'s state from ``before`` following the policy in the module docstring.
+
+    ``maps``: qualified parameter name → state map or None, as returned by the layers'
+    ``truncate_``. Returns counts {"kept", "sliced", "dropped"} for the log.
+    """
+    counts = {"kept": 0, "sliced": 0, "dropped": 0}
+    for name, p in model.named_parameters():
+        old_p, state = before.get(name, (None, None))
+        if state is None:
+            continue
+        if old_p is p:
+            new_opt.state[p] = state
+            counts["kept"] += 1
+        elif maps.get(name) is not None:
+            fn = maps[name]
+            new_opt.state[p] = {
+                k: (fn(v) if torch.is_tensor(v) and v.shape == old_p.shape else v) for k, v in state.items()
+            }
+            counts["sliced"] += 1
+        else:
+            counts["dropped"] += 1
+    return counts

@@ -1,0 +1,335 @@
+"""The one trainer: any compressible model, any dataset, one GPU to many through Accelerate.
+
+The loop lives here; the schedule (schedule.py), the cut (cut.py), the optimizer policy
+(optim.py) and checkpoints (checkpoint.py) live beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..registry import build_data, build_model
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .config import Recipe, recipe_from_dict
+from .cut import CutReport, compression_event
+from .data import StepBatches, shard_batches
+from .metrics import MetricsWriter, write_json
+from .optim import build_optimizer, carry_optimizer_state, set_lr, snapshot_state
+from .schedule import attempt_steps
+
+_MODEL_INFO_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len")
+
+
+def param_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Trainer:
+    """Train ``recipe``; ``extra_loss(model, batch, output) -> Tensor`` adds a loss term
+    (distillation, regularisers); ``callbacks`` get ``on_cut(trainer, report)``."""
+
+    def __init__(self, recipe: Recipe, *, resume: str | Path | None = None,
+                 extra_loss: Callable | None = None, callbacks: list | None = None, accelerator=None):
+        self.recipe = recipe
+        self.extra_loss = extra_loss
+        self.callbacks = list(callbacks or [])
+        t = recipe.train
+        self.accelerator = accelerator or Accelerator(mixed_precision=t.mixed_precision)
+        acc = self.accelerator
+        set_seed(recipe.seed)
+        self.run_dir = recipe.run_dir()
+        self.ckpt = load_checkpoint(resume) if resume else None
+        self.data = build_data(recipe.data, seed=recipe.seed)
+        self.task = recipe.task or self.data.info.get("task", "classification")
+        sizes = self.ckpt["state_sizes"] if self.ckpt else None
+        self.model = self._build_model(sizes)
+        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.step = 0
+        self.state = {"best_val": None, "test_at_best": None, "val_at_best": None, "cut_time_s": 0.0,
+                      "train_time_s": 0.0, "n_cuts": 0, "cutting_stopped": False, "attempts_done": [],
+                      "initial_state_sizes": self.model.state_sizes}
+        if self.ckpt:
+            self.model.load_state_dict(self.ckpt["model"])
+            self.optimizer.load_state_dict(self.ckpt["optimizer"])
+            self.step = self.ckpt["step"]
+            self.state.update(self.ckpt["trainer"])
+        self._prepare()
+        self.batches = StepBatches(self.data.train, t.batch_size, recipe.seed, acc.process_index,
+                                   acc.num_processes, t.grad_accum)
+        self.attempts = attempt_steps(recipe.reduction, t.steps)
+        self.cut_rng = torch.Generator().manual_seed(recipe.seed + 7919)
+        self.pragmatic_snapshot = None
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
+                                     append=self.ckpt is not None)
+        if self.ckpt:
+            set_rng_state(self.ckpt["rng"])
+
+    # --- model / optimizer lifecycle ----------------------------------------------------------
+    def _build_model(self, state_sizes=None):
+        info = {k: v for k, v in self.data.info.items() if k in _MODEL_INFO_KEYS}
+        extra = {"state_sizes": list(state_sizes)} if state_sizes is not None else {}
+        return build_model(self.recipe.model, **info, **extra)
+
+    def _prepare(self):
+        acc = self.accelerator
+        acc.free_memory()
+        self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+
+    @property
+    def unwrapped(self):
+        return self.model
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        ds = getattr(self.data, split)
+        acc, t = self.accelerator, self.recipe.train
+        model = self.model
+        was = model.training
+        model.eval()
+        tot = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
+        bs = t.eval_batch_size or t.batch_size
+        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, t.eval_batches):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.autocast():
+                out = model(**batch)
+            if self.task == "lm":
+                n = (batch["labels"][:, 1:] != -100).sum()
+                tot += torch.stack([out.loss.double() * n, torch.zeros((), device=acc.device, dtype=torch.float64), n.double()])
+            else:
+                y = batch["labels"]
+                correct = (out.logits.argmax(-1) == y).sum()
+                tot += torch.stack([out.loss.double() * len(y), correct.double(), torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64)])
+        model.train(was)
+        tot = acc.reduce(tot, reduction="sum")
+        loss = (tot[0] / tot[2].clamp_min(1)).item()
+        res = {"loss": loss}
+        if self.task == "lm":
+            res["perplexity"] = math.exp(min(loss, 50))
+        else:
+            res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
+        return res
+
+    def _score(self, res: dict) -> float:
+        return res["accuracy"] if "accuracy" in res else -res["loss"]
+
+    def _eval_and_track(self, after_cut: bool = False) -> dict:
+        val = self.evaluate("val")
+        self.metrics.write(step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes,
+                           wall_time=time.time(), **val)
+        best = self.state["best_val"]
+        if after_cut or best is None or self._score(val) > best:
+            self.state["best_val"] = self._score(val)
+            self.state["val_at_best"] = val
+            if self.data.test is not None:
+                test = self.evaluate("test")
+                self.state["test_at_best"] = test
+                self.metrics.write(step=self.step, kind="eval", split="test", state_sizes=self.model.state_sizes,
+                                   wall_time=time.time(), **test)
+        return val
+
+    # --- training ----------------------------------------------------------------------------
+    def _train_step(self) -> tuple[float, int, float]:
+        acc, t = self.accelerator, self.recipe.train
+        lr = set_lr(self.opt, self.step, t.steps, self.recipe.optim)
+        total_loss, n_tokens = 0.0, 0
+        for micro in range(t.grad_accum):
+            batch = {k: v.to(acc.device) for k, v in self.batches.batch(self.step, micro).items()}
+            sync = micro == t.grad_accum - 1
+            ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else _null()
+            with ctx:
+                with acc.autocast():
+                    out = self.wrapped(**batch)
+                    loss = out.loss
+                    if self.extra_loss is not None:
+                        loss = loss + self.extra_loss(self.model, batch, out)
+                acc.backward(loss / t.grad_accum)
+            total_loss += loss.detach().float().item() / t.grad_accum
+            first = batch.get("input_ids", batch.get("inputs"))
+            n_tokens += first.shape[0] * (first.shape[1] if first.dim() > 1 else 1)
+        bad = torch.tensor([0.0 if math.isfinite(total_loss) else 1.0], device=acc.device)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            raise FloatingPointError(
+                f"loss is not finite at step {self.step + 1} (lr {lr:.3g}); lower optim.lr or set "
+                f"train.grad_clip, and resume from the last checkpoint in {self.run_dir / 'checkpoints'}"
+            )
+        if self.recipe.optim.grad_clip:
+            acc.clip_grad_norm_(self.wrapped.parameters(), self.recipe.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return total_loss, n_tokens, lr
+
+    def _calib_batches(self):
+        acc = self.accelerator
+        for i in range(self.recipe.reduction.calib_batches):
+            b = self.batches.batch((self.step + i) % (self.batches.steps_per_epoch * 1000), 0)
+            yield {k: v.to(acc.device) for k, v in b.items()}
+
+    def _cut(self) -> tuple[CutReport, dict] | None:
+        red = self.recipe.reduction
+        if red.mode == "pragmatic":
+            val = self.evaluate("val")
+            snap = self.pragmatic_snapshot
+            if snap is not None and self._score(val) < snap["score"] - red.pragmatic_tolerance:
+                self._restore(snap)
+                self.state["cutting_stopped"] = True
+                self.metrics.write(step=self.step, kind="rollback", to_sizes=snap["sizes"], wall_time=time.time(),
+                                   val_score=self._score(val), snapshot_score=snap["score"])
+                return None
+            self.pragmatic_snapshot = {
+                "score": self._score(val), "sizes": self.model.state_sizes,
+                "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": _clone_state(self.optimizer.state_dict()),
+            }
+        before = snapshot_state(self.model, self.optimizer)
+        report = compression_event(self.model, red, self.step, self._calib_batches(), self.accelerator, self.cut_rng)
+        if report.changed:
+            new_opt = build_optimizer(self.model, self.recipe.optim)
+            counts = carry_optimizer_state(self.model, new_opt, before, report.maps)
+            self.optimizer = new_opt
+            self._prepare()
+            set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim)
+        else:
+            counts = {}
+        return report, counts
+
+    def _restore(self, snap):
+        self.model = self._build_model(snap["sizes"]).to(self.accelerator.device)
+        self.model.load_state_dict(snap["model"])
+        self.optimizer = build_optimizer(self.model, self.recipe.optim)
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self._prepare()
+
+    def save(self):
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", model=self.model, optimizer=self.optimizer,
+                            step=self.step, state_sizes=self.model.state_sizes, trainer_state=self.state,
+                            recipe=self.recipe.to_dict())
+        self.accelerator.wait_for_everyone()
+
+    def _log_rank_hash(self, what: str):
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            with open(self.run_dir / f"rank{acc.process_index}_hashes.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "what": what, "sizes": self.model.state_sizes,
+                                    "hash": param_hash(self.model)}) + "\n")
+
+    def fit(self) -> dict:
+        acc, t, red = self.accelerator, self.recipe.train, self.recipe.reduction
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (acc.is_main_process and t.progress),
+                   desc=self.recipe.name, dynamic_ncols=True)
+        t_start, window_t, window_samples, window_tokens = time.time(), time.time(), 0, 0
+        last_val = {}
+        self.wrapped.train()
+        while self.step < t.steps:
+            loss, n_tok, lr = self._train_step()
+            window_samples += t.batch_size * t.grad_accum * acc.num_processes
+            window_tokens += n_tok * acc.num_processes
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                dt = max(time.time() - window_t, 1e-9)
+                self.metrics.write(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
+                                   samples_per_s=window_samples / dt, tokens_per_s=window_tokens / dt, wall_time=time.time())
+                window_t, window_samples, window_tokens = time.time(), 0, 0
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                last_val = self._eval_and_track()
+            if self.step in self.attempts and self.step not in self.state["attempts_done"] and not self.state["cutting_stopped"]:
+                self.state["attempts_done"].append(self.step)
+                result = self._cut()
+                if result is not None:
+                    report, counts = result
+                    self.state["cut_time_s"] += report.seconds
+                    if report.changed:
+                        self.state["n_cuts"] += 1
+                        self.metrics.write(step=self.step, kind="cut", old_sizes=report.old_sizes, new_sizes=report.new_sizes,
+                                           energy_kept=report.energy_kept, energies=report.energies,
+                                           seconds=report.seconds, optimizer=counts, wall_time=time.time())
+                        if acc.is_main_process:
+                            tqdm.write(f"step {self.step}: state sizes {report.old_sizes} -> {report.new_sizes} "
+                                       f"(energy kept {[round(e, 4) for e in report.energy_kept]})")
+                        for cb in self.callbacks:
+                            cb.on_cut(self, report)
+                        last_val = self._eval_and_track(after_cut=True)
+                        self._log_rank_hash("cut")
+                        self.save()
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.save()
+            post = {"loss": f"{loss:.3f}", "N": _fmt_sizes(self.model.state_sizes)}
+            if "accuracy" in last_val:
+                post["val_acc"] = f"{last_val['accuracy']:.3f}"
+            if "perplexity" in last_val:
+                post["val_ppl"] = f"{last_val['perplexity']:.2f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        bar.close()
+        self.state["train_time_s"] += time.time() - t_start
+        self.save()
+        self._log_rank_hash("end")
+        return self._summary()
+
+    def _summary(self) -> dict:
+        s = self.state
+        summary = {
+            "recipe": self.recipe.name, "name": self.recipe.name, "seed": self.recipe.seed, "steps": self.step,
+            "task": self.task, "initial_state_sizes": s["initial_state_sizes"],
+            "final_state_sizes": self.model.state_sizes, "n_cuts": s["n_cuts"],
+            "train_time_s": s["train_time_s"], "cut_time_s": s["cut_time_s"],
+            "best_val_loss": (s["val_at_best"] or {}).get("loss"),
+        }
+        if self.task == "lm":
+            summary["val_perplexity"] = (s["val_at_best"] or {}).get("perplexity")
+            summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
+        else:
+            summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
+            summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")
+        if self.accelerator.is_main_process:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _clone_state(sd):
+    if torch.is_tensor(sd):
+        return sd.detach().clone()
+    if isinstance(sd, dict):
+        return {k: _clone_state(v) for k, v in sd.items()}
+    if isinstance(sd, list):
+        return [_clone_state(v) for v in sd]
+    return sd
+
+
+def _fmt_sizes(sizes: list[int]) -> str:
+    return ",".join(map(str, sizes)) if len(sizes) <= 6 else f"{min(sizes)}..{max(sizes)} (mean {sum(sizes) / len(sizes):.0f})"
+
+
+def train(recipe: Recipe | dict, resume=None, **kw) -> dict:
+    if isinstance(recipe, dict):
+        recipe = recipe_from_dict(recipe)
+    return Trainer(recipe, resume=resume, **kw).fit()
