@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -48,7 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+def _requested_cpu_processes() -> int:
+    """``accelerate launch --cpu --num_processes N`` without mpirun starts one plain process
+    (accelerate's simple launcher) and does not pass N on. Read N from the launcher's command
+    line so that the request is honoured instead of silently training on one process."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true") or "WORLD_SIZE" in os.environ:
+        return 1
+    try:
+        parent = open(f"/proc/{os.getppid()}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return 1
+    args = [a.decode(errors="replace") for a in parent]
+    if not any("accelerate" in a for a in args[:3]):
+        return 1
+    for i, a in enumerate(args):
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            return int(args[i + 1])
+        if a.startswith(("--num_processes=", "--num-processes=")):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
+def _spawn_cpu_workers(n: int, argv: list[str]) -> int:
+    """Run ``n`` CPU ranks with torch's elastic launcher (gloo); the Trainer sees WORLD_SIZE."""
+    from torch.distributed.run import main as torchrun
+
+    print(f"compressmamba: starting {n} CPU processes (torch.distributed, gloo)", file=sys.stderr)
+    torchrun(["--standalone", "--nproc_per_node", str(n), "-m", "compressmamba", *argv])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    n = _requested_cpu_processes()
+    if n > 1:
+        return _spawn_cpu_workers(n, argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

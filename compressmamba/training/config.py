@@ -112,9 +112,31 @@ def _section(cls, values: dict | None, section: str):
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in recipe section '{section}'; valid keys: {valid}")
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+    types = {f.name: str(f.type) for f in fields(cls)}
+    for k, v in values.items():
+        values[k] = _coerce(v, types[k], f"{section}.{k}")
     return cls(**values)
+
+
+def _coerce(v, annotation: str, where: str):
+    """YAML reads 1e-3 (no dot) as a string: turn numbers into the field's type, or say why not."""
+    if v is None:
+        return v
+    base = annotation.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(v, bool):
+            return float(v)
+        if base == "int" and not isinstance(v, bool):
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError
+            return int(float(v)) if isinstance(v, str) else int(v)
+        if base.startswith("tuple"):
+            return tuple(float(x) for x in v)
+        if base == "bool" and not isinstance(v, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} = {v!r}: expected {annotation}") from None
+    return v
 
 
 def recipe_from_dict(raw: dict) -> Recipe:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ _MODEL_INFO_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len")
 
 def param_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in sorted(model.named_parameters()):  # buffers (BatchNorm statistics) are per rank
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -49,7 +50,9 @@ class Trainer:
         self.extra_loss = extra_loss
         self.callbacks = list(callbacks or [])
         t = recipe.train
-        self.accelerator = accelerator or Accelerator(mixed_precision=t.mixed_precision)
+        # Several ranks and no GPU: run them on the CPU (gloo), e.g. under torchrun.
+        cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = accelerator or Accelerator(mixed_precision=t.mixed_precision, cpu=cpu)
         acc = self.accelerator
         set_seed(recipe.seed)
         self.run_dir = recipe.run_dir()

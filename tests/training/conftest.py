@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from compressmamba.data.mnist import TensorDictDataset
+from compressmamba.registry import DATASETS, DataSplits, register_dataset
+
+
+def _toy(seed=0, n_train=120, n_val=40, n_test=40, length=24, **_):
+    g = torch.Generator().manual_seed(1234)
+    def make(n):
+        x = torch.randn(n, length, 1, generator=g)
+        y = (x[:, : length // 2, 0].mean(1) > x[:, length // 2 :, 0].mean(1)).long()
+        return TensorDictDataset(x, y)
+    return DataSplits(make(n_train), make(n_val), make(n_test),
+                      {"task": "classification", "d_input": 1, "n_classes": 2, "seq_len": length})
+
+
+if "toy_seq" not in DATASETS:
+    register_dataset("toy_seq")(_toy)
+
+
+@pytest.fixture
+def toy_recipe(tmp_path):
+    return {
+        "name": "toy",
+        "seed": 3,
+        "out_dir": str(tmp_path / "run"),
+        "model": {"name": "lru", "d_model": 6, "n_layers": 2, "state_size": 12, "dropout": 0.1},
+        "data": {"name": "toy_seq"},
+        "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.1, "ssm_lr_factor": 0.5},
+        "train": {"steps": 30, "batch_size": 8, "eval_every": 10, "log_every": 5, "progress": False},
+        "reduction": {"mode": "fixed", "fraction": 0.25, "attempts": [8, 16]},
+    }
