@@ -114,3 +114,30 @@ def test_ddp_two_processes_reach_identical_cuts(tmp_path):
     r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
     assert len(r0) == 3 and r0 == r1  # two cuts and the end
     assert r0[-1]["sizes"] != [10, 10]
+
+
+def test_pragmatic_rolls_back_and_stops_cutting(toy_recipe):
+    raw = apply_overrides(toy_recipe, ["reduction.mode=pragmatic", "reduction.attempts=[5, 10, 15, 20]",
+                                       "reduction.pragmatic_tolerance=0.05", "reduction.fraction=0.1",
+                                       "train.eval_every=100"])
+    tr = Trainer(recipe_from_dict(raw))
+    real = tr.evaluate
+    scores = iter([0.8, 0.79, 0.6])  # attempt 1: snapshot + cut; 2: ok, cut; 3: drop > 0.05 → roll back
+
+    seen = set()
+
+    def fake(split):  # the first validation at an attempt step is the pragmatic check
+        res = real(split)
+        if split == "val" and tr.step in (5, 10, 15) and tr.step not in seen:
+            seen.add(tr.step)
+            res["accuracy"] = next(scores)
+        return res
+
+    tr.evaluate = fake
+    tr.fit()
+    rows = read_metrics(Path(raw["out_dir"]) / "metrics.jsonl")
+    cuts = [r for r in rows if r["kind"] == "cut"]
+    rb = [r for r in rows if r["kind"] == "rollback"]
+    assert [c["new_sizes"] for c in cuts] == [[10, 10], [9, 9]]
+    assert len(rb) == 1 and rb[0]["step"] == 15 and rb[0]["to_sizes"] == [10, 10]
+    assert tr.model.state_sizes == [10, 10] and tr.state["cutting_stopped"]
