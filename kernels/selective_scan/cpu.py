@@ -1,0 +1,97 @@
+"""The vectorised PyTorch selective scan that CPU users run.
+
+The recurrence h_t = a_t ⊙ h_{t−1} + x_t (a_t = exp(Δ_t A), x_t = Δ_t B_t u_t) is solved by a
+Hillis–Steele scan: log2(L) vectorised steps over (b, d, n, L), no per-token Python loop. Decays
+multiply (a ≤ 1), so nothing overflows; strong decay underflows to the correct 0. The backward
+of a linear recurrence is again one (reverse) linear recurrence, so :class:`LinearScan` stores
+only a and h and runs the same scan backwards instead of keeping log2(L) intermediate levels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _scan_forward(a: Tensor, x: Tensor) -> Tensor:
+    """h_t = a_t h_{t−1} + x_t along the last dim (h_{−1} = 0). Returns h (same shape)."""
+    a, h = a.clone(), x.clone()
+    L = h.shape[-1]
+    k = 1
+    while k < L:
+        # combine (a_s, h_s) with its left neighbour at distance k: h_t += a_t·h_{t−k}, a_t *= a_{t−k}
+        h_new = torch.addcmul(h[..., k:], a[..., k:], h[..., :-k])
+        a_new = a[..., k:] * a[..., :-k]
+        h = torch.cat([h[..., :k], h_new], dim=-1)
+        a = torch.cat([a[..., :k], a_new], dim=-1)
+        k *= 2
+    return h
+
+
+def _scan_reverse(a_next: Tensor, g: Tensor) -> Tensor:
+    """G_t = g_t + a_{t+1} G_{t+1} (the adjoint recurrence), with a_next[t] = a[t+1]."""
+    return _scan_forward(a_next.flip(-1), g.flip(-1)).flip(-1)
+
+
+class LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
+        h = _scan_forward(a, x)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        a, h = ctx.saved_tensors
+        a_next = torch.cat([a[..., 1:], torch.zeros_like(a[..., :1])], dim=-1)
+        G = _scan_reverse(a_next, grad_h)  # dLoss/dx_t
+        h_prev = torch.cat([torch.zeros_like(h[..., :1]), h[..., :-1]], dim=-1)
+        return G * h_prev, G
+
+
+def linear_scan(a: Tensor, x: Tensor) -> Tensor:
+    """h_t = a_t ⊙ h_{t−1} + x_t along the last dim, differentiable in a and x."""
+    return LinearScan.apply(a, x)
+
+
+def selective_scan_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Selective scan with the reference's signature and math (fp32 accumulation; fp64 stays
+    fp64). Memory: a few (b, d, n, l) tensors."""
+    dtype_in = u.dtype
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    d = u.shape[1]
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta, threshold=20.0)
+    if B.dim() == 4:
+        B = B.repeat_interleave(d // B.shape[1], dim=1)  # (b, d, n, l)
+    else:
+        B = B.unsqueeze(1)  # (b, 1, n, l)
+    if C.dim() == 4:
+        C = C.repeat_interleave(d // C.shape[1], dim=1)
+    else:
+        C = C.unsqueeze(1)
+    a = torch.exp(delta.unsqueeze(2) * A[None, :, :, None])  # (b, d, n, l)
+    x = (delta * u).unsqueeze(2) * B  # (b, d, n, l)
+    h = linear_scan(a, x)
+    y = (h * C).sum(2)
+    if D is not None:
+        y = y + u * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(dtype_in)
+    return (y, h[..., -1]) if return_last_state else y

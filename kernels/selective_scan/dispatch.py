@@ -1,0 +1,109 @@
+"""The public selective-scan ops: input checks in one place, then the backend."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from .cpu import selective_scan_cpu
+from .reference import selective_scan_ref, selective_state_update_ref
+
+BACKENDS = ("auto", "triton", "cpu", "ref", "mamba_ssm")
+
+
+def _shape_error(name, t, expected):
+    raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
+
+
+def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """ValueError naming the argument, the shape found and the shape expected."""
+    if u.dim() != 3:
+        _shape_error("u", u, "(batch, dim, seqlen)")
+    b, d, l = u.shape
+    if delta.shape != u.shape:
+        _shape_error("delta", delta, f"({b}, {d}, {l}) like u")
+    if A.dim() != 2 or A.shape[0] != d:
+        _shape_error("A", A, f"({d}, d_state)")
+    n = A.shape[1]
+    for name, X in (("B", B), ("C", C)):
+        if X.dim() == 3:
+            if X.shape != (b, n, l):
+                _shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
+        elif X.dim() == 4:
+            if X.shape[0] != b or X.shape[2:] != (n, l) or d % X.shape[1] != 0:
+                _shape_error(name, X, f"({b}, groups dividing {d}, {n}, {l})")
+        else:
+            _shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
+    if z is not None and z.shape != u.shape:
+        _shape_error("z", z, f"({b}, {d}, {l}) like u")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and v.shape != (d,):
+            _shape_error(name, v, f"({d},)")
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    devices = {k: t.device for k, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
+    for k, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+
+
+def _mamba_ssm_fn():
+    try:
+        mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError as e:
+        raise ValueError("backend='mamba_ssm' needs mamba-ssm: pip install 'compressmamba[cuda]'") from e
+    return mod.selective_scan_fn
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False, *, backend: str = "auto"):
+    """Selective scan (mamba-ssm's signature). CPU tensors → the vectorised PyTorch scan; CUDA
+    tensors → Triton when available, else the PyTorch scan; ``backend`` forces one of
+    ``triton`` (also on CPU tensors under TRITON_INTERPRET=1), ``cpu``, ``ref``, ``mamba_ssm``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "auto":
+        backend = "triton" if u.is_cuda and _triton_available() else "cpu"
+    if backend == "triton":
+        from .scan import selective_scan_triton
+
+        return selective_scan_triton(*args)
+    if backend == "mamba_ssm":
+        return _mamba_ssm_fn()(*args)
+    if backend == "ref":
+        return selective_scan_ref(*args)
+    return selective_scan_cpu(*args)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
+                           backend: str = "auto"):
+    """One decode step; ``state`` (batch, dim, d_state) is updated in place; returns y (batch, dim)."""
+    if state.dim() != 3 or state.shape[:2] != x.shape or A.shape != state.shape[1:]:
+        raise ValueError(
+            f"state {tuple(state.shape)}, x {tuple(x.shape)}, A {tuple(A.shape)}: expected state "
+            f"(batch, dim, d_state), x (batch, dim), A (dim, d_state)"
+        )
+    if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
+        try:
+            from .step import selective_state_update_triton
+        except ImportError:
+            selective_state_update_triton = None
+        if selective_state_update_triton is not None:
+            return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _triton_available() -> bool:
+    try:
+        importlib.import_module("compressmamba.kernels.selective_scan.scan")
+        return True
+    except ImportError:
+        return False
+
+
+__all__ = ["selective_scan_fn", "selective_state_update", "check_scan_inputs", "torch"]
