@@ -1,0 +1,297 @@
+"""Mamba-1 language model with one state size per layer (transformers-compatible weights).
+
+Weight names follow transformers' ``MambaForCausalLM`` (``backbone.embeddings``,
+``backbone.layers.{i}.mixer.{in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj}``,
+``backbone.layers.{i}.norm``, ``backbone.norm_f``, ``lm_head``), so its checkpoints load as they
+are; ``config.state_sizes`` holds each layer's N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from ..kernels import causal_conv1d_fn, selective_scan_fn
+from ..registry import register_model
+from .protocol import tag_parameter
+
+
+class CompressMambaConfig(PretrainedConfig):
+    """transformers' MambaConfig fields plus ``state_sizes`` (one N per layer)."""
+
+    model_type = "compressmamba"
+
+    def __init__(
+        self,
+        vocab_size: int = 50280,
+        hidden_size: int = 768,
+        state_size: int = 16,
+        state_sizes: list[int] | None = None,
+        num_hidden_layers: int = 32,
+        layer_norm_epsilon: float = 1e-5,
+        pad_token_id: int = 0,
+        bos_token_id: int = 0,
+        eos_token_id: int = 0,
+        expand: int = 2,
+        conv_kernel: int = 4,
+        use_bias: bool = False,
+        use_conv_bias: bool = True,
+        initializer_range: float = 0.1,
+        residual_in_fp32: bool = True,
+        time_step_rank: int | str = "auto",
+        time_step_scale: float = 1.0,
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_floor: float = 1e-4,
+        rescale_prenorm_residual: bool = True,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.state_sizes = [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * num_hidden_layers
+        if len(self.state_sizes) != num_hidden_layers or min(self.state_sizes) < 1:
+            raise ValueError(f"state_sizes {self.state_sizes} must hold {num_hidden_layers} sizes >= 1")
+        self.state_size = max(self.state_sizes)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.expand = expand
+        self.intermediate_size = int(expand * hidden_size)
+        self.conv_kernel = conv_kernel
+        self.use_bias = use_bias
+        self.use_conv_bias = use_conv_bias
+        self.initializer_range = initializer_range
+        self.residual_in_fp32 = residual_in_fp32
+        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
+        self.time_step_scale = time_step_scale
+        self.time_step_min = time_step_min
+        self.time_step_max = time_step_max
+        self.time_step_floor = time_step_floor
+        self.rescale_prenorm_residual = rescale_prenorm_residual
+        self.use_cache = use_cache
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class MambaMixer(nn.Module):
+    """in_proj → causal conv1d → SiLU → x_proj (dt, B, C) → dt_proj → selective scan (D skip,
+    SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
+
+    needs_calibration = True
+
+    def __init__(self, config: CompressMambaConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        h, i, k, r = config.hidden_size, config.intermediate_size, config.conv_kernel, config.time_step_rank
+        n = config.state_sizes[layer_idx]
+        self.state_size, self.dt_rank, self.d_inner = n, r, i
+        self.in_proj = nn.Linear(h, 2 * i, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(i, i, k, groups=i, padding=k - 1, bias=config.use_conv_bias)
+        self.x_proj = nn.Linear(i, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, i, bias=True)
+        self.A_log = tag_parameter(nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(i, 1)),
+                                   no_weight_decay=True, ssm=True)
+        self.D = tag_parameter(nn.Parameter(torch.ones(i)), no_weight_decay=True)
+        tag_parameter(self.dt_proj.bias, no_weight_decay=True)
+        self.out_proj = nn.Linear(i, h, bias=config.use_bias)
+        self.stats = None
+
+    def reset_parameters(self):
+        """mamba-ssm's initialisation of the SSM parameters."""
+        c, n = self.config, self.state_size
+        with torch.no_grad():
+            std = self.dt_rank**-0.5 * c.time_step_scale
+            self.dt_proj.weight.uniform_(-std, std)
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                           + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+            self.D.fill_(1.0)
+
+    def ssm_inputs(self, hidden: Tensor):
+        """hidden (b, l, H) → u, z (b, d, l), dt (b, d, l) before bias, B, C (b, n, l)."""
+        l = hidden.shape[1]
+        xz = self.in_proj(hidden).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        w = self.conv1d.weight.squeeze(1)
+        u = causal_conv1d_fn(x, w, self.conv1d.bias, "silu")
+        x_dbl = self.x_proj(u.transpose(1, 2))  # (b, l, r + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        assert dt.shape[-1] == l
+        return u, z, dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        u, z, dt, B, C = self.ssm_inputs(hidden)
+        A = -torch.exp(self.A_log.float())
+        if self.stats is not None:
+            delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None], threshold=20.0)
+            self.stats.update(u=u.float(), delta=delta, A=A, B=B.float(), C=C.float())
+        y = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+    # --- compressible-layer protocol -------------------------------------------------------
+    def start_stats(self):
+        from ..reduction.mamba import MambaStats
+
+        self.stats = MambaStats(self.d_inner, self.state_size)
+
+    def pop_stats(self) -> dict:
+        s, self.stats = self.stats, None
+        if s is None:
+            raise RuntimeError("pop_stats() without start_stats()")
+        return s.as_dict()
+
+    def energy(self, stats: dict | None, method: str = "hankel") -> Tensor:
+        from ..reduction.mamba import mamba_energy
+
+        if stats is None:
+            raise ValueError(f"layer {self.layer_idx}: Mamba energy needs calibration statistics")
+        return mamba_energy(stats, method, layer=f"layers.{self.layer_idx}")
+
+    @torch.no_grad()
+    def truncate_(self, keep: Tensor) -> dict:
+        """Keep states ``keep``: slice A_log's columns and x_proj's B and C rows together.
+
+        A stays diagonal and B, C are shared by all channels, so this is an exact selection of
+        modes; Adam moments are sliced with the same indices."""
+        n, r = self.state_size, self.dt_rank
+        keep = torch.as_tensor(keep, dtype=torch.long, device=self.A_log.device)
+        if keep.numel() < 1 or keep.min() < 0 or keep.max() >= n or keep.unique().numel() != keep.numel():
+            raise ValueError(f"layer {self.layer_idx}: keep must hold distinct indices in [0, {n}), got {keep.tolist()}")
+        if keep.numel() == n and (keep == torch.arange(n, device=keep.device)).all():
+            return {}
+        rows = torch.cat([torch.arange(r, device=keep.device), r + keep, r + n + keep])
+        self.A_log = tag_parameter(nn.Parameter(self.A_log[:, keep].clone()), no_weight_decay=True, ssm=True)
+        self.x_proj.weight = nn.Parameter(self.x_proj.weight[rows].clone())
+        self.x_proj.out_features = rows.numel()
+        self.state_size = keep.numel()
+        self.config.state_sizes[self.layer_idx] = self.state_size
+        self.config.state_size = max(self.config.state_sizes)
+        keep_c, rows_c = keep.cpu(), rows.cpu()
+        return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, config: CompressMambaConfig, layer_idx: int):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.mixer = MambaMixer(config, layer_idx)
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual = x.float() if self.residual_in_fp32 else x
+        return (residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)))).to(x.dtype)
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, config: CompressMambaConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        h = self.embeddings(input_ids)
+        for layer in self.layers:
+            h = layer(h)
+        return self.norm_f(h)
+
+
+class CompressMambaPreTrainedModel(PreTrainedModel):
+    config_class = CompressMambaConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = ["MambaBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, MambaMixer):
+            module.reset_parameters()
+            if self.config.rescale_prenorm_residual:
+                nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+                module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+
+
+class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
+    """Mamba LM with per-layer state sizes; ``forward(input_ids, labels)`` → ``.loss``, ``.logits``."""
+
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: CompressMambaConfig):
+        super().__init__(config)
+        self.backbone = MambaBackbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backbone.embeddings
+
+    def set_input_embeddings(self, value):
+        self.backbone.embeddings = value
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, **kwargs) -> CausalLMOutput:
+        h = self.backbone(input_ids)
+        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def ssm_layers(self) -> list[MambaMixer]:
+        return [layer.mixer for layer in self.backbone.layers]
+
+    @property
+    def state_sizes(self) -> list[int]:
+        return [m.state_size for m in self.ssm_layers()]
+
+
+CompressMambaConfig.register_for_auto_class()
+try:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register("compressmamba", CompressMambaConfig)
+    AutoModelForCausalLM.register(CompressMambaConfig, CompressMambaForCausalLM)
+except ValueError:  # already registered (module reloaded)
+    pass
+
+
+@register_model("mamba")
+def build_mamba(d_model: int = 256, n_layers: int = 4, state_size: int | list[int] = 16,
+                state_sizes: list[int] | None = None, vocab_size: int = 256, expand: int = 2,
+                d_conv: int = 4, tie_word_embeddings: bool = True, residual_in_fp32: bool = True,
+                pretrained: str | None = None, **_info) -> CompressMambaForCausalLM:
+    """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``."""
+    if pretrained:
+        return CompressMambaForCausalLM.from_pretrained(pretrained)
+    if state_sizes is None:
+        state_sizes = list(state_size) if isinstance(state_size, (list, tuple)) else [int(state_size)] * n_layers
+    cfg = CompressMambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                              state_sizes=list(state_sizes), expand=expand, conv_kernel=d_conv,
+                              tie_word_embeddings=tie_word_embeddings, residual_in_fp32=residual_in_fp32)
+    return CompressMambaForCausalLM(cfg)
