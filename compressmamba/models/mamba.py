@@ -271,7 +271,6 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
         return [m.state_size for m in self.ssm_layers()]
 
 
-CompressMambaConfig.register_for_auto_class()
 try:
     from transformers import AutoConfig, AutoModelForCausalLM
 

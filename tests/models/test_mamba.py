@@ -1,0 +1,88 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
+
+from compressmamba.models.mamba import CompressMambaForCausalLM, build_mamba
+from compressmamba.reduction import select_states
+
+
+def _hf(vocab=37, conv_bias=True, tie=True, fp32res=True, layers=2, n=8, seed=0):
+    torch.manual_seed(seed)
+    cfg = MambaConfig(vocab_size=vocab, hidden_size=16, state_size=n, num_hidden_layers=layers, expand=2,
+                      conv_kernel=4, use_conv_bias=conv_bias, tie_word_embeddings=tie, residual_in_fp32=fp32res,
+                      time_step_rank=3)
+    m = MambaForCausalLM(cfg).eval()
+    with torch.no_grad():  # make every parameter non-trivial (no zeros, no ones)
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize("conv_bias,tie,fp32res,vocab", [(True, True, True, 37), (False, False, False, 50),
+                                                          (True, False, True, 64)])
+def test_loads_transformers_checkpoint_with_equal_logits(tmp_path, conv_bias, tie, fp32res, vocab):
+    hf = _hf(vocab, conv_bias, tie, fp32res)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = CompressMambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert ours.state_sizes == [8, 8]
+    x = torch.randint(0, vocab, (2, 23))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=x).logits, hf(input_ids=x).logits.float(), rtol=1e-4, atol=1e-4)
+
+
+def _tiny(sizes=(16, 5, 9)):
+    torch.manual_seed(1)
+    return build_mamba(d_model=16, n_layers=len(sizes), state_sizes=list(sizes), vocab_size=41).eval()
+
+
+def test_truncate_keep_all_is_identity_and_equals_zeroing():
+    m = _tiny((12, 12))
+    x = torch.randint(0, 41, (2, 19))
+    with torch.no_grad():
+        y0 = m(input_ids=x).logits
+        assert m.ssm_layers()[0].truncate_(torch.arange(12)) == {}
+        torch.testing.assert_close(m(input_ids=x).logits, y0)
+        keep = torch.tensor([0, 3, 4, 10])
+        mixer = m.ssm_layers()[1]
+        drop = torch.tensor([i for i in range(12) if i not in keep.tolist()])
+        r = mixer.dt_rank
+        mixer.x_proj.weight[r + drop] = 0  # zero the B rows of the dropped states
+        y_zero = m(input_ids=x).logits
+        w_before = mixer.x_proj.weight.clone()
+        maps = mixer.truncate_(keep)
+        assert m.state_sizes == [12, 4] and m.config.state_sizes == [12, 4]
+        torch.testing.assert_close(m(input_ids=x).logits, y_zero, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(y_zero, y0)
+        moment = torch.randn_like(w_before)
+        torch.testing.assert_close(maps["x_proj.weight"](moment)[r:r + 4], moment[r + keep])
+        assert maps["A_log"](torch.randn(32, 12)).shape == (32, 4)
+    assert mixer.A_log._ssm and mixer.A_log._no_weight_decay
+
+
+def test_per_layer_sizes_round_trip_save_load(tmp_path):
+    m = _tiny()
+    x = torch.randint(0, 41, (1, 15))
+    m.save_pretrained(tmp_path / "ours")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert isinstance(back, CompressMambaForCausalLM) and back.state_sizes == [16, 5, 9]
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=x).logits, m(input_ids=x).logits)
+
+
+def test_energy_from_calibration_and_cut_through_protocol():
+    m = _tiny((8, 8))
+    x = torch.randint(0, 41, (4, 30))
+    for layer in m.ssm_layers():
+        layer.start_stats()
+    with torch.no_grad():
+        m(input_ids=x)
+    for layer in m.ssm_layers():
+        stats = layer.pop_stats()
+        for method in ("hankel", "hankel_mean", "output"):
+            e = layer.energy(stats, method)
+            assert e.shape == (8,) and torch.isfinite(e).all() and (e > 0).all()
+        layer.truncate_(select_states(layer.energy(stats, "output"), 3))
+    assert m.state_sizes == [3, 3]
+    out = m(input_ids=x, labels=x)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
