@@ -21,9 +21,8 @@ def _cmd_train(args) -> int:
             recipe.out_dir = None  # one folder per seed
         trainer = Trainer(recipe, resume=args.resume)
         summary = trainer.fit()
-        if trainer.accelerator.is_main_process:
+        if trainer.accelerator.is_main_process and not recipe.train.progress:
             print(json.dumps(summary, indent=2))
-            print(f"run folder: {trainer.run_dir}")
     return 0
 
 

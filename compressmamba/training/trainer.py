@@ -49,6 +49,10 @@ class Trainer:
         self.recipe = recipe
         self.extra_loss = extra_loss
         self.callbacks = list(callbacks or [])
+        if recipe.reduction.plots and recipe.reduction.mode != "none":
+            from .plots import PlotCallback
+
+            self.callbacks.append(PlotCallback())
         t = recipe.train
         # Several ranks and no GPU: run them on the CPU (gloo), e.g. under torchrun.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -256,6 +260,7 @@ class Trainer:
                 window_t, window_samples, window_tokens = time.time(), 0, 0
             if self.step % t.eval_every == 0 or self.step == t.steps:
                 last_val = self._eval_and_track()
+                window_t = time.time()  # throughput counts training steps only
             if self.step in self.attempts and self.step not in self.state["attempts_done"] and not self.state["cutting_stopped"]:
                 self.state["attempts_done"].append(self.step)
                 result = self._cut()
@@ -275,6 +280,7 @@ class Trainer:
                         last_val = self._eval_and_track(after_cut=True)
                         self._log_rank_hash("cut")
                         self.save()
+                window_t = time.time()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
             post = {"loss": f"{loss:.3f}", "N": _fmt_sizes(self.model.state_sizes)}
@@ -288,7 +294,34 @@ class Trainer:
         self.state["train_time_s"] += time.time() - t_start
         self.save()
         self._log_rank_hash("end")
-        return self._summary()
+        summary = self._summary()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_end"):
+                cb.on_end(self)
+        if acc.is_main_process and t.progress:
+            self._print_summary(summary)
+        return summary
+
+    def _print_summary(self, s: dict) -> None:
+        lines = [f"{self.recipe.name}: {s['steps']} steps in {s['train_time_s']:.0f} s "
+                 f"({s['n_cuts']} cuts, {s['cut_time_s']:.1f} s cutting)",
+                 f"  state sizes per layer: {s['initial_state_sizes']} -> {s['final_state_sizes']}"]
+        if self.task == "lm":
+            lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}")
+        else:
+            lines.append(f"  val accuracy {s['best_val_accuracy']:.4f}, test accuracy {s['test_accuracy']}")
+        tr = [r for r in self.metrics_rows("train")]
+        if tr:
+            key = "tokens_per_s" if self.task == "lm" else "samples_per_s"
+            lines.append(f"  throughput: first {tr[0][key]:.0f}, last {tr[-1][key]:.0f} {key.replace('_per_s', '')}/s")
+        lines.append(f"  run folder: {self.run_dir}")
+        print("\n".join(lines))
+
+    def metrics_rows(self, kind: str) -> list[dict]:
+        from .metrics import read_metrics
+
+        path = self.run_dir / "metrics.jsonl"
+        return [r for r in read_metrics(path) if r.get("kind") == kind] if path.exists() else []
 
     def _summary(self) -> dict:
         s = self.state

@@ -1,0 +1,73 @@
+"""PNG plots a run writes: each layer's energy spectrum at a cut, and state sizes over training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .metrics import read_metrics  # noqa: E402
+
+
+def plot_energy_spectra(energies: list[list[float]], old: list[int], new: list[int], step: int, path) -> Path:
+    """One panel per layer: energies sorted descending (log scale), kept states in colour."""
+    k = len(energies)
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= k:
+            ax.axis("off")
+            continue
+        e = energies[i]
+        idx = range(1, len(e) + 1)
+        ax.bar(idx, [max(v, 1e-30) for v in e], width=1.0, color=["tab:blue" if j < new[i] else "tab:gray" for j in range(len(e))])
+        ax.set_yscale("log")
+        ax.set_title(f"layer {i}: {old[i]} → {new[i]}", fontsize=9)
+        ax.set_xlabel("state (sorted)", fontsize=8)
+    fig.suptitle(f"energy per state at step {step} (blue: kept)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_state_sizes(metrics_path, path) -> Path:
+    """State size of every layer against the training step, from a run's metrics.jsonl."""
+    rows = [r for r in read_metrics(metrics_path) if r.get("state_sizes")]
+    if not rows:
+        raise ValueError(f"{metrics_path} has no rows with state_sizes")
+    steps = [r["step"] for r in rows]
+    sizes = list(zip(*[r["state_sizes"] for r in rows]))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for i, s in enumerate(sizes):
+        ax.step(steps, s, where="post", label=f"layer {i}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("state size N")
+    ax.set_ylim(bottom=0)
+    if len(sizes) <= 8:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class PlotCallback:
+    """Trainer callback: a spectrum PNG per cut and an updated state-size PNG (main process)."""
+
+    def on_cut(self, trainer, report):
+        if not trainer.accelerator.is_main_process:
+            return
+        plot_energy_spectra(report.energies, report.old_sizes, report.new_sizes, report.step,
+                            trainer.run_dir / "plots" / f"energy_step{report.step}.png")
+
+    def on_end(self, trainer):
+        if trainer.accelerator.is_main_process:
+            plot_state_sizes(trainer.run_dir / "metrics.jsonl", trainer.run_dir / "plots" / "state_sizes.png")

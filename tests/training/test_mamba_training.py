@@ -1,0 +1,28 @@
+from pathlib import Path
+
+from compressmamba.training import Trainer, recipe_from_dict
+from compressmamba.training.metrics import read_metrics
+
+
+def _recipe(tmp_path, **red):
+    return {
+        "name": "lm-tiny", "seed": 0, "out_dir": str(tmp_path / "run"),
+        "model": {"name": "mamba", "d_model": 16, "n_layers": 2, "state_size": 12},
+        "data": {"name": "text_lm", "corpus": "python_stdlib", "max_bytes": 60_000, "seq_len": 32},
+        "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.1},
+        "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_batches": 2, "progress": False},
+        "reduction": {"mode": "fixed", "fraction": 0.5, "method": "output", "attempts": [4, 8], "calib_batches": 2, **red},
+    }
+
+
+def test_mamba_lm_compresses_while_training_and_resumes(tmp_path):
+    tr = Trainer(recipe_from_dict(_recipe(tmp_path)))
+    s = tr.fit()
+    assert s["initial_state_sizes"] == [12, 12] and s["final_state_sizes"] == [3, 3]
+    assert s["val_perplexity"] is not None and s["val_perplexity"] < 256
+    cuts = [r for r in read_metrics(Path(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "cut"]
+    assert cuts[0]["optimizer"]["sliced"] == 4 and cuts[0]["optimizer"]["dropped"] == 0  # A_log, x_proj per layer
+    assert (tmp_path / "run" / "plots" / "state_sizes.png").exists()
+    assert (tmp_path / "run" / "plots" / "energy_step4.png").exists()
+    again = Trainer(recipe_from_dict(_recipe(tmp_path)), resume=tmp_path / "run")
+    assert again.model.state_sizes == [3, 3] and again.model.config.state_sizes == [3, 3]
