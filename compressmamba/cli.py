@@ -39,13 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from . import compress
+
+    compress.register(sub)
     return p
-
-
-# Other modules add subcommands here: each entry is ``register(subparsers)``.
-_EXTRA_COMMANDS: list = []
 
 
 def _requested_cpu_processes() -> int:

@@ -1,0 +1,109 @@
+"""Post-hoc compression of a pretrained Mamba, and checkpoint conversion (``compressmamba
+compress`` / ``compressmamba convert``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from .models.hf_interop import export_transformers, load_pretrained
+from .training.config import ReductionConfig
+from .training.cut import compression_event
+
+
+def _load_any(src: str):
+    """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
+    p = Path(src).expanduser()
+    if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
+        from .registry import build_model
+        from .training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p)
+        cfg = dict(ck["recipe"]["model"])
+        if cfg.get("name") != "mamba":
+            raise ValueError(f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a Mamba")
+        cfg["vocab_size"] = ck["model"]["backbone.embeddings.weight"].shape[0]
+        model = build_model(cfg, state_sizes=ck["state_sizes"])
+        model.load_state_dict(ck["model"])
+        return model.eval()
+    return load_pretrained(src).eval()
+
+
+def compress_model(model, calib_batches, tau: float, method: str = "output"):
+    """Cut ``model`` in place by the τ rule over ``calib_batches``; returns the CutReport."""
+    from accelerate import Accelerator
+
+    cfg = ReductionConfig(mode="tolerance", tau=tau, method=method, calib_batches=len(calib_batches))
+    return compression_event(model, cfg, 0, calib_batches, Accelerator(cpu=not torch.cuda.is_available()),
+                             torch.Generator().manual_seed(0))
+
+
+def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_batches: int):
+    from .data.text import text_lm
+
+    kw = {"corpus": "python_stdlib"} if spec == "python_stdlib" else (
+        {"files": spec} if any(ch in spec for ch in "*/.") or Path(spec).exists() else {"dataset": spec})
+    data = text_lm(**kw, tokenizer=tokenizer, seq_len=seq_len, val_fraction=0.05)
+    n_need = n_batches * batch_size
+    if len(data.train) < n_need:
+        raise ValueError(f"calibration data holds {len(data.train)} sequences of {seq_len} tokens; "
+                         f"{n_batches} batches of {batch_size} need {n_need}: lower --calib-batches or --seq-len")
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n_need].tolist()
+    return [default_collate([data.train[i] for i in idx[b * batch_size:(b + 1) * batch_size]]) for b in range(n_batches)]
+
+
+def _cmd_compress(args) -> int:
+    model = _load_any(args.checkpoint)
+    if args.tokenizer == "byte" and model.config.vocab_size < 256:
+        raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
+    batches = _calib_batches(args.calib, args.tokenizer, args.seq_len, args.batch_size, args.calib_batches)
+    report = compress_model(model, batches, args.tau, args.method)
+    print(f"{'layer':>5} {'old N':>6} {'new N':>6} {'energy kept':>12}")
+    for i, (o, n, e) in enumerate(zip(report.old_sizes, report.new_sizes, report.energy_kept)):
+        print(f"{i:>5} {o:>6} {n:>6} {e:>12.4f}")
+    out = Path(args.out)
+    if args.format == "transformers":
+        export_transformers(model, out)
+    else:
+        model.save_pretrained(out)
+    print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    model = _load_any(args.src)
+    if args.to == "transformers":
+        export_transformers(model, args.dst)
+    else:
+        model.save_pretrained(args.dst)
+    print(f"wrote {args.to} checkpoint to {args.dst} (state sizes {model.state_sizes})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("compress", help="compress a pretrained Mamba post hoc (calibrate, cut by tau)",
+                       description="Load CHECKPOINT (a compressmamba run folder, a transformers or mamba-ssm "
+                       "Mamba folder, or a hub id), estimate each state's energy on calibration text, cut by "
+                       "the tau rule, and save the smaller model for fine-tuning.")
+    c.add_argument("checkpoint")
+    c.add_argument("--tau", type=float, required=True, help="fraction of energy a layer may discard, in [0, 1)")
+    c.add_argument("--calib", default="python_stdlib", help="python_stdlib, a file glob, or a hub dataset name")
+    c.add_argument("--tokenizer", default="byte", help="byte, a tokenizer.json, or a hub tokenizer name")
+    c.add_argument("--method", default="output", choices=["output", "hankel", "hankel_mean"])
+    c.add_argument("--calib-batches", type=int, default=8)
+    c.add_argument("--batch-size", type=int, default=4)
+    c.add_argument("--seq-len", type=int, default=256)
+    c.add_argument("--format", default="compressmamba", choices=["compressmamba", "transformers"])
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_compress)
+
+    v = sub.add_parser("convert", help="convert a Mamba checkpoint (ours, transformers, mamba-ssm)",
+                       description="Convert SRC to DST: compressmamba format (per-layer state sizes) or plain "
+                       "transformers MambaForCausalLM (state sizes zero-padded to the largest; outputs unchanged).")
+    v.add_argument("src")
+    v.add_argument("dst")
+    v.add_argument("--to", default="compressmamba", choices=["compressmamba", "transformers"])
+    v.set_defaults(func=_cmd_convert)
