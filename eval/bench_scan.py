@@ -1,0 +1,131 @@
+"""Selective-scan benchmark: forward and forward+backward time, achieved GB/s against the bytes a
+scan must move at least, and the speed-up as N shrinks, for each available backend.
+
+    python -m compressmamba.eval.bench_scan                       # Mamba-130m layer shape on CUDA
+    python -m compressmamba.eval.bench_scan --device cpu --batch 2 --dim 256 --seqlen 512
+    python -m compressmamba.eval.bench_scan --vs-transformers      # whole-model fwd+bwd on CPU
+
+Minimum bytes: read u, delta, z (b·d·l each), B, C (b·n·l each), write y (b·d·l), in the input
+dtype; the backward reads those again plus dy and writes du, ddelta, dz, dB, dC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from compressmamba.kernels import selective_scan_fn
+
+
+def _inputs(b, d, n, l, device, dtype):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)
+    return dict(u=r(b, d, l), delta=r(b, d, l) * 0.5, A=-torch.rand(d, n, generator=g).to(device) - 0.5,
+                B=r(b, n, l), C=r(b, n, l), D=torch.rand(d, generator=g).to(device), z=r(b, d, l),
+                delta_bias=torch.rand(d, generator=g).to(device) * 0.1)
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, reps):
+    fn()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / reps
+
+
+def bench(args):
+    backends = ["cpu"] if args.device == "cpu" else ["triton", "cpu"]
+    try:
+        import mamba_ssm  # noqa: F401
+
+        if args.device.startswith("cuda"):
+            backends.append("mamba_ssm")
+    except ImportError:
+        pass
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    b, d, l = args.batch, args.dim, args.seqlen
+    rows = []
+    for backend in backends:
+        base = None
+        for n in args.states:
+            inp = _inputs(b, d, n, l, args.device, dtype)
+            fwd = lambda: selective_scan_fn(**inp, delta_softplus=True, backend=backend)
+            grads = {k: v.requires_grad_() for k, v in inp.items() if k in ("u", "delta", "A", "B", "C", "D", "z")}
+
+            def fwd_bwd():
+                y = selective_scan_fn(**inp, delta_softplus=True, backend=backend)
+                torch.autograd.grad(y.float().sum(), list(grads.values()))
+
+            try:
+                with torch.no_grad():
+                    t_f = _time(fwd, args.device, args.reps)
+                t_fb = _time(fwd_bwd, args.device, args.reps)
+            except Exception as e:  # a backend that cannot run here
+                rows.append((backend, n, None, None, None, None, f"{type(e).__name__}: {e}"[:60]))
+                break
+            bpe = dtype.itemsize if hasattr(dtype, "itemsize") else torch.finfo(dtype).bits // 8
+            bytes_f = bpe * (4 * b * d * l + 2 * b * n * l)
+            bytes_fb = bytes_f + bpe * (5 * b * d * l + 4 * b * n * l)
+            base = base or (n, t_fb)
+            rows.append((backend, n, t_f * 1e3, t_fb * 1e3, bytes_f / t_f / 1e9, bytes_fb / t_fb / 1e9, ""))
+    print(f"selective scan, batch {b}, dim {d}, seqlen {l}, {args.dtype}, device {args.device}")
+    print(f"| backend | N | fwd ms | fwd+bwd ms | fwd GB/s | fwd+bwd GB/s | speed-up vs N={args.states[0]} |")
+    print("|---|---|---|---|---|---|---|")
+    ref = {r[0]: r[3] for r in rows if r[1] == args.states[0] and r[3]}
+    for backend, n, tf, tfb, gf, gfb, note in rows:
+        if tf is None:
+            print(f"| {backend} | {n} | — | — | — | — | {note} |")
+            continue
+        sp = f"{ref[backend] / tfb:.2f}x" if backend in ref else ""
+        print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} | {sp} |")
+
+
+def vs_transformers(args):
+    """Forward+backward of a whole model: ours (vectorised CPU scan) vs transformers' torch path."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from compressmamba.models.mamba import build_mamba
+
+    b, l, h, layers, n = 4, 256, 256, 4, 16
+    x = torch.randint(0, 256, (b, l))
+    ours = build_mamba(d_model=h, n_layers=layers, state_size=n, vocab_size=256)
+    theirs = MambaForCausalLM(MambaConfig(vocab_size=256, hidden_size=h, num_hidden_layers=layers, state_size=n))
+    res = {}
+    for name, m in (("compressmamba", ours), ("transformers", theirs)):
+        m.train()
+        step = lambda m=m: m(input_ids=x, labels=x).loss.backward()
+        res[name] = _time(step, "cpu", args.reps)
+    print(f"model forward+backward on CPU: batch {b}, L {l}, d_model {h}, {layers} layers, N {n}, "
+          f"{torch.get_num_threads()} threads")
+    print("| model | fwd+bwd s | tokens/s |\n|---|---|---|")
+    for name, t in res.items():
+        print(f"| {name} | {t:.3f} | {b * l / t:.0f} |")
+    print(f"speed-up: {res['transformers'] / res['compressmamba']:.1f}x")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dim", type=int, default=1536)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16, 32, 64, 128])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--vs-transformers", action="store_true")
+    args = p.parse_args(argv)
+    args.states = sorted(args.states, reverse=True)
+    vs_transformers(args) if args.vs_transformers else bench(args)
+
+
+if __name__ == "__main__":
+    main()
