@@ -1,0 +1,70 @@
+"""Triton one-token decode step: state (b, d, n) updated in place, any N (masked)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _step_kernel(
+    s_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+    d, n, chans_per_group, s_sb, s_sd, s_sn, s_xb, s_bb, s_bg, s_cb, s_cg,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    md, mn = offs_d < d, offs_n < n
+    mdn = md[:, None] & mn[None, :]
+    grp = (pid_d * BLOCK_D) // chans_per_group
+    sp = s_ptr + pid_b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
+    h = tl.load(sp, mask=mdn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n, mask=mn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + pid_b * s_cb + grp * s_cg + offs_n, mask=mn, other=0.0).to(tl.float32)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bt[None, :]
+    tl.store(sp, h.to(s_ptr.dtype.element_ty), mask=mdn)
+    y = tl.sum(h * Ct[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        zz = tl.load(z_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + pid_b * d + offs_d, y, mask=md)
+
+
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decode step in Triton; x, dt, z (b, d) contiguous rows; B, C (b, n) or (b, g, n)."""
+    b, d, n = state.shape
+    x, dt = x.contiguous(), dt.contiguous()
+    z = z.contiguous() if z is not None else None
+    Bn = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()
+    Cn = (C.unsqueeze(1) if C.dim() == 2 else C).contiguous()
+    cpg = d // Bn.shape[1]
+    bd = 1
+    while bd < 32 and cpg % (bd * 2) == 0:
+        bd *= 2
+    y = torch.empty(b, d, device=x.device, dtype=torch.float32)
+    A32 = A.float().contiguous()
+    _step_kernel[(b, triton.cdiv(d, bd))](
+        state, x, dt, A32, Bn, Cn, D.float().contiguous() if D is not None else x, z if z is not None else x,
+        dt_bias.float().contiguous() if dt_bias is not None else x, y,
+        d, n, cpg, *state.stride(), x.stride(0), Bn.stride(0), Bn.stride(1), Cn.stride(0), Cn.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(n), num_warps=4 if not _INTERPRET else 1,
+    )
+    return y.to(x.dtype)
