@@ -9,15 +9,16 @@ are; ``config.state_sizes`` holds each layer's N.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import ModelOutput
 
-from ..kernels import causal_conv1d_fn, selective_scan_fn
+from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
 from ..registry import register_model
 from .protocol import tag_parameter
 
@@ -141,14 +142,36 @@ class MambaMixer(nn.Module):
         assert dt.shape[-1] == l
         return u, z, dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, cache: MambaCache | None = None) -> Tensor:
+        if cache is not None and cache.offset > 0:
+            return self.step(hidden, cache)
         u, z, dt, B, C = self.ssm_inputs(hidden)
         A = -torch.exp(self.A_log.float())
         if self.stats is not None:
             delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None], threshold=20.0)
             self.stats.update(u=u.float(), delta=delta, A=A, B=B.float(), C=C.float())
-        y = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True)
+        if cache is None:
+            y = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True)
+            return self.out_proj(y.transpose(1, 2))
+        # prefill: also keep the last conv inputs and the final SSM state
+        y, last = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(),
+                                    delta_softplus=True, return_last_state=True)
+        x = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)[0]
+        k = self.conv1d.weight.shape[-1]
+        cache.conv[self.layer_idx] = F.pad(x, (max(0, k - x.shape[-1]), 0))[..., -k:].float().contiguous()
+        cache.ssm[self.layer_idx] = last.float().contiguous()
         return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden: Tensor, cache: MambaCache) -> Tensor:
+        """One decoding token: hidden (b, 1, H); the layer's conv and SSM states advance in place."""
+        x, z = self.in_proj(hidden[:, 0]).chunk(2, dim=-1)
+        u = causal_conv1d_update(x, cache.conv[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        dt = dt @ self.dt_proj.weight.t()
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(cache.ssm[self.layer_idx], u, dt, A, B, C, self.D.float(), z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y).unsqueeze(1)
 
     # --- compressible-layer protocol -------------------------------------------------------
     def start_stats(self):
@@ -192,6 +215,30 @@ class MambaMixer(nn.Module):
         return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
 
 
+class MambaCache:
+    """Recurrent decoding state: per layer a conv state (b, d_inner, d_conv) and an SSM state
+    (b, d_inner, N_layer), each layer with its own N."""
+
+    def __init__(self, n_layers: int):
+        self.conv: list[Tensor | None] = [None] * n_layers
+        self.ssm: list[Tensor | None] = [None] * n_layers
+        self.offset = 0  # tokens seen
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.offset
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        self.conv = [c.index_select(0, beam_idx.to(c.device)) if c is not None else None for c in self.conv]
+        self.ssm = [s.index_select(0, beam_idx.to(s.device)) if s is not None else None for s in self.ssm]
+
+
+@dataclass
+class MambaLMOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    cache_params: MambaCache | None = None
+
+
 class MambaBlock(nn.Module):
     def __init__(self, config: CompressMambaConfig, layer_idx: int):
         super().__init__()
@@ -199,9 +246,9 @@ class MambaBlock(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         self.mixer = MambaMixer(config, layer_idx)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: MambaCache | None = None) -> Tensor:
         residual = x.float() if self.residual_in_fp32 else x
-        return (residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)))).to(x.dtype)
+        return (residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), cache)).to(x.dtype)
 
 
 class MambaBackbone(nn.Module):
@@ -211,10 +258,12 @@ class MambaBackbone(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, cache: MambaCache | None = None) -> Tensor:
         h = self.embeddings(input_ids)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, cache)
+        if cache is not None:
+            cache.offset += input_ids.shape[1]
         return self.norm_f(h)
 
 
@@ -254,14 +303,33 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.backbone.embeddings = value
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None, **kwargs) -> CausalLMOutput:
-        h = self.backbone(input_ids)
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, cache_params: MambaCache | None = None,
+                use_cache: bool | None = None, **kwargs) -> MambaLMOutput:
+        """input_ids (b, l) → logits (b, l, vocab); with ``cache_params`` the first call fills the
+        recurrent cache (prefill) and later calls take one token each."""
+        if cache_params is not None and cache_params.offset > 0 and input_ids.shape[1] != 1:
+            raise ValueError(f"with a filled cache, input_ids must hold one new token, got {input_ids.shape[1]}")
+        h = self.backbone(input_ids, cache_params)
         logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return MambaLMOutput(loss=loss, logits=logits, cache_params=cache_params)
+
+    # --- generation with a recurrent cache ---------------------------------------------------
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the cache is ours (per-layer N), made in prepare_inputs_for_generation
+
+    def prepare_inputs_for_generation(self, input_ids, cache_params=None, use_cache=True, **kwargs):
+        if use_cache is False:
+            return {"input_ids": input_ids}
+        if cache_params is None:
+            cache_params = MambaCache(self.config.num_hidden_layers)
+        if cache_params.offset > 0:
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "cache_params": cache_params, "use_cache": True}
 
     def ssm_layers(self) -> list[MambaMixer]:
         return [layer.mixer for layer in self.backbone.layers]
