@@ -30,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compressmamba", description="In-training compression of state-space models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a recipe (YAML) with in-training compression",
-                       description="Train RECIPE.yaml; override any key with dotted key=value "
-                       "(e.g. reduction.tau=0.02 train.steps=500). Works under `accelerate launch`.")
+    t = sub.add_parser(
+        "train",
+        help="train a recipe (YAML) with in-training compression",
+        description="Train RECIPE.yaml; override any key with dotted key=value "
+        "(e.g. reduction.tau=0.02 train.steps=500). Works under `accelerate launch`.",
+    )
     t.add_argument("recipe", help="path to a recipe YAML file")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
     t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")

@@ -37,22 +37,30 @@ def compress_model(model, calib_batches, tau: float, method: str = "output"):
     from accelerate import Accelerator
 
     cfg = ReductionConfig(mode="tolerance", tau=tau, method=method, calib_batches=len(calib_batches))
-    return compression_event(model, cfg, 0, calib_batches, Accelerator(cpu=not torch.cuda.is_available()),
-                             torch.Generator().manual_seed(0))
+    return compression_event(
+        model, cfg, 0, calib_batches, Accelerator(cpu=not torch.cuda.is_available()), torch.Generator().manual_seed(0)
+    )
 
 
 def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_batches: int):
     from .data.text import text_lm
 
-    kw = {"corpus": "python_stdlib"} if spec == "python_stdlib" else (
-        {"files": spec} if any(ch in spec for ch in "*/.") or Path(spec).exists() else {"dataset": spec})
+    kw = (
+        {"corpus": "python_stdlib"}
+        if spec == "python_stdlib"
+        else ({"files": spec} if any(ch in spec for ch in "*/.") or Path(spec).exists() else {"dataset": spec})
+    )
     data = text_lm(**kw, tokenizer=tokenizer, seq_len=seq_len, val_fraction=0.05)
     n_need = n_batches * batch_size
     if len(data.train) < n_need:
-        raise ValueError(f"calibration data holds {len(data.train)} sequences of {seq_len} tokens; "
-                         f"{n_batches} batches of {batch_size} need {n_need}: lower --calib-batches or --seq-len")
+        raise ValueError(
+            f"calibration data holds {len(data.train)} sequences of {seq_len} tokens; "
+            f"{n_batches} batches of {batch_size} need {n_need}: lower --calib-batches or --seq-len"
+        )
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n_need].tolist()
-    return [default_collate([data.train[i] for i in idx[b * batch_size:(b + 1) * batch_size]]) for b in range(n_batches)]
+    return [
+        default_collate([data.train[i] for i in idx[b * batch_size : (b + 1) * batch_size]]) for b in range(n_batches)
+    ]
 
 
 def _cmd_compress(args) -> int:
@@ -84,10 +92,13 @@ def _cmd_convert(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("compress", help="compress a pretrained Mamba post hoc (calibrate, cut by tau)",
-                       description="Load CHECKPOINT (a compressmamba run folder, a transformers or mamba-ssm "
-                       "Mamba folder, or a hub id), estimate each state's energy on calibration text, cut by "
-                       "the tau rule, and save the smaller model for fine-tuning.")
+    c = sub.add_parser(
+        "compress",
+        help="compress a pretrained Mamba post hoc (calibrate, cut by tau)",
+        description="Load CHECKPOINT (a compressmamba run folder, a transformers or mamba-ssm "
+        "Mamba folder, or a hub id), estimate each state's energy on calibration text, cut by "
+        "the tau rule, and save the smaller model for fine-tuning.",
+    )
     c.add_argument("checkpoint")
     c.add_argument("--tau", type=float, required=True, help="fraction of energy a layer may discard, in [0, 1)")
     c.add_argument("--calib", default="python_stdlib", help="python_stdlib, a file glob, or a hub dataset name")
@@ -100,9 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_compress)
 
-    v = sub.add_parser("convert", help="convert a Mamba checkpoint (ours, transformers, mamba-ssm)",
-                       description="Convert SRC to DST: compressmamba format (per-layer state sizes) or plain "
-                       "transformers MambaForCausalLM (state sizes zero-padded to the largest; outputs unchanged).")
+    v = sub.add_parser(
+        "convert",
+        help="convert a Mamba checkpoint (ours, transformers, mamba-ssm)",
+        description="Convert SRC to DST: compressmamba format (per-layer state sizes) or plain "
+        "transformers MambaForCausalLM (state sizes zero-padded to the largest; outputs unchanged).",
+    )
     v.add_argument("src")
     v.add_argument("dst")
     v.add_argument("--to", default="compressmamba", choices=["compressmamba", "transformers"])

@@ -3,7 +3,7 @@ scan must move at least, and the speed-up as N shrinks, for each available backe
 
     python -m compressmamba.eval.bench_scan                       # Mamba-130m layer shape on CUDA
     python -m compressmamba.eval.bench_scan --device cpu --batch 2 --dim 256 --seqlen 512
-    python -m compressmamba.eval.bench_scan --vs-transformers      # whole-model fwd+bwd on CPU
+    (whole models against transformers: python -m compressmamba.eval.bench_model)
 
 Minimum bytes: read u, delta, z (b·d·l each), B, C (b·n·l each), write y (b·d·l), in the input
 dtype; the backward reads those again plus dy and writes du, ddelta, dz, dB, dC.
@@ -15,16 +15,22 @@ import argparse
 import time
 
 import torch
-
 from compressmamba.kernels import selective_scan_fn
 
 
 def _inputs(b, d, n, l, device, dtype):
     g = torch.Generator(device="cpu").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)
-    return dict(u=r(b, d, l), delta=r(b, d, l) * 0.5, A=-torch.rand(d, n, generator=g).to(device) - 0.5,
-                B=r(b, n, l), C=r(b, n, l), D=torch.rand(d, generator=g).to(device), z=r(b, d, l),
-                delta_bias=torch.rand(d, generator=g).to(device) * 0.1)
+    return dict(
+        u=r(b, d, l),
+        delta=r(b, d, l) * 0.5,
+        A=-torch.rand(d, n, generator=g).to(device) - 0.5,
+        B=r(b, n, l),
+        C=r(b, n, l),
+        D=torch.rand(d, generator=g).to(device),
+        z=r(b, d, l),
+        delta_bias=torch.rand(d, generator=g).to(device) * 0.1,
+    )
 
 
 def _sync(device):
@@ -58,10 +64,10 @@ def bench(args):
         base = None
         for n in args.states:
             inp = _inputs(b, d, n, l, args.device, dtype)
-            fwd = lambda: selective_scan_fn(**inp, delta_softplus=True, backend=backend)
+            fwd = lambda inp=inp, backend=backend: selective_scan_fn(**inp, delta_softplus=True, backend=backend)
             grads = {k: v.requires_grad_() for k, v in inp.items() if k in ("u", "delta", "A", "B", "C", "D", "z")}
 
-            def fwd_bwd():
+            def fwd_bwd(inp=inp, grads=grads, backend=backend):
                 y = selective_scan_fn(**inp, delta_softplus=True, backend=backend)
                 torch.autograd.grad(y.float().sum(), list(grads.values()))
 
@@ -89,29 +95,6 @@ def bench(args):
         print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} | {sp} |")
 
 
-def vs_transformers(args):
-    """Forward+backward of a whole model: ours (vectorised CPU scan) vs transformers' torch path."""
-    from transformers import MambaConfig, MambaForCausalLM
-
-    from compressmamba.models.mamba import build_mamba
-
-    b, l, h, layers, n = 4, 256, 256, 4, 16
-    x = torch.randint(0, 256, (b, l))
-    ours = build_mamba(d_model=h, n_layers=layers, state_size=n, vocab_size=256)
-    theirs = MambaForCausalLM(MambaConfig(vocab_size=256, hidden_size=h, num_hidden_layers=layers, state_size=n))
-    res = {}
-    for name, m in (("compressmamba", ours), ("transformers", theirs)):
-        m.train()
-        step = lambda m=m: m(input_ids=x, labels=x).loss.backward()
-        res[name] = _time(step, "cpu", args.reps)
-    print(f"model forward+backward on CPU: batch {b}, L {l}, d_model {h}, {layers} layers, N {n}, "
-          f"{torch.get_num_threads()} threads")
-    print("| model | fwd+bwd s | tokens/s |\n|---|---|---|")
-    for name, t in res.items():
-        print(f"| {name} | {t:.3f} | {b * l / t:.0f} |")
-    print(f"speed-up: {res['transformers'] / res['compressmamba']:.1f}x")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -121,10 +104,9 @@ def main(argv=None):
     p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16, 32, 64, 128])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--vs-transformers", action="store_true")
     args = p.parse_args(argv)
     args.states = sorted(args.states, reverse=True)
-    vs_transformers(args) if args.vs_transformers else bench(args)
+    bench(args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ METHODS = ("hankel", "hankel_mean", "output")
 
 def _recipe(args, seed, out):
     return {
-        "name": "ablation", "seed": seed, "out_dir": out,
+        "name": "ablation",
+        "seed": seed,
+        "out_dir": out,
         "model": {"name": "mamba", "d_model": args.d_model, "n_layers": args.layers, "state_size": args.n},
         "data": {"name": "text_lm", "corpus": "python_stdlib", "seq_len": args.seq_len, "max_bytes": 4_000_000},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.05, "grad_clip": 1.0, "weight_decay": 0.1},
@@ -69,12 +71,17 @@ def run(args) -> dict:
         en = _energies(model, calib)
         for keep in args.keep:
             for m in METHODS:
-                results.setdefault((m, keep), []).append(_val_loss(_cut(model, en[m], keep, "largest", None), val) - base)
+                results.setdefault((m, keep), []).append(
+                    _val_loss(_cut(model, en[m], keep, "largest", None), val) - base
+                )
             gen = torch.Generator().manual_seed(seed)
-            draws = [_val_loss(_cut(model, en["output"], keep, "random", gen), val) - base for _ in range(args.random_draws)]
+            draws = [
+                _val_loss(_cut(model, en["output"], keep, "random", gen), val) - base for _ in range(args.random_draws)
+            ]
             results.setdefault(("random", keep), []).append(sum(draws) / len(draws))
             results.setdefault(("smallest", keep), []).append(
-                _val_loss(_cut(model, en["output"], keep, "smallest", None), val) - base)
+                _val_loss(_cut(model, en["output"], keep, "smallest", None), val) - base
+            )
         print(f"seed {seed}: trained and cut in {time.time() - t0:.0f} s (val loss {base:.4f})", flush=True)
     return results
 
@@ -108,7 +115,10 @@ def main(argv=None):
     p.add_argument("--out", default="runs/ablation")
     args = p.parse_args(argv)
     res = run(args)
-    print(f"\nRise in validation loss (nats/byte) after cutting every layer to k states, mean ± std over seeds {args.seeds}:\n")
+    print(
+        f"\nRise in validation loss (nats/byte) after cutting every layer to k states, "
+        f"mean ± std over seeds {args.seeds}:\n"
+    )
     print(table(res, args))
 
 

@@ -63,7 +63,9 @@ def _read_documents(corpus, files, dataset, split, text_column, max_bytes) -> li
             ext = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
             kinds = {ext.get(Path(p).suffix) for p in other}
             if None in kinds or len(kinds) > 1:
-                raise ValueError(f"data.files mixes or holds unsupported types: {other[:5]} (use .txt, .json(l), .parquet, .csv)")
+                raise ValueError(
+                    f"data.files mixes or holds unsupported types: {other[:5]} (use .txt, .json(l), .parquet, .csv)"
+                )
             docs += _hf_documents(kinds.pop(), {"train": other}, "train", text_column)
     elif dataset:
         docs = _hf_documents(dataset, None, split, text_column)
@@ -85,7 +87,9 @@ def _hf_documents(name, data_files, split, text_column) -> list[bytes]:
 
     ds = datasets.load_dataset(name, data_files=data_files, split=split)
     if text_column not in ds.column_names:
-        raise ValueError(f"dataset {name!r} has columns {ds.column_names}, expected a {text_column!r} column (data.text_column)")
+        raise ValueError(
+            f"dataset {name!r} has columns {ds.column_names}, expected a {text_column!r} column (data.text_column)"
+        )
     return [t.encode("utf-8") for t in ds[text_column]]
 
 
@@ -158,8 +162,19 @@ def _stream(docs: list[bytes], tok: Tokenizer) -> np.ndarray:
 
 
 @register_dataset("text_lm")
-def text_lm(corpus=None, files=None, dataset=None, split="train", text_column="text", tokenizer="byte",
-            seq_len: int = 256, val_fraction: float = 0.05, max_bytes: int | None = None, seed: int = 0, **_):
+def text_lm(
+    corpus=None,
+    files=None,
+    dataset=None,
+    split="train",
+    text_column="text",
+    tokenizer="byte",
+    seq_len: int = 256,
+    val_fraction: float = 0.05,
+    max_bytes: int | None = None,
+    seed: int = 0,
+    **_,
+):
     """Packed language-model data split by document into train / validation (test = validation)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")

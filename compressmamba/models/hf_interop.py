@@ -43,11 +43,18 @@ def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig:
     vocab = int(math.ceil(vocab / mult) * mult)
     d_model = cfg["d_model"]
     return CompressMambaConfig(
-        vocab_size=vocab, hidden_size=d_model, num_hidden_layers=cfg["n_layer"],
-        state_size=ssm.get("d_state", 16), expand=ssm.get("expand", 2), conv_kernel=ssm.get("d_conv", 4),
-        time_step_rank=ssm.get("dt_rank", "auto"), use_bias=ssm.get("bias", False),
-        use_conv_bias=ssm.get("conv_bias", True), residual_in_fp32=cfg.get("residual_in_fp32", True),
-        tie_word_embeddings=cfg.get("tie_embeddings", True), layer_norm_epsilon=cfg.get("norm_epsilon", 1e-5),
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=cfg["n_layer"],
+        state_size=ssm.get("d_state", 16),
+        expand=ssm.get("expand", 2),
+        conv_kernel=ssm.get("d_conv", 4),
+        time_step_rank=ssm.get("dt_rank", "auto"),
+        use_bias=ssm.get("bias", False),
+        use_conv_bias=ssm.get("conv_bias", True),
+        residual_in_fp32=cfg.get("residual_in_fp32", True),
+        tie_word_embeddings=cfg.get("tie_embeddings", True),
+        layer_norm_epsilon=cfg.get("norm_epsilon", 1e-5),
     )
 
 
@@ -58,11 +65,16 @@ def _load_strict(model: torch.nn.Module, sd: dict, source: str) -> None:
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     missing = sorted(set(own) - set(sd) - tied)
     unexpected = sorted(set(sd) - set(own))
-    bad = [f"{k}: found {tuple(sd[k].shape)}, expected {tuple(own[k].shape)}"
-           for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    bad = [
+        f"{k}: found {tuple(sd[k].shape)}, expected {tuple(own[k].shape)}"
+        for k in sorted(set(sd) & set(own))
+        if sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or bad:
-        raise ValueError(f"checkpoint {source} does not fit its config: missing keys {missing[:8]}, "
-                         f"unexpected keys {unexpected[:8]}, shape mismatches {bad[:8]}")
+        raise ValueError(
+            f"checkpoint {source} does not fit its config: missing keys {missing[:8]}, "
+            f"unexpected keys {unexpected[:8]}, shape mismatches {bad[:8]}"
+        )
     model.load_state_dict({k: v for k, v in sd.items()}, strict=not tied)
 
 
@@ -86,8 +98,10 @@ def load_pretrained(path_or_id: str | Path, **kwargs) -> CompressMambaForCausalL
         model = CompressMambaForCausalLM(config)
         _load_strict(model, sd, str(root))
         return model.eval()
-    raise ValueError(f"{root}: unknown model type {mtype!r}; expected compressmamba, mamba (transformers) or a "
-                     "mamba-ssm config with d_model and n_layer")
+    raise ValueError(
+        f"{root}: unknown model type {mtype!r}; expected compressmamba, mamba (transformers) or a "
+        "mamba-ssm config with d_model and n_layer"
+    )
 
 
 @torch.no_grad()
@@ -99,10 +113,20 @@ def export_transformers(model: CompressMambaForCausalLM, out_dir: str | Path) ->
     c = model.config
     n_max = max(model.state_sizes)
     hf_cfg = MambaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, state_size=n_max, num_hidden_layers=c.num_hidden_layers,
-        layer_norm_epsilon=c.layer_norm_epsilon, expand=c.expand, conv_kernel=c.conv_kernel, use_bias=c.use_bias,
-        use_conv_bias=c.use_conv_bias, residual_in_fp32=c.residual_in_fp32, time_step_rank=c.time_step_rank,
-        tie_word_embeddings=c.tie_word_embeddings, pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        state_size=n_max,
+        num_hidden_layers=c.num_hidden_layers,
+        layer_norm_epsilon=c.layer_norm_epsilon,
+        expand=c.expand,
+        conv_kernel=c.conv_kernel,
+        use_bias=c.use_bias,
+        use_conv_bias=c.use_conv_bias,
+        residual_in_fp32=c.residual_in_fp32,
+        time_step_rank=c.time_step_rank,
+        tie_word_embeddings=c.tie_word_embeddings,
+        pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id,
         eos_token_id=c.eos_token_id,
     )
     sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -115,7 +139,7 @@ def export_transformers(model: CompressMambaForCausalLM, out_dir: str | Path) ->
         sd[pre + "A_log"] = torch.cat([A, torch.zeros(A.shape[0], n_max - n, dtype=A.dtype)], dim=1)
         W = sd[pre + "x_proj.weight"]
         z = torch.zeros(n_max - n, W.shape[1], dtype=W.dtype)
-        sd[pre + "x_proj.weight"] = torch.cat([W[:r], W[r:r + n], z, W[r + n:], z], dim=0)
+        sd[pre + "x_proj.weight"] = torch.cat([W[:r], W[r : r + n], z, W[r + n :], z], dim=0)
     hf = MambaForCausalLM(hf_cfg)
     hf.load_state_dict(sd, strict=not c.tie_word_embeddings)
     out = Path(out_dir)

@@ -161,7 +161,10 @@ class LRUModel(nn.Module):
         self.pair = pair
         if pair:
             self.head = nn.Sequential(
-                nn.Linear(4 * d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model), nn.GELU(),
+                nn.Linear(4 * d_model, d_model),
+                nn.GELU(),
+                nn.Linear(d_model, d_model),
+                nn.GELU(),
                 nn.Linear(d_model, n_classes),
             )
         else:
@@ -217,6 +220,15 @@ def build_lru(
     if d_input is not None and vocab_size is not None:
         vocab_size = None  # float features win
     return LRUModel(
-        d_model, n_layers, list(state_sizes), n_classes, d_input=d_input, vocab_size=vocab_size,
-        dropout=dropout, pair=pair, r_min=r_min, r_max=r_max, max_phase=max_phase,
+        d_model,
+        n_layers,
+        list(state_sizes),
+        n_classes,
+        d_input=d_input,
+        vocab_size=vocab_size,
+        dropout=dropout,
+        pair=pair,
+        r_min=r_min,
+        r_max=r_max,
+        max_phase=max_phase,
     )

@@ -18,7 +18,12 @@ from torch import Tensor
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
+from ..kernels import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    selective_scan_fn,
+    selective_state_update,
+)
 from ..registry import register_model
 from .protocol import tag_parameter
 
@@ -58,7 +63,9 @@ class CompressMambaConfig(PretrainedConfig):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.state_sizes = [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * num_hidden_layers
+        self.state_sizes = (
+            [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * num_hidden_layers
+        )
         if len(self.state_sizes) != num_hidden_layers or min(self.state_sizes) < 1:
             raise ValueError(f"state_sizes {self.state_sizes} must hold {num_hidden_layers} sizes >= 1")
         self.state_size = max(self.state_sizes)
@@ -77,8 +84,13 @@ class CompressMambaConfig(PretrainedConfig):
         self.time_step_floor = time_step_floor
         self.rescale_prenorm_residual = rescale_prenorm_residual
         self.use_cache = use_cache
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
 
 class RMSNorm(nn.Module):
@@ -110,8 +122,11 @@ class MambaMixer(nn.Module):
         self.conv1d = nn.Conv1d(i, i, k, groups=i, padding=k - 1, bias=config.use_conv_bias)
         self.x_proj = nn.Linear(i, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, i, bias=True)
-        self.A_log = tag_parameter(nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(i, 1)),
-                                   no_weight_decay=True, ssm=True)
+        self.A_log = tag_parameter(
+            nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(i, 1)),
+            no_weight_decay=True,
+            ssm=True,
+        )
         self.D = tag_parameter(nn.Parameter(torch.ones(i)), no_weight_decay=True)
         tag_parameter(self.dt_proj.bias, no_weight_decay=True)
         self.out_proj = nn.Linear(i, h, bias=config.use_bias)
@@ -123,8 +138,10 @@ class MambaMixer(nn.Module):
         with torch.no_grad():
             std = self.dt_rank**-0.5 * c.time_step_scale
             self.dt_proj.weight.uniform_(-std, std)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
-                           + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
+            dt = torch.exp(
+                torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                + math.log(c.time_step_min)
+            ).clamp(min=c.time_step_floor)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
             self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
             self.D.fill_(1.0)
@@ -154,8 +171,9 @@ class MambaMixer(nn.Module):
             y = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True)
             return self.out_proj(y.transpose(1, 2))
         # prefill: also keep the last conv inputs and the final SSM state
-        y, last = selective_scan_fn(u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(),
-                                    delta_softplus=True, return_last_state=True)
+        y, last = selective_scan_fn(
+            u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True
+        )
         x = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)[0]
         k = self.conv1d.weight.shape[-1]
         cache.conv[self.layer_idx] = F.pad(x, (max(0, k - x.shape[-1]), 0))[..., -k:].float().contiguous()
@@ -169,8 +187,18 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.state_size, self.state_size], dim=-1)
         dt = dt @ self.dt_proj.weight.t()
         A = -torch.exp(self.A_log.float())
-        y = selective_state_update(cache.ssm[self.layer_idx], u, dt, A, B, C, self.D.float(), z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        y = selective_state_update(
+            cache.ssm[self.layer_idx],
+            u,
+            dt,
+            A,
+            B,
+            C,
+            self.D.float(),
+            z,
+            dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True,
+        )
         return self.out_proj(y).unsqueeze(1)
 
     # --- compressible-layer protocol -------------------------------------------------------
@@ -201,7 +229,9 @@ class MambaMixer(nn.Module):
         n, r = self.state_size, self.dt_rank
         keep = torch.as_tensor(keep, dtype=torch.long, device=self.A_log.device)
         if keep.numel() < 1 or keep.min() < 0 or keep.max() >= n or keep.unique().numel() != keep.numel():
-            raise ValueError(f"layer {self.layer_idx}: keep must hold distinct indices in [0, {n}), got {keep.tolist()}")
+            raise ValueError(
+                f"layer {self.layer_idx}: keep must hold distinct indices in [0, {n}), got {keep.tolist()}"
+            )
         if keep.numel() == n and (keep == torch.arange(n, device=keep.device)).all():
             return {}
         rows = torch.cat([torch.arange(r, device=keep.device), r + keep, r + n + keep])
@@ -303,8 +333,14 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.backbone.embeddings = value
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None, cache_params: MambaCache | None = None,
-                use_cache: bool | None = None, **kwargs) -> MambaLMOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        cache_params: MambaCache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MambaLMOutput:
         """input_ids (b, l) → logits (b, l, vocab); with ``cache_params`` the first call fills the
         recurrent cache (prefill) and later calls take one token each."""
         if cache_params is not None and cache_params.offset > 0 and input_ids.shape[1] != 1:
@@ -313,8 +349,9 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
         logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
         return MambaLMOutput(loss=loss, logits=logits, cache_params=cache_params)
 
     # --- generation with a recurrent cache ---------------------------------------------------
@@ -349,16 +386,32 @@ except ValueError:  # already registered (module reloaded)
 
 
 @register_model("mamba")
-def build_mamba(d_model: int = 256, n_layers: int = 4, state_size: int | list[int] = 16,
-                state_sizes: list[int] | None = None, vocab_size: int = 256, expand: int = 2,
-                d_conv: int = 4, tie_word_embeddings: bool = True, residual_in_fp32: bool = True,
-                pretrained: str | None = None, **_info) -> CompressMambaForCausalLM:
+def build_mamba(
+    d_model: int = 256,
+    n_layers: int = 4,
+    state_size: int | list[int] = 16,
+    state_sizes: list[int] | None = None,
+    vocab_size: int = 256,
+    expand: int = 2,
+    d_conv: int = 4,
+    tie_word_embeddings: bool = True,
+    residual_in_fp32: bool = True,
+    pretrained: str | None = None,
+    **_info,
+) -> CompressMambaForCausalLM:
     """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``."""
     if pretrained:
         return CompressMambaForCausalLM.from_pretrained(pretrained)
     if state_sizes is None:
         state_sizes = list(state_size) if isinstance(state_size, (list, tuple)) else [int(state_size)] * n_layers
-    cfg = CompressMambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                              state_sizes=list(state_sizes), expand=expand, conv_kernel=d_conv,
-                              tie_word_embeddings=tie_word_embeddings, residual_in_fp32=residual_in_fp32)
+    cfg = CompressMambaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        state_sizes=list(state_sizes),
+        expand=expand,
+        conv_kernel=d_conv,
+        tie_word_embeddings=tie_word_embeddings,
+        residual_in_fp32=residual_in_fp32,
+    )
     return CompressMambaForCausalLM(cfg)

@@ -32,15 +32,24 @@ class MambaStats:
     def __init__(self, d: int, n: int, chunk: int = 256):
         self.d, self.n, self.chunk = d, n, chunk
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)
-        self.sums = {"count": z(()), "decay": z(d, n), "in2": z(d, n), "c2": z(n), "dB": z(d, n), "c": z(n),
-                     "out2": z(d, n)}
+        self.sums = {
+            "count": z(()),
+            "decay": z(d, n),
+            "in2": z(d, n),
+            "c2": z(n),
+            "dB": z(d, n),
+            "c": z(n),
+            "out2": z(d, n),
+        }
 
     @torch.no_grad()
     def update(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
         """u, delta (b, d, l) with delta the step Δ after bias and softplus; A (d, n); B, C (b, n, l)."""
         b, d, l = u.shape
         if (d, B.shape[1]) != (self.d, self.n) or A.shape != (self.d, self.n):
-            raise ValueError(f"stats for (d={self.d}, n={self.n}) got u {tuple(u.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}")
+            raise ValueError(
+                f"stats for (d={self.d}, n={self.n}) got u {tuple(u.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
+            )
         dev = u.device
         s = {k: v.to(dev) for k, v in self.sums.items()}
         du = delta * u
@@ -77,20 +86,28 @@ def _means(stats: dict[str, Tensor], layer: str):
         raise ValueError(f"layer {layer}: statistics lack {missing}")
     count = float(stats["count"])
     if count < MIN_TOKENS:
-        raise ValueError(f"layer {layer}: calibration saw {count:.0f} tokens, need at least {MIN_TOKENS}; "
-                         "raise reduction.calib_batches or the batch size")
+        raise ValueError(
+            f"layer {layer}: calibration saw {count:.0f} tokens, need at least {MIN_TOKENS}; "
+            "raise reduction.calib_batches or the batch size"
+        )
     m = {k: stats[k].to(torch.float64) / count for k in _KEYS if k != "count"}
     for k, v in m.items():
         if not torch.isfinite(v).all():
-            raise ValueError(f"layer {layer}: calibration statistic '{k}' contains NaN or inf; the model has "
-                             "diverged (check the loss) — refusing to cut")
+            raise ValueError(
+                f"layer {layer}: calibration statistic '{k}' contains NaN or inf; the model has "
+                "diverged (check the loss) — refusing to cut"
+            )
     return m
 
 
 def mamba_energy(stats: dict[str, Tensor], method: str = "hankel", layer: str = "?") -> Tensor:
     """Per-state energy (n,) float64 by ``method`` in ENERGY_METHODS (see module docstring)."""
     if method not in ENERGY_METHODS:
-        hint = " (random and smallest are selection modes: reduction.selection)" if method in ("random", "smallest") else ""
+        hint = (
+            " (random and smallest are selection modes: reduction.selection)"
+            if method in ("random", "smallest")
+            else ""
+        )
         raise ValueError(f"energy method must be one of {ENERGY_METHODS}, got {method!r}{hint}")
     m = _means(stats, layer)
     if method == "output":

@@ -40,7 +40,6 @@ class TrainConfig:
     checkpoint_every: int | None = None
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
-    num_workers: int = 0
     progress: bool = True
 
 
@@ -184,15 +183,27 @@ def validate(r: Recipe) -> None:
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
     _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
-    _check(red.mode in ("tolerance", "fixed", "pragmatic", "none"), "reduction.mode", red.mode,
-           "tolerance, fixed, pragmatic or none")
+    _check(
+        red.mode in ("tolerance", "fixed", "pragmatic", "none"),
+        "reduction.mode",
+        red.mode,
+        "tolerance, fixed, pragmatic or none",
+    )
     _check(0 <= red.tau < 1, "reduction.tau", red.tau, "a fraction in [0, 1) of Hankel energy to discard")
     _check(0 < red.fraction < 1, "reduction.fraction", red.fraction, "a fraction in (0, 1)")
-    _check(red.selection in ("largest", "smallest", "random"), "reduction.selection", red.selection,
-           "largest, smallest or random")
+    _check(
+        red.selection in ("largest", "smallest", "random"),
+        "reduction.selection",
+        red.selection,
+        "largest, smallest or random",
+    )
     _check(0 < red.gate <= 1, "reduction.gate", red.gate, "in (0, 1]")
     _check(0 < red.window <= 1, "reduction.window", red.window, "a fraction of train.steps in (0, 1]")
     _check(red.calib_batches >= 1, "reduction.calib_batches", red.calib_batches, ">= 1")
     if red.attempts is not None:
-        _check(all(isinstance(s, int) and 1 <= s <= t.steps for s in red.attempts), "reduction.attempts",
-               red.attempts, f"a list of steps in [1, {t.steps}]")
+        _check(
+            all(isinstance(s, int) and 1 <= s <= t.steps for s in red.attempts),
+            "reduction.attempts",
+            red.attempts,
+            f"a list of steps in [1, {t.steps}]",
+        )

@@ -60,8 +60,9 @@ def calibrate(model: nn.Module, layers, batches, accelerator) -> list[dict | Non
     return out
 
 
-def compression_event(model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator,
-                      generator: torch.Generator) -> CutReport:
+def compression_event(
+    model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator, generator: torch.Generator
+) -> CutReport:
     """Cut every layer of ``model`` (the unwrapped module) by ``cfg``'s rule at ``step``."""
     t0 = time.perf_counter()
     layers = model.ssm_layers()

@@ -24,7 +24,12 @@ def plot_energy_spectra(energies: list[list[float]], old: list[int], new: list[i
             continue
         e = energies[i]
         idx = range(1, len(e) + 1)
-        ax.bar(idx, [max(v, 1e-30) for v in e], width=1.0, color=["tab:blue" if j < new[i] else "tab:gray" for j in range(len(e))])
+        ax.bar(
+            idx,
+            [max(v, 1e-30) for v in e],
+            width=1.0,
+            color=["tab:blue" if j < new[i] else "tab:gray" for j in range(len(e))],
+        )
         ax.set_yscale("log")
         ax.set_title(f"layer {i}: {old[i]} → {new[i]}", fontsize=9)
         ax.set_xlabel("state (sorted)", fontsize=8)
@@ -65,8 +70,13 @@ class PlotCallback:
     def on_cut(self, trainer, report):
         if not trainer.accelerator.is_main_process:
             return
-        plot_energy_spectra(report.energies, report.old_sizes, report.new_sizes, report.step,
-                            trainer.run_dir / "plots" / f"energy_step{report.step}.png")
+        plot_energy_spectra(
+            report.energies,
+            report.old_sizes,
+            report.new_sizes,
+            report.step,
+            trainer.run_dir / "plots" / f"energy_step{report.step}.png",
+        )
 
     def on_end(self, trainer):
         if trainer.accelerator.is_main_process:

@@ -44,8 +44,15 @@ class Trainer:
     """Train ``recipe``; ``extra_loss(model, batch, output) -> Tensor`` adds a loss term
     (distillation, regularisers); ``callbacks`` get ``on_cut(trainer, report)``."""
 
-    def __init__(self, recipe: Recipe, *, resume: str | Path | None = None,
-                 extra_loss: Callable | None = None, callbacks: list | None = None, accelerator=None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        resume: str | Path | None = None,
+        extra_loss: Callable | None = None,
+        callbacks: list | None = None,
+        accelerator=None,
+    ):
         self.recipe = recipe
         self.extra_loss = extra_loss
         self.callbacks = list(callbacks or [])
@@ -67,25 +74,35 @@ class Trainer:
         self.model = self._build_model(sizes)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = 0
-        self.state = {"best_val": None, "test_at_best": None, "val_at_best": None, "cut_time_s": 0.0,
-                      "train_time_s": 0.0, "n_cuts": 0, "cutting_stopped": False, "attempts_done": [],
-                      "initial_state_sizes": self.model.state_sizes}
+        self.state = {
+            "best_val": None,
+            "test_at_best": None,
+            "val_at_best": None,
+            "cut_time_s": 0.0,
+            "train_time_s": 0.0,
+            "n_cuts": 0,
+            "cutting_stopped": False,
+            "attempts_done": [],
+            "initial_state_sizes": self.model.state_sizes,
+        }
         if self.ckpt:
             self.model.load_state_dict(self.ckpt["model"])
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.step = self.ckpt["step"]
             self.state.update(self.ckpt["trainer"])
         self._prepare()
-        self.batches = StepBatches(self.data.train, t.batch_size, recipe.seed, acc.process_index,
-                                   acc.num_processes, t.grad_accum)
+        self.batches = StepBatches(
+            self.data.train, t.batch_size, recipe.seed, acc.process_index, acc.num_processes, t.grad_accum
+        )
         self.attempts = attempt_steps(recipe.reduction, t.steps)
         self.cut_rng = torch.Generator().manual_seed(recipe.seed + 7919)
         self.pragmatic_snapshot = None
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
-                                     append=self.ckpt is not None)
+        self.metrics = MetricsWriter(
+            self.run_dir / "metrics.jsonl" if acc.is_main_process else None, append=self.ckpt is not None
+        )
         if self.ckpt:
             set_rng_state(self.ckpt["rng"])
 
@@ -120,11 +137,19 @@ class Trainer:
                 out = model(**batch)
             if self.task == "lm":
                 n = (batch["labels"][:, 1:] != -100).sum()
-                tot += torch.stack([out.loss.double() * n, torch.zeros((), device=acc.device, dtype=torch.float64), n.double()])
+                tot += torch.stack(
+                    [out.loss.double() * n, torch.zeros((), device=acc.device, dtype=torch.float64), n.double()]
+                )
             else:
                 y = batch["labels"]
                 correct = (out.logits.argmax(-1) == y).sum()
-                tot += torch.stack([out.loss.double() * len(y), correct.double(), torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64)])
+                tot += torch.stack(
+                    [
+                        out.loss.double() * len(y),
+                        correct.double(),
+                        torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64),
+                    ]
+                )
         model.train(was)
         tot = acc.reduce(tot, reduction="sum")
         loss = (tot[0] / tot[2].clamp_min(1)).item()
@@ -140,8 +165,9 @@ class Trainer:
 
     def _eval_and_track(self, after_cut: bool = False) -> dict:
         val = self.evaluate("val")
-        self.metrics.write(step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes,
-                           wall_time=time.time(), **val)
+        self.metrics.write(
+            step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
+        )
         best = self.state["best_val"]
         if after_cut or best is None or self._score(val) > best:
             self.state["best_val"] = self._score(val)
@@ -149,8 +175,14 @@ class Trainer:
             if self.data.test is not None:
                 test = self.evaluate("test")
                 self.state["test_at_best"] = test
-                self.metrics.write(step=self.step, kind="eval", split="test", state_sizes=self.model.state_sizes,
-                                   wall_time=time.time(), **test)
+                self.metrics.write(
+                    step=self.step,
+                    kind="eval",
+                    split="test",
+                    state_sizes=self.model.state_sizes,
+                    wall_time=time.time(),
+                    **test,
+                )
         return val
 
     # --- training ----------------------------------------------------------------------------
@@ -201,11 +233,18 @@ class Trainer:
             if snap is not None and self._score(val) < snap["score"] - red.pragmatic_tolerance:
                 self._restore(snap)
                 self.state["cutting_stopped"] = True
-                self.metrics.write(step=self.step, kind="rollback", to_sizes=snap["sizes"], wall_time=time.time(),
-                                   val_score=self._score(val), snapshot_score=snap["score"])
+                self.metrics.write(
+                    step=self.step,
+                    kind="rollback",
+                    to_sizes=snap["sizes"],
+                    wall_time=time.time(),
+                    val_score=self._score(val),
+                    snapshot_score=snap["score"],
+                )
                 return None
             self.pragmatic_snapshot = {
-                "score": self._score(val), "sizes": self.model.state_sizes,
+                "score": self._score(val),
+                "sizes": self.model.state_sizes,
                 "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": _clone_state(self.optimizer.state_dict()),
             }
@@ -230,22 +269,42 @@ class Trainer:
 
     def save(self):
         if self.accelerator.is_main_process:
-            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", model=self.model, optimizer=self.optimizer,
-                            step=self.step, state_sizes=self.model.state_sizes, trainer_state=self.state,
-                            recipe=self.recipe.to_dict())
+            save_checkpoint(
+                self.run_dir / "checkpoints" / "last.pt",
+                model=self.model,
+                optimizer=self.optimizer,
+                step=self.step,
+                state_sizes=self.model.state_sizes,
+                trainer_state=self.state,
+                recipe=self.recipe.to_dict(),
+            )
         self.accelerator.wait_for_everyone()
 
     def _log_rank_hash(self, what: str):
         acc = self.accelerator
         if acc.num_processes > 1:
             with open(self.run_dir / f"rank{acc.process_index}_hashes.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, "what": what, "sizes": self.model.state_sizes,
-                                    "hash": param_hash(self.model)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": self.step,
+                            "what": what,
+                            "sizes": self.model.state_sizes,
+                            "hash": param_hash(self.model),
+                        }
+                    )
+                    + "\n"
+                )
 
     def fit(self) -> dict:
-        acc, t, red = self.accelerator, self.recipe.train, self.recipe.reduction
-        bar = tqdm(total=t.steps, initial=self.step, disable=not (acc.is_main_process and t.progress),
-                   desc=self.recipe.name, dynamic_ncols=True)
+        acc, t = self.accelerator, self.recipe.train
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            disable=not (acc.is_main_process and t.progress),
+            desc=self.recipe.name,
+            dynamic_ncols=True,
+        )
         t_start, window_t, window_samples, window_tokens = time.time(), time.time(), 0, 0
         last_val = {}
         self.wrapped.train()
@@ -255,13 +314,25 @@ class Trainer:
             window_tokens += n_tok * acc.num_processes
             if self.step % t.log_every == 0 or self.step == t.steps:
                 dt = max(time.time() - window_t, 1e-9)
-                self.metrics.write(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
-                                   samples_per_s=window_samples / dt, tokens_per_s=window_tokens / dt, wall_time=time.time())
+                self.metrics.write(
+                    step=self.step,
+                    kind="train",
+                    loss=loss,
+                    lr=lr,
+                    state_sizes=self.model.state_sizes,
+                    samples_per_s=window_samples / dt,
+                    tokens_per_s=window_tokens / dt,
+                    wall_time=time.time(),
+                )
                 window_t, window_samples, window_tokens = time.time(), 0, 0
             if self.step % t.eval_every == 0 or self.step == t.steps:
                 last_val = self._eval_and_track()
                 window_t = time.time()  # throughput counts training steps only
-            if self.step in self.attempts and self.step not in self.state["attempts_done"] and not self.state["cutting_stopped"]:
+            if (
+                self.step in self.attempts
+                and self.step not in self.state["attempts_done"]
+                and not self.state["cutting_stopped"]
+            ):
                 self.state["attempts_done"].append(self.step)
                 result = self._cut()
                 if result is not None:
@@ -269,12 +340,22 @@ class Trainer:
                     self.state["cut_time_s"] += report.seconds
                     if report.changed:
                         self.state["n_cuts"] += 1
-                        self.metrics.write(step=self.step, kind="cut", old_sizes=report.old_sizes, new_sizes=report.new_sizes,
-                                           energy_kept=report.energy_kept, energies=report.energies,
-                                           seconds=report.seconds, optimizer=counts, wall_time=time.time())
+                        self.metrics.write(
+                            step=self.step,
+                            kind="cut",
+                            old_sizes=report.old_sizes,
+                            new_sizes=report.new_sizes,
+                            energy_kept=report.energy_kept,
+                            energies=report.energies,
+                            seconds=report.seconds,
+                            optimizer=counts,
+                            wall_time=time.time(),
+                        )
                         if acc.is_main_process:
-                            tqdm.write(f"step {self.step}: state sizes {report.old_sizes} -> {report.new_sizes} "
-                                       f"(energy kept {[round(e, 4) for e in report.energy_kept]})")
+                            tqdm.write(
+                                f"step {self.step}: state sizes {report.old_sizes} -> {report.new_sizes} "
+                                f"(energy kept {[round(e, 4) for e in report.energy_kept]})"
+                            )
                         for cb in self.callbacks:
                             cb.on_cut(self, report)
                         last_val = self._eval_and_track(after_cut=True)
@@ -303,9 +384,11 @@ class Trainer:
         return summary
 
     def _print_summary(self, s: dict) -> None:
-        lines = [f"{self.recipe.name}: {s['steps']} steps in {s['train_time_s']:.0f} s "
-                 f"({s['n_cuts']} cuts, {s['cut_time_s']:.1f} s cutting)",
-                 f"  state sizes per layer: {s['initial_state_sizes']} -> {s['final_state_sizes']}"]
+        lines = [
+            f"{self.recipe.name}: {s['steps']} steps in {s['train_time_s']:.0f} s "
+            f"({s['n_cuts']} cuts, {s['cut_time_s']:.1f} s cutting)",
+            f"  state sizes per layer: {s['initial_state_sizes']} -> {s['final_state_sizes']}",
+        ]
         if self.task == "lm":
             lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}")
         else:
@@ -326,10 +409,16 @@ class Trainer:
     def _summary(self) -> dict:
         s = self.state
         summary = {
-            "recipe": self.recipe.name, "name": self.recipe.name, "seed": self.recipe.seed, "steps": self.step,
-            "task": self.task, "initial_state_sizes": s["initial_state_sizes"],
-            "final_state_sizes": self.model.state_sizes, "n_cuts": s["n_cuts"],
-            "train_time_s": s["train_time_s"], "cut_time_s": s["cut_time_s"],
+            "recipe": self.recipe.name,
+            "name": self.recipe.name,
+            "seed": self.recipe.seed,
+            "steps": self.step,
+            "task": self.task,
+            "initial_state_sizes": s["initial_state_sizes"],
+            "final_state_sizes": self.model.state_sizes,
+            "n_cuts": s["n_cuts"],
+            "train_time_s": s["train_time_s"],
+            "cut_time_s": s["cut_time_s"],
             "best_val_loss": (s["val_at_best"] or {}).get("loss"),
         }
         if self.task == "lm":
@@ -362,7 +451,11 @@ def _clone_state(sd):
 
 
 def _fmt_sizes(sizes: list[int]) -> str:
-    return ",".join(map(str, sizes)) if len(sizes) <= 6 else f"{min(sizes)}..{max(sizes)} (mean {sum(sizes) / len(sizes):.0f})"
+    return (
+        ",".join(map(str, sizes))
+        if len(sizes) <= 6
+        else f"{min(sizes)}..{max(sizes)} (mean {sum(sizes) / len(sizes):.0f})"
+    )
 
 
 def train(recipe: Recipe | dict, resume=None, **kw) -> dict:

@@ -7,12 +7,18 @@ from compressmamba.registry import DATASETS, DataSplits, register_dataset
 
 def _toy(seed=0, n_train=120, n_val=40, n_test=40, length=24, **_):
     g = torch.Generator().manual_seed(1234)
+
     def make(n):
         x = torch.randn(n, length, 1, generator=g)
         y = (x[:, : length // 2, 0].mean(1) > x[:, length // 2 :, 0].mean(1)).long()
         return TensorDictDataset(x, y)
-    return DataSplits(make(n_train), make(n_val), make(n_test),
-                      {"task": "classification", "d_input": 1, "n_classes": 2, "seq_len": length})
+
+    return DataSplits(
+        make(n_train),
+        make(n_val),
+        make(n_test),
+        {"task": "classification", "d_input": 1, "n_classes": 2, "seq_len": length},
+    )
 
 
 if "toy_seq" not in DATASETS:

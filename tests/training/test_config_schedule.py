@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from compressmamba.training.config import ReductionConfig, apply_overrides, load_recipe, recipe_from_dict
+from compressmamba.training.config import (
+    ReductionConfig,
+    apply_overrides,
+    load_recipe,
+    recipe_from_dict,
+)
 from compressmamba.training.optim import OptimConfig, lr_factor
 from compressmamba.training.schedule import attempt_steps, decide_layer
 

@@ -1,4 +1,10 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
@@ -6,12 +12,21 @@ from compressmamba.training.metrics import read_metrics
 
 def _recipe(tmp_path, **red):
     return {
-        "name": "lm-tiny", "seed": 0, "out_dir": str(tmp_path / "run"),
+        "name": "lm-tiny",
+        "seed": 0,
+        "out_dir": str(tmp_path / "run"),
         "model": {"name": "mamba", "d_model": 16, "n_layers": 2, "state_size": 12},
         "data": {"name": "text_lm", "corpus": "python_stdlib", "max_bytes": 60_000, "seq_len": 32},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.1},
         "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_batches": 2, "progress": False},
-        "reduction": {"mode": "fixed", "fraction": 0.5, "method": "output", "attempts": [4, 8], "calib_batches": 2, **red},
+        "reduction": {
+            "mode": "fixed",
+            "fraction": 0.5,
+            "method": "output",
+            "attempts": [4, 8],
+            "calib_batches": 2,
+            **red,
+        },
     }
 
 
@@ -26,3 +41,25 @@ def test_mamba_lm_compresses_while_training_and_resumes(tmp_path):
     assert (tmp_path / "run" / "plots" / "energy_step4.png").exists()
     again = Trainer(recipe_from_dict(_recipe(tmp_path)), resume=tmp_path / "run")
     assert again.model.state_sizes == [3, 3] and again.model.config.state_sizes == [3, 3]
+
+
+@pytest.mark.slow
+def test_mamba_ddp_two_processes_identical_cuts(tmp_path):
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(
+        "name: ddp-lm\nseed: 2\n"
+        f"out_dir: {tmp_path / 'run'}\n"
+        "model: {name: mamba, d_model: 16, n_layers: 2, state_size: 12}\n"
+        "data: {name: text_lm, corpus: python_stdlib, max_bytes: 60000, seq_len: 32}\n"
+        "optim: {lr: 0.003}\n"
+        "train: {steps: 8, batch_size: 4, eval_every: 4, eval_batches: 2, progress: false}\n"
+        "reduction: {mode: tolerance, tau: 0.05, method: output, attempts: [3, 6], calib_batches: 2}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "-m", "compressmamba", "train", str(recipe)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
+    r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
+    assert len(r0) >= 2 and r0 == r1 and r0[-1]["sizes"] != [12, 12]

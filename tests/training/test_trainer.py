@@ -33,8 +33,14 @@ def test_run_cuts_logs_and_summarises(toy_recipe):
 
 def test_reporting_rule_test_at_best_val_after_last_cut(toy_recipe):
     tr = Trainer(recipe_from_dict(toy_recipe))
-    seq = iter([{"loss": 1.0, "accuracy": 0.9}, {"loss": 1.0, "accuracy": 0.5}, {"loss": 1.0, "accuracy": 0.6},
-                {"loss": 1.0, "accuracy": 0.55}])
+    seq = iter(
+        [
+            {"loss": 1.0, "accuracy": 0.9},
+            {"loss": 1.0, "accuracy": 0.5},
+            {"loss": 1.0, "accuracy": 0.6},
+            {"loss": 1.0, "accuracy": 0.55},
+        ]
+    )
     tests = iter([{"loss": 0, "accuracy": a} for a in (0.91, 0.51, 0.61, 0.0)])
     tr.evaluate = lambda split: next(seq) if split == "val" else next(tests)
     tr._eval_and_track()  # best 0.9, test 0.91
@@ -106,8 +112,18 @@ def test_ddp_two_processes_reach_identical_cuts(tmp_path):
         "reduction: {mode: tolerance, tau: 0.1, attempts: [4, 8]}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "-m", "compressmamba", "train", str(recipe)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "compressmamba",
+        "train",
+        str(recipe),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
@@ -117,9 +133,16 @@ def test_ddp_two_processes_reach_identical_cuts(tmp_path):
 
 
 def test_pragmatic_rolls_back_and_stops_cutting(toy_recipe):
-    raw = apply_overrides(toy_recipe, ["reduction.mode=pragmatic", "reduction.attempts=[5, 10, 15, 20]",
-                                       "reduction.pragmatic_tolerance=0.05", "reduction.fraction=0.1",
-                                       "train.eval_every=100"])
+    raw = apply_overrides(
+        toy_recipe,
+        [
+            "reduction.mode=pragmatic",
+            "reduction.attempts=[5, 10, 15, 20]",
+            "reduction.pragmatic_tolerance=0.05",
+            "reduction.fraction=0.1",
+            "train.eval_every=100",
+        ],
+    )
     tr = Trainer(recipe_from_dict(raw))
     real = tr.evaluate
     scores = iter([0.8, 0.79, 0.6])  # attempt 1: snapshot + cut; 2: ok, cut; 3: drop > 0.05 → roll back
