@@ -45,12 +45,15 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Tensor | None = None, acti
     return F.silu(out) if activation in ("silu", "swish") else out
 
 
-def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
-                         activation: str | None = None) -> Tensor:
+def causal_conv1d_update(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
+) -> Tensor:
     """One decode step: x (b, d); conv_state (b, d, w) holds the last w inputs (oldest first) and
     is updated in place (shifted left, x appended). Returns (b, d)."""
     if conv_state.dim() != 3 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
-        raise ValueError(f"conv_state has shape {tuple(conv_state.shape)}, expected ({x.shape[0]}, {x.shape[1]}, {weight.shape[1]})")
+        raise ValueError(
+            f"conv_state has shape {tuple(conv_state.shape)}, expected ({x.shape[0]}, {x.shape[1]}, {weight.shape[1]})"
+        )
     conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
     out = (conv_state * weight[None]).sum(-1)
     if bias is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 
 import torch
-from torch import Tensor
 
 from .cpu import selective_scan_cpu
 from .reference import selective_scan_ref, selective_state_update_ref
@@ -58,8 +57,20 @@ def _mamba_ssm_fn():
     return mod.selective_scan_fn
 
 
-def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False, *, backend: str = "auto"):
+def selective_scan_fn(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    *,
+    backend: str = "auto",
+):
     """Selective scan (mamba-ssm's signature). CPU tensors → the vectorised PyTorch scan; CUDA
     tensors → Triton when available, else the PyTorch scan; ``backend`` forces one of
     ``triton`` (also on CPU tensors under TRITON_INTERPRET=1), ``cpu``, ``ref``, ``mamba_ssm``."""
@@ -80,8 +91,9 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     return selective_scan_cpu(*args)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
-                           backend: str = "auto"):
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, backend: str = "auto"
+):
     """One decode step; ``state`` (batch, dim, d_state) is updated in place; returns y (batch, dim)."""
     if state.dim() != 3 or state.shape[:2] != x.shape or A.shape != state.shape[1:]:
         raise ValueError(

@@ -30,11 +30,38 @@ def _softplus(x):
 
 @triton.jit(do_not_specialize=["L"])
 def _fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, hck_ptr,
-    L, d, n, chans_per_group,
-    s_ub, s_ud, s_ul, s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    u_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    y_ptr,
+    hck_ptr,
+    L,
+    d,
+    n,
+    chans_per_group,
+    s_ub,
+    s_ud,
+    s_ul,
+    s_bb,
+    s_bg,
+    s_bn,
+    s_bl,
+    s_cb,
+    s_cg,
+    s_cn,
+    s_cl,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -77,12 +104,50 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["L"])
 def _bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, dlast_ptr, hck_ptr, scratch_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, d, n, chans_per_group, n_dblocks,
-    s_ub, s_ud, s_ul, s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    u_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    dy_ptr,
+    dlast_ptr,
+    hck_ptr,
+    scratch_ptr,
+    du_ptr,
+    ddt_ptr,
+    dz_ptr,
+    dA_ptr,
+    dB_ptr,
+    dC_ptr,
+    dD_ptr,
+    dbias_ptr,
+    L,
+    d,
+    n,
+    chans_per_group,
+    n_dblocks,
+    s_ub,
+    s_ud,
+    s_ul,
+    s_bb,
+    s_bg,
+    s_bn,
+    s_bl,
+    s_cb,
+    s_cg,
+    s_cn,
+    s_cl,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -121,7 +186,9 @@ def _bwd_kernel(
             dt = tl.load(dt_ptr + uo, mask=md, other=0.0).to(tl.float32) + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn + t * s_bl, mask=mn, other=0.0).to(tl.float32)
+            Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn + t * s_bl, mask=mn, other=0.0).to(
+                tl.float32
+            )
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scr_base + (t - t0), h, mask=mdn)
         # adjoint recurrence, backwards through the chunk
@@ -133,8 +200,12 @@ def _bwd_kernel(
             dt = raw
             if SOFTPLUS:
                 dt = _softplus(raw)
-            Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn + t * s_bl, mask=mn, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn + t * s_cl, mask=mn, other=0.0).to(tl.float32)
+            Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn + t * s_bl, mask=mn, other=0.0).to(
+                tl.float32
+            )
+            Ct = tl.load(C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn + t * s_cl, mask=mn, other=0.0).to(
+                tl.float32
+            )
             h_t = tl.load(scr_base + (t - t0), mask=mdn, other=0.0)
             if t > t0:
                 h_prev = tl.load(scr_base + (t - 1 - t0), mask=mdn, other=0.0)
@@ -198,10 +269,33 @@ def _launch_fwd(u, dt, A, B, C, D, z, bias, softplus, chunk):
     hck = torch.empty(b, d, n, n_chunks + 1, device=u.device, dtype=torch.float32)
     grid = (b, triton.cdiv(d, bd))
     _fwd_kernel[grid](
-        u, dt, A, Bn, Cn, D if D is not None else u, z if z is not None else u, bias if bias is not None else u, y, hck,
-        L, d, n, cpg, u.stride(0), u.stride(1), u.stride(2), *Bn.stride(), *Cn.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(n), CHUNK=chunk, num_warps=4 if not _INTERPRET else 1,
+        u,
+        dt,
+        A,
+        Bn,
+        Cn,
+        D if D is not None else u,
+        z if z is not None else u,
+        bias if bias is not None else u,
+        y,
+        hck,
+        L,
+        d,
+        n,
+        cpg,
+        u.stride(0),
+        u.stride(1),
+        u.stride(2),
+        *Bn.stride(),
+        *Cn.stride(),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=bias is not None,
+        SOFTPLUS=softplus,
+        BLOCK_D=bd,
+        BLOCK_N=triton.next_power_of_2(n),
+        CHUNK=chunk,
+        num_warps=4 if not _INTERPRET else 1,
     )
     return y, hck
 
@@ -220,11 +314,44 @@ def _launch_bwd(u, dt, A, B, C, D, z, bias, softplus, chunk, hck, dy, dlast):
     dB, dC = torch.empty(b, nb, n, L, **f32), torch.empty(b, nb, n, L, **f32)
     scratch = torch.empty(b, d, n, chunk, **f32)
     _bwd_kernel[(b, nb)](
-        u, dt, A, Bn, Cn, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
-        dy, dlast if dlast is not None else u, hck, scratch, du, ddt, dz, dA, dB, dC, dD, dbias,
-        L, d, n, cpg, nb, u.stride(0), u.stride(1), u.stride(2), *Bn.stride(), *Cn.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-        HAS_DLAST=dlast is not None, BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(n), CHUNK=chunk,
+        u,
+        dt,
+        A,
+        Bn,
+        Cn,
+        D if D is not None else u,
+        z if z is not None else u,
+        bias if bias is not None else u,
+        dy,
+        dlast if dlast is not None else u,
+        hck,
+        scratch,
+        du,
+        ddt,
+        dz,
+        dA,
+        dB,
+        dC,
+        dD,
+        dbias,
+        L,
+        d,
+        n,
+        cpg,
+        nb,
+        u.stride(0),
+        u.stride(1),
+        u.stride(2),
+        *Bn.stride(),
+        *Cn.stride(),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=bias is not None,
+        SOFTPLUS=softplus,
+        HAS_DLAST=dlast is not None,
+        BLOCK_D=bd,
+        BLOCK_N=triton.next_power_of_2(n),
+        CHUNK=chunk,
         num_warps=4 if not _INTERPRET else 1,
     )
     # channel blocks of one group share B_t, C_t: sum their partials (fixed order: deterministic)
@@ -256,15 +383,38 @@ class SelectiveScanTriton(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, hck = ctx.saved_tensors
         softplus, chunk, a_dtype, has_d, has_bias = ctx.cfg
         du, ddt, dA, dB, dC, dD, dz, dbias = _launch_bwd(
-            u, delta, A32, B, C, D32, z, bias32, softplus, chunk, hck, dy.contiguous().float(),
-            dlast.contiguous().float() if dlast is not None else None)
-        return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(a_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD if has_d else None, dz.to(z.dtype) if z is not None else None,
-                dbias if has_bias else None, None, None, None)
+            u,
+            delta,
+            A32,
+            B,
+            C,
+            D32,
+            z,
+            bias32,
+            softplus,
+            chunk,
+            hck,
+            dy.contiguous().float(),
+            dlast.contiguous().float() if dlast is not None else None,
+        )
+        return (
+            du.to(u.dtype),
+            ddt.to(delta.dtype),
+            dA.to(a_dtype),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            dD if has_d else None,
+            dz.to(z.dtype) if z is not None else None,
+            dbias if has_bias else None,
+            None,
+            None,
+            None,
+        )
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, chunk: int = 64):
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, chunk: int = 64
+):
     """Triton selective scan (mamba-ssm's signature; ``chunk`` sets the recomputation length)."""
     y, last = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
     return (y, last) if return_last_state else y

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressmamba.data.mnist import bitreversal_permutation, read_idx, smnist, psmnist
+from compressmamba.data.mnist import bitreversal_permutation, psmnist, read_idx, smnist
 
 
 def _write_idx(path, arr, gz=False):

@@ -1,7 +1,6 @@
 """Shared helpers for selective-scan tests: random inputs, relative error, a reference run."""
 
 import torch
-
 from compressmamba.kernels import selective_scan_ref
 
 

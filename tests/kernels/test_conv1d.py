@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from compressmamba.kernels import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
 

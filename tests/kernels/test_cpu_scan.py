@@ -1,7 +1,11 @@
 import pytest
 import torch
-
-from compressmamba.kernels import selective_scan_cpu, selective_scan_fn, selective_scan_ref, selective_state_update
+from compressmamba.kernels import (
+    selective_scan_cpu,
+    selective_scan_fn,
+    selective_scan_ref,
+    selective_state_update,
+)
 from compressmamba.kernels.selective_scan.cpu import linear_scan
 
 from .scan_utils import make_inputs, reference, rel_err, run
@@ -64,8 +68,20 @@ def test_decode_steps_equal_full_scan():
     state = torch.zeros(2, 5, 7)
     ys = []
     for t in range(19):
-        ys.append(selective_state_update(state, inp["u"][..., t], inp["delta"][..., t], inp["A"], inp["B"][..., t],
-                                         inp["C"][..., t], inp["D"], inp["z"][..., t], inp["delta_bias"], True))
+        ys.append(
+            selective_state_update(
+                state,
+                inp["u"][..., t],
+                inp["delta"][..., t],
+                inp["A"],
+                inp["B"][..., t],
+                inp["C"][..., t],
+                inp["D"],
+                inp["z"][..., t],
+                inp["delta_bias"],
+                True,
+            )
+        )
     assert rel_err(torch.stack(ys, -1), y) < 1e-5 and rel_err(state, h) < 1e-5
 
 

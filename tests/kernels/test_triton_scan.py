@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from compressmamba.kernels import selective_scan_fn
 from compressmamba.kernels.selective_scan.scan import selective_scan_triton
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from compressmamba.kernels import selective_scan_ref, selective_state_update
 from compressmamba.kernels.selective_scan.step import selective_state_update_triton
 
@@ -10,14 +9,28 @@ from .scan_utils import make_inputs, rel_err
 @pytest.mark.parametrize("n,groups", [(1, None), (13, None), (47, 2), (64, None)])
 def test_decode_steps_equal_full_scan(n, groups):
     inp = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 4, n, 9, groups=groups, seed=n).items()}
-    y, h = selective_scan_ref(**{k: v.double() if v is not None else None for k, v in inp.items()},
-                              delta_softplus=True, return_last_state=True)
+    y, h = selective_scan_ref(
+        **{k: v.double() if v is not None else None for k, v in inp.items()},
+        delta_softplus=True,
+        return_last_state=True,
+    )
     state = torch.zeros(2, 4, n)
     outs = []
     for t in range(9):
-        outs.append(selective_state_update_triton(state, inp["u"][..., t], inp["delta"][..., t], inp["A"],
-                                                  inp["B"][..., t], inp["C"][..., t], inp["D"], inp["z"][..., t],
-                                                  inp["delta_bias"], True))
+        outs.append(
+            selective_state_update_triton(
+                state,
+                inp["u"][..., t],
+                inp["delta"][..., t],
+                inp["A"],
+                inp["B"][..., t],
+                inp["C"][..., t],
+                inp["D"],
+                inp["z"][..., t],
+                inp["delta_bias"],
+                True,
+            )
+        )
     assert rel_err(torch.stack(outs, -1), y) < 1e-5 and rel_err(state, h) < 1e-5
 
 
@@ -25,8 +38,17 @@ def test_dispatch_by_name_matches_cpu_step():
     inp = {k: v.detach() if v is not None else None for k, v in make_inputs(1, 3, 5, 1, seed=1).items()}
     s1, s2 = torch.randn(1, 3, 5), None
     s2 = s1.clone()
-    args = (inp["u"][..., 0], inp["delta"][..., 0], inp["A"], inp["B"][..., 0], inp["C"][..., 0], inp["D"],
-            inp["z"][..., 0], inp["delta_bias"], True)
+    args = (
+        inp["u"][..., 0],
+        inp["delta"][..., 0],
+        inp["A"],
+        inp["B"][..., 0],
+        inp["C"][..., 0],
+        inp["D"],
+        inp["z"][..., 0],
+        inp["delta_bias"],
+        True,
+    )
     y1 = selective_state_update(s1, *args, backend="triton")
     y2 = selective_state_update(s2, *args, backend="cpu")
     assert rel_err(y1, y2) < 1e-6 and rel_err(s1, s2) < 1e-6

@@ -21,8 +21,15 @@ def test_mamba_ssm_layout_loads_the_same(tmp_path):
     root = tmp_path / "ssm"
     root.mkdir()
     torch.save(sd, root / "pytorch_model.bin")
-    cfg = {"d_model": 16, "n_layer": 2, "vocab_size": 37, "pad_vocab_size_multiple": 8, "tie_embeddings": True,
-           "residual_in_fp32": True, "ssm_cfg": {"d_state": 8, "dt_rank": 3}}
+    cfg = {
+        "d_model": 16,
+        "n_layer": 2,
+        "vocab_size": 37,
+        "pad_vocab_size_multiple": 8,
+        "tie_embeddings": True,
+        "residual_in_fp32": True,
+        "ssm_cfg": {"d_state": 8, "dt_rank": 3},
+    }
     (root / "config.json").write_text(json.dumps(cfg))
     ours = load_pretrained(root)
     x = torch.randint(0, 37, (2, 11))
@@ -32,7 +39,9 @@ def test_mamba_ssm_layout_loads_the_same(tmp_path):
     bad["backbone.layers.0.mixer.A_log"] = torch.randn(32, 5)
     del bad["backbone.layers.1.mixer.D"]
     torch.save(bad, root / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"missing keys \['backbone.layers.1.mixer.D'\].*A_log: found \(32, 5\), expected \(32, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \['backbone.layers.1.mixer.D'\].*A_log: found \(32, 5\), expected \(32, 8\)"
+    ):
         load_pretrained(root)
 
 
@@ -62,16 +71,51 @@ def test_compress_and_convert_commands(tmp_path):
     m = build_mamba(d_model=16, n_layers=2, state_size=12, vocab_size=256)
     m.save_pretrained(tmp_path / "src")
     run = [sys.executable, "-m", "compressmamba"]
-    res = subprocess.run(run + ["compress", str(tmp_path / "src"), "--tau", "0.3", "--seq-len", "32",
-                                "--calib-batches", "2", "--out", str(tmp_path / "small")],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        run
+        + [
+            "compress",
+            str(tmp_path / "src"),
+            "--tau",
+            "0.3",
+            "--seq-len",
+            "32",
+            "--calib-batches",
+            "2",
+            "--out",
+            str(tmp_path / "small"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     small = load_pretrained(tmp_path / "small")
     assert max(small.state_sizes) < 12 and "energy kept" in res.stdout
-    res = subprocess.run(run + ["convert", str(tmp_path / "small"), str(tmp_path / "hf"), "--to", "transformers"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        run + ["convert", str(tmp_path / "small"), str(tmp_path / "hf"), "--to", "transformers"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert MambaForCausalLM.from_pretrained(tmp_path / "hf").config.state_size == max(small.state_sizes)
-    res = subprocess.run(run + ["compress", str(tmp_path / "src"), "--tau", "1.5", "--out", str(tmp_path / "x"),
-                                "--seq-len", "32", "--calib-batches", "2"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        run
+        + [
+            "compress",
+            str(tmp_path / "src"),
+            "--tau",
+            "1.5",
+            "--out",
+            str(tmp_path / "x"),
+            "--seq-len",
+            "32",
+            "--calib-batches",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and "tau" in res.stderr

@@ -15,8 +15,12 @@ def _loop_scan(x, lam):
 
 def test_fft_scan_matches_loop_float64():
     g = torch.Generator().manual_seed(1)
-    x = torch.complex(torch.randn(2, 37, 5, generator=g, dtype=torch.float64), torch.randn(2, 37, 5, generator=g, dtype=torch.float64))
-    lam = torch.polar(torch.rand(5, generator=g, dtype=torch.float64) * 0.99, torch.rand(5, generator=g, dtype=torch.float64) * 6)
+    x = torch.complex(
+        torch.randn(2, 37, 5, generator=g, dtype=torch.float64), torch.randn(2, 37, 5, generator=g, dtype=torch.float64)
+    )
+    lam = torch.polar(
+        torch.rand(5, generator=g, dtype=torch.float64) * 0.99, torch.rand(5, generator=g, dtype=torch.float64) * 6
+    )
     torch.testing.assert_close(_diag_scan_fft(x, lam), _loop_scan(x, lam), rtol=1e-10, atol=1e-10)
 
 
@@ -68,5 +72,11 @@ def test_model_trains_after_cut_and_reports_sizes():
 def test_token_and_pair_heads():
     model = build_lru(d_model=8, n_layers=1, state_size=4, vocab_size=20, n_classes=2, pair=True)
     a, b = torch.randint(0, 20, (3, 11)), torch.randint(0, 20, (3, 9))
-    out = model(inputs=a, inputs2=b, lengths=torch.tensor([11, 5, 2]), lengths2=torch.tensor([9, 9, 1]), labels=torch.tensor([0, 1, 1]))
+    out = model(
+        inputs=a,
+        inputs2=b,
+        lengths=torch.tensor([11, 5, 2]),
+        lengths2=torch.tensor([9, 9, 1]),
+        labels=torch.tensor([0, 1, 1]),
+    )
     assert out.logits.shape == (3, 2) and torch.isfinite(out.loss)

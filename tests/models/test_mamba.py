@@ -8,9 +8,18 @@ from compressmamba.reduction import select_states
 
 def _hf(vocab=37, conv_bias=True, tie=True, fp32res=True, layers=2, n=8, seed=0):
     torch.manual_seed(seed)
-    cfg = MambaConfig(vocab_size=vocab, hidden_size=16, state_size=n, num_hidden_layers=layers, expand=2,
-                      conv_kernel=4, use_conv_bias=conv_bias, tie_word_embeddings=tie, residual_in_fp32=fp32res,
-                      time_step_rank=3)
+    cfg = MambaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        state_size=n,
+        num_hidden_layers=layers,
+        expand=2,
+        conv_kernel=4,
+        use_conv_bias=conv_bias,
+        tie_word_embeddings=tie,
+        residual_in_fp32=fp32res,
+        time_step_rank=3,
+    )
     m = MambaForCausalLM(cfg).eval()
     with torch.no_grad():  # make every parameter non-trivial (no zeros, no ones)
         for p in m.parameters():
@@ -18,8 +27,9 @@ def _hf(vocab=37, conv_bias=True, tie=True, fp32res=True, layers=2, n=8, seed=0)
     return m
 
 
-@pytest.mark.parametrize("conv_bias,tie,fp32res,vocab", [(True, True, True, 37), (False, False, False, 50),
-                                                          (True, False, True, 64)])
+@pytest.mark.parametrize(
+    "conv_bias,tie,fp32res,vocab", [(True, True, True, 37), (False, False, False, 50), (True, False, True, 64)]
+)
 def test_loads_transformers_checkpoint_with_equal_logits(tmp_path, conv_bias, tie, fp32res, vocab):
     hf = _hf(vocab, conv_bias, tie, fp32res)
     hf.save_pretrained(tmp_path / "hf")
@@ -54,7 +64,7 @@ def test_truncate_keep_all_is_identity_and_equals_zeroing():
         torch.testing.assert_close(m(input_ids=x).logits, y_zero, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(y_zero, y0)
         moment = torch.randn_like(w_before)
-        torch.testing.assert_close(maps["x_proj.weight"](moment)[r:r + 4], moment[r + keep])
+        torch.testing.assert_close(maps["x_proj.weight"](moment)[r : r + 4], moment[r + keep])
         assert maps["A_log"](torch.randn(32, 12)).shape == (32, 4)
     assert mixer.A_log._ssm and mixer.A_log._no_weight_decay
 

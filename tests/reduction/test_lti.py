@@ -24,8 +24,12 @@ def random_system(n, p=2, q=3, r_min=0.3, r_max=0.95, seed=0):
     mag = r_min + (r_max - r_min) * torch.rand(n, generator=g, dtype=torch.float64)
     ph = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
     lam = torch.polar(mag, ph)
-    B = torch.complex(torch.randn(n, p, generator=g, dtype=torch.float64), torch.randn(n, p, generator=g, dtype=torch.float64))
-    C = torch.complex(torch.randn(q, n, generator=g, dtype=torch.float64), torch.randn(q, n, generator=g, dtype=torch.float64))
+    B = torch.complex(
+        torch.randn(n, p, generator=g, dtype=torch.float64), torch.randn(n, p, generator=g, dtype=torch.float64)
+    )
+    C = torch.complex(
+        torch.randn(q, n, generator=g, dtype=torch.float64), torch.randn(q, n, generator=g, dtype=torch.float64)
+    )
     return lam, B, C
 
 
@@ -54,7 +58,9 @@ def test_hsv_invariant_under_similarity():
     lam, B, C = random_system(n, seed=3)
     sigma = hankel_singular_values(lam, B, C)
     g = torch.Generator().manual_seed(1)
-    T = torch.complex(torch.randn(n, n, generator=g, dtype=torch.float64), torch.randn(n, n, generator=g, dtype=torch.float64))
+    T = torch.complex(
+        torch.randn(n, n, generator=g, dtype=torch.float64), torch.randn(n, n, generator=g, dtype=torch.float64)
+    )
     A2 = torch.linalg.solve(T, torch.diag(lam) @ T)
     B2, C2 = torch.linalg.solve(T, B), C @ T
     P2 = scipy.linalg.solve_discrete_lyapunov(A2.numpy(), (B2 @ B2.conj().T).numpy())
@@ -85,7 +91,9 @@ def test_balanced_realisation_has_equal_diagonal_gramians():
     for method in ("sqrtm", "chol"):
         Ab, Bb, Cb = balanced_truncation(lam, B, C, keep=torch.arange(9), method=method)
         P = scipy.linalg.solve_discrete_lyapunov(Ab.numpy(), (Bb @ Bb.conj().T).resolve_conj().numpy())
-        Q = scipy.linalg.solve_discrete_lyapunov(Ab.conj().T.resolve_conj().numpy(), (Cb.conj().T @ Cb).resolve_conj().numpy())
+        Q = scipy.linalg.solve_discrete_lyapunov(
+            Ab.conj().T.resolve_conj().numpy(), (Cb.conj().T @ Cb).resolve_conj().numpy()
+        )
         np.testing.assert_allclose(P, np.diag(sigma.numpy()), atol=1e-7 * sigma[0].item())
         np.testing.assert_allclose(Q, np.diag(sigma.numpy()), atol=1e-7 * sigma[0].item())
 
