@@ -70,7 +70,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raise ValueError(f"{path}: not a uint8 IDX file (magic {magic:#010x})")
         ndim = magic & 0xFF
         shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
+        data = np.frombuffer(f.read(), dtype=np.uint8).copy()  # writable, for torch
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values")
     return data.reshape(shape)

@@ -362,7 +362,9 @@ class Trainer:
                         self._log_rank_hash("cut")
                         self.save()
                 window_t = time.time()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            # default: a checkpoint at every evaluation, so a crash loses at most eval_every steps
+            every = t.checkpoint_every or t.eval_every
+            if self.step % every == 0 and self.step < t.steps:
                 self.save()
             post = {"loss": f"{loss:.3f}", "N": _fmt_sizes(self.model.state_sizes)}
             if "accuracy" in last_val:
