@@ -44,6 +44,7 @@ class LRULayer(nn.Module):
     """One LRU with state size n over width H. Implements the compressible-layer protocol."""
 
     needs_calibration = False
+    default_energy_method = "hankel"
 
     def __init__(self, d_model: int, state_size: int, r_min=0.9, r_max=0.999, max_phase=2 * math.pi):
         super().__init__()
@@ -99,8 +100,8 @@ class LRULayer(nn.Module):
 
     def energy(self, stats=None, method: str = "hankel") -> Tensor:
         """Hankel singular values (n,), descending: one per balanced coordinate."""
-        if method not in ("hankel", "hankel_mean", "output"):
-            raise ValueError(f"LRU energy method must be 'hankel', got {method!r}")
+        if method != "hankel":
+            raise ValueError(f"LRU energy method must be 'hankel' (its Hankel singular values), got {method!r}")
         return hankel_singular_values(*self.lti(), layer=getattr(self, "_name", None))
 
     @torch.no_grad()

@@ -111,6 +111,8 @@ class MambaMixer(nn.Module):
     SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
 
     needs_calibration = True
+    # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
+    default_energy_method = "output"
 
     def __init__(self, config: CompressMambaConfig, layer_idx: int):
         super().__init__()
@@ -213,7 +215,7 @@ class MambaMixer(nn.Module):
             raise RuntimeError("pop_stats() without start_stats()")
         return s.as_dict()
 
-    def energy(self, stats: dict | None, method: str = "hankel") -> Tensor:
+    def energy(self, stats: dict | None, method: str = "output") -> Tensor:
         from ..reduction.mamba import mamba_energy
 
         if stats is None:

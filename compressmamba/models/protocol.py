@@ -15,6 +15,7 @@ Each :class:`CompressibleLayer` offers
 * ``start_stats()`` / ``pop_stats() -> dict[str, Tensor]`` (only when ``needs_calibration``):
   between the two calls every forward pass adds its per-state sums into the layer; the trainer
   sums the popped tensors across ranks (they must be plain sums, plus a ``count`` entry);
+* ``default_energy_method: str``: the energy estimate used when a recipe names none;
 * ``energy(stats, method) -> Tensor``: one non-negative float64 energy per state *coordinate*
   (shape ``(n,)``), in the coordinates that ``truncate_`` selects from (balanced coordinates for
   the LRU, the diagonal modes for Mamba). ``stats`` is ``None`` for LTI layers;

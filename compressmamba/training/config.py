@@ -48,7 +48,7 @@ class ReductionConfig:
     mode: str = "none"  # tolerance | fixed | pragmatic | none
     tau: float = 0.01
     fraction: float = 0.1
-    method: str = "hankel"
+    method: str | None = None  # None: each layer's default (LRU hankel, Mamba output)
     selection: str = "largest"  # largest | smallest | random
     attempts: list[int] | None = None
     n_attempts: int = 4

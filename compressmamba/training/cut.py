@@ -71,7 +71,8 @@ def compression_event(
     decisions: list[LayerDecision] = []
     energies = []
     for layer, s in zip(layers, stats):
-        e = layer.energy(s, cfg.method).detach().to(torch.float64).cpu()
+        method = cfg.method or getattr(layer, "default_energy_method", "hankel")
+        e = layer.energy(s, method).detach().to(torch.float64).cpu()
         energies.append(torch.sort(e, descending=True).values.tolist())
         decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?")))
     # rank 0 decides for everyone: every rank then cuts the same states
