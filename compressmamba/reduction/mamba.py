@@ -59,14 +59,16 @@ class MambaStats:
         s["dB"] += torch.einsum("bdl,bnl->dn", delta.double(), B.double())
         s["c"] += C.double().sum((0, 2))
         h0 = torch.zeros(b, d, self.n, dtype=torch.float32, device=dev)
+        At = A.float()
         for t0 in range(0, l, self.chunk):
             sl = slice(t0, min(l, t0 + self.chunk))
-            a = torch.exp(delta[..., sl].float().unsqueeze(2) * A.float()[None, :, :, None])  # (b, d, n, T)
-            s["decay"] += a.double().sum((0, 3))
-            x = du[..., sl].float().unsqueeze(2) * B[:, None, :, sl].float()
-            h = _scan_forward(a, x) + torch.cumprod(a, dim=-1) * h0[..., None]
-            s["out2"] += ((h * C[:, None, :, sl].float()) ** 2).double().sum((0, 3))
-            h0 = h[..., -1]
+            dt = delta[..., sl].float().transpose(1, 2)  # (b, T, d)
+            a = torch.exp(dt.unsqueeze(-1) * At)  # (b, T, d, n)
+            s["decay"] += a.double().sum((0, 1))
+            x = du[..., sl].float().transpose(1, 2).unsqueeze(-1) * B[..., sl].float().transpose(1, 2).unsqueeze(2)
+            h = _scan_forward(a, x) + torch.cumprod(a, dim=1) * h0[:, None]
+            s["out2"] += ((h * C[..., sl].float().transpose(1, 2).unsqueeze(2)) ** 2).double().sum((0, 1))
+            h0 = h[:, -1]
         self.sums = s
 
     def as_dict(self) -> dict[str, Tensor]:
