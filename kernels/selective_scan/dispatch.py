@@ -100,13 +100,12 @@ def selective_state_update(
             f"state {tuple(state.shape)}, x {tuple(x.shape)}, A {tuple(A.shape)}: expected state "
             f"(batch, dim, d_state), x (batch, dim), A (dim, d_state)"
         )
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
-        try:
-            from .step import selective_state_update_triton
-        except ImportError:
-            selective_state_update_triton = None
-        if selective_state_update_triton is not None:
-            return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        from .step import selective_state_update_triton
+
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 

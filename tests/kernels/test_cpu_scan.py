@@ -4,7 +4,6 @@ from compressmamba.kernels import (
     selective_scan_cpu,
     selective_scan_fn,
     selective_scan_ref,
-    selective_state_update,
 )
 from compressmamba.kernels.selective_scan.cpu import linear_scan
 
@@ -59,30 +58,6 @@ def test_linear_scan_gradcheck():
     a = torch.rand(2, 3, 11, dtype=torch.float64, requires_grad=True)
     x = torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(linear_scan, (a, x))
-
-
-def test_decode_steps_equal_full_scan():
-    inp = make_inputs(2, 5, 7, 19, groups=None, seed=3)
-    inp = {k: v.detach() if v is not None else None for k, v in inp.items()}
-    y, h = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True)
-    state = torch.zeros(2, 5, 7)
-    ys = []
-    for t in range(19):
-        ys.append(
-            selective_state_update(
-                state,
-                inp["u"][..., t],
-                inp["delta"][..., t],
-                inp["A"],
-                inp["B"][..., t],
-                inp["C"][..., t],
-                inp["D"],
-                inp["z"][..., t],
-                inp["delta_bias"],
-                True,
-            )
-        )
-    assert rel_err(torch.stack(ys, -1), y) < 1e-5 and rel_err(state, h) < 1e-5
 
 
 def test_noncontiguous_inputs_and_dispatch():

@@ -1,13 +1,14 @@
 import pytest
 import torch
 from compressmamba.kernels import selective_scan_ref, selective_state_update
-from compressmamba.kernels.selective_scan.step import selective_state_update_triton
 
 from .scan_utils import make_inputs, rel_err
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("n,groups", [(1, None), (13, None), (47, 2), (64, None)])
-def test_decode_steps_equal_full_scan(n, groups):
+def test_decode_steps_equal_full_scan(n, groups, backend):
+    """The decode step (CPU reference path and the Triton kernel) iterated over L equals the scan."""
     inp = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 4, n, 9, groups=groups, seed=n).items()}
     y, h = selective_scan_ref(
         **{k: v.double() if v is not None else None for k, v in inp.items()},
@@ -18,7 +19,7 @@ def test_decode_steps_equal_full_scan(n, groups):
     outs = []
     for t in range(9):
         outs.append(
-            selective_state_update_triton(
+            selective_state_update(
                 state,
                 inp["u"][..., t],
                 inp["delta"][..., t],
@@ -29,6 +30,7 @@ def test_decode_steps_equal_full_scan(n, groups):
                 inp["z"][..., t],
                 inp["delta_bias"],
                 True,
+                backend=backend,
             )
         )
     assert rel_err(torch.stack(outs, -1), y) < 1e-5 and rel_err(state, h) < 1e-5
