@@ -314,6 +314,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     return p
 
 
+def register(sub) -> None:
+    """Add the ``aggregate`` subcommand to the ``compressmamba`` command line."""
+    a = sub.add_parser("aggregate", help="aggregate run folders into the paper's table (markdown, CSV, plot)")
+    build_parser(a)
+    a.set_defaults(func=run_cli)
+
+
 def run_cli(args) -> int:
     runs, problems = load_runs(args.runs_dir)
     for msg in problems:

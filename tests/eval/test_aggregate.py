@@ -128,3 +128,13 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "expected a directory" in capsys.readouterr().err
     assert agg.main([str(tmp_path)]) == 2
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_compressmamba_aggregate_subcommand(runs_dir, tmp_path, capsys):
+    from compressmamba.cli import main
+
+    assert (
+        main(["aggregate", str(runs_dir), "--baseline", "t/baseline", "--out", str(tmp_path / "o"), "--no-plot"]) == 0
+    )
+    assert "| t/compressed | 5 | 94.33 |" in (tmp_path / "o" / "table.md").read_text()
+    assert main(["aggregate", str(tmp_path / "nothing")]) == 2
