@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import compress
 
     compress.register(sub)
+    from .eval import aggregate
+
+    aggregate.register(sub)
     return p
 
 
