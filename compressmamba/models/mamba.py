@@ -29,9 +29,23 @@ from .protocol import tag_parameter
 
 
 class CompressMambaConfig(PretrainedConfig):
-    """transformers' MambaConfig fields plus ``state_sizes`` (one N per layer)."""
+    """transformers' MambaConfig fields plus ``state_sizes`` (one N per layer).
+
+    mamba-ssm's names are accepted as aliases (``d_model``, ``n_layer``, ``d_inner``, ``d_conv``,
+    ``dt_rank``, ``conv_bias``, ``bias``, ``rms_norm_eps``); ``vocab_size`` is rounded up to a
+    multiple of ``pad_vocab_size_multiple`` as mamba-ssm does (1: as given)."""
 
     model_type = "compressmamba"
+    attribute_map = {
+        "d_model": "hidden_size",
+        "n_layer": "num_hidden_layers",
+        "d_inner": "intermediate_size",
+        "d_conv": "conv_kernel",
+        "dt_rank": "time_step_rank",
+        "conv_bias": "use_conv_bias",
+        "bias": "use_bias",
+        "rms_norm_eps": "layer_norm_epsilon",
+    }
 
     def __init__(
         self,
@@ -45,6 +59,7 @@ class CompressMambaConfig(PretrainedConfig):
         bos_token_id: int = 0,
         eos_token_id: int = 0,
         expand: int = 2,
+        intermediate_size: int | None = None,
         conv_kernel: int = 4,
         use_bias: bool = False,
         use_conv_bias: bool = True,
@@ -57,10 +72,19 @@ class CompressMambaConfig(PretrainedConfig):
         time_step_floor: float = 1e-4,
         rescale_prenorm_residual: bool = True,
         tie_word_embeddings: bool = True,
+        pad_vocab_size_multiple: int = 1,
         use_cache: bool = True,
         **kwargs,
     ):
-        self.vocab_size = vocab_size
+        alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
+        hidden_size = alias.get("hidden_size", hidden_size)
+        num_hidden_layers = alias.get("num_hidden_layers", num_hidden_layers)
+        intermediate_size = alias.get("intermediate_size", intermediate_size)
+        time_step_rank = alias.get("time_step_rank", time_step_rank)
+        if int(pad_vocab_size_multiple) < 1:
+            raise ValueError(f"pad_vocab_size_multiple must be >= 1, got {pad_vocab_size_multiple}")
+        self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
+        self.vocab_size = -(-int(vocab_size) // self.pad_vocab_size_multiple) * self.pad_vocab_size_multiple
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.state_sizes = (
@@ -69,12 +93,12 @@ class CompressMambaConfig(PretrainedConfig):
         if len(self.state_sizes) != num_hidden_layers or min(self.state_sizes) < 1:
             raise ValueError(f"state_sizes {self.state_sizes} must hold {num_hidden_layers} sizes >= 1")
         self.state_size = max(self.state_sizes)
-        self.layer_norm_epsilon = layer_norm_epsilon
+        self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
         self.expand = expand
-        self.intermediate_size = int(expand * hidden_size)
-        self.conv_kernel = conv_kernel
-        self.use_bias = use_bias
-        self.use_conv_bias = use_conv_bias
+        self.intermediate_size = int(intermediate_size or expand * hidden_size)
+        self.conv_kernel = alias.get("conv_kernel", conv_kernel)
+        self.use_bias = alias.get("use_bias", use_bias)
+        self.use_conv_bias = alias.get("use_conv_bias", use_conv_bias)
         self.initializer_range = initializer_range
         self.residual_in_fp32 = residual_in_fp32
         self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
@@ -329,6 +353,16 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load ours, transformers' ``MambaForCausalLM`` (model_type "mamba") or mamba-ssm's
+        ``MambaLMHeadModel`` (config.json with d_model/n_layer + pytorch_model.bin), from a folder
+        or a hub id. Strict: a missing, unexpected or mis-shaped weight raises ValueError naming
+        the key and both shapes (transformers would re-initialise it silently)."""
+        from . import hf_interop
+
+        return hf_interop.load_pretrained(pretrained_model_name_or_path, *args, _cls=cls, **kwargs)
+
     def get_input_embeddings(self):
         return self.backbone.embeddings
 
@@ -398,10 +432,15 @@ def build_mamba(
     d_conv: int = 4,
     tie_word_embeddings: bool = True,
     residual_in_fp32: bool = True,
+    conv_bias: bool = True,
+    bias: bool = False,
+    dt_rank: int | str = "auto",
+    pad_vocab_size_multiple: int = 1,
     pretrained: str | None = None,
     **_info,
 ) -> CompressMambaForCausalLM:
-    """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``."""
+    """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``
+    (an int, or a list of one size per layer). Keys it does not know (data ``info``) are ignored."""
     if pretrained:
         return CompressMambaForCausalLM.from_pretrained(pretrained)
     if state_sizes is None:
@@ -415,5 +454,9 @@ def build_mamba(
         conv_kernel=d_conv,
         tie_word_embeddings=tie_word_embeddings,
         residual_in_fp32=residual_in_fp32,
+        use_conv_bias=conv_bias,
+        use_bias=bias,
+        time_step_rank=dt_rank,
+        pad_vocab_size_multiple=pad_vocab_size_multiple,
     )
     return CompressMambaForCausalLM(cfg)

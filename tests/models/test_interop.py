@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
-from transformers import MambaForCausalLM
+from transformers import AutoModelForCausalLM, MambaForCausalLM
 
 from compressmamba.models.hf_interop import export_transformers, load_pretrained
-from compressmamba.models.mamba import build_mamba
+from compressmamba.models.mamba import CompressMambaConfig, CompressMambaForCausalLM, build_mamba
 
 from .test_mamba import _hf
 
@@ -31,7 +31,8 @@ def test_mamba_ssm_layout_loads_the_same(tmp_path):
         "ssm_cfg": {"d_state": 8, "dt_rank": 3},
     }
     (root / "config.json").write_text(json.dumps(cfg))
-    ours = load_pretrained(root)
+    ours = CompressMambaForCausalLM.from_pretrained(root)
+    assert ours.config.vocab_size == 40 and ours.state_sizes == [8, 8]
     x = torch.randint(0, 37, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=x).logits[..., :37], hf(input_ids=x).logits, rtol=1e-4, atol=1e-4)
@@ -66,6 +67,52 @@ def test_unknown_model_type(tmp_path):
         load_pretrained(tmp_path)
 
 
+def _rewrite(root, edit_sd=None, edit_cfg=None):
+    from safetensors.torch import load_file, save_file
+
+    if edit_sd:
+        sd = load_file(root / "model.safetensors")
+        edit_sd(sd)
+        save_file(sd, root / "model.safetensors", metadata={"format": "pt"})
+    if edit_cfg:
+        cfg = json.loads((root / "config.json").read_text())
+        edit_cfg(cfg)
+        (root / "config.json").write_text(json.dumps(cfg))
+
+
+def test_bad_transformers_checkpoint_names_key_and_shapes(tmp_path):
+    hf = _hf(vocab=37, tie=False, n=8)
+    for name in ("shape", "missing", "unexpected"):
+        hf.save_pretrained(tmp_path / name)
+    _rewrite(tmp_path / "shape", edit_cfg=lambda c: c.update(state_size=6))
+    with pytest.raises(ValueError, match=r"backbone.layers.0.mixer.A_log: found \(32, 8\), expected \(32, 6\)"):
+        CompressMambaForCausalLM.from_pretrained(tmp_path / "shape")
+    _rewrite(tmp_path / "missing", edit_sd=lambda sd: sd.pop("lm_head.weight"))
+    with pytest.raises(ValueError, match=r"missing keys \['lm_head.weight'\]"):
+        CompressMambaForCausalLM.from_pretrained(tmp_path / "missing")
+    _rewrite(tmp_path / "unexpected", edit_sd=lambda sd: sd.update({"backbone.layers.0.mixer.E": torch.ones(3)}))
+    with pytest.raises(ValueError, match=r"unexpected keys \['backbone.layers.0.mixer.E'\]"):
+        AutoModelForCausalLM.from_pretrained(
+            tmp_path / "unexpected", config=CompressMambaConfig.from_pretrained(tmp_path / "unexpected")
+        )
+    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="mamba2"))
+    with pytest.raises(ValueError, match="unknown model type 'mamba2'"):
+        CompressMambaForCausalLM.from_pretrained(tmp_path / "missing")
+
+
+def test_config_takes_mamba_ssm_names_and_pads_vocabulary(tmp_path):
+    c = CompressMambaConfig(d_model=24, n_layer=3, vocab_size=37, pad_vocab_size_multiple=8, dt_rank=5, conv_bias=False)
+    assert (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size) == (24, 3, 40, 48)
+    assert (c.time_step_rank, c.use_conv_bias, c.d_model, c.state_sizes) == (5, False, 24, [16, 16, 16])
+    c.save_pretrained(tmp_path)
+    assert CompressMambaConfig.from_pretrained(tmp_path).to_dict() == c.to_dict()
+    m = build_mamba(d_model=16, n_layers=2, state_size=[4, 7], vocab_size=37, pad_vocab_size_multiple=8, n_classes=3)
+    assert m.config.vocab_size == 40 and m.state_sizes == [4, 7] and m.lm_head.weight.shape == (40, 16)
+    with pytest.raises(ValueError, match="state_sizes"):
+        build_mamba(d_model=16, n_layers=3, state_sizes=[4, 7])
+
+
+@pytest.mark.slow
 def test_compress_and_convert_commands(tmp_path):
     torch.manual_seed(0)
     m = build_mamba(d_model=16, n_layers=2, state_size=12, vocab_size=256)

@@ -123,3 +123,22 @@ def test_decode_with_per_layer_sizes_equals_full_forward():
         steps = [m(input_ids=x[:, t : t + 1], cache_params=cache).logits for t in range(5, 12)]
     assert [s.shape[-1] for s in cache.ssm] == [16, 5, 9]
     torch.testing.assert_close(torch.cat([first, *steps], 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_init_follows_mamba_ssm_and_tags_parameters():
+    torch.manual_seed(5)
+    m = build_mamba(d_model=24, n_layers=3, state_sizes=[7, 3, 11], vocab_size=29)
+    cfg = m.config
+    for mixer, n in zip(m.ssm_layers(), [7, 3, 11]):
+        dt = torch.nn.functional.softplus(mixer.dt_proj.bias.double())
+        assert dt.min() >= cfg.time_step_min * (1 - 1e-5) and dt.max() <= cfg.time_step_max * (1 + 1e-5)
+        assert dt.max() / dt.min() > 5  # log-uniform over two decades, not a constant
+        torch.testing.assert_close(mixer.A_log, torch.log(torch.arange(1.0, n + 1)).expand(48, n))
+        torch.testing.assert_close(mixer.D, torch.ones(48))
+        bound = (1 / 48) ** 0.5 / 3**0.5  # kaiming-uniform bound 1/sqrt(fan_in), rescaled by sqrt(n_layers)
+        w = mixer.out_proj.weight.abs().max()
+        assert 0.8 * bound < w <= bound
+        assert mixer.A_log._ssm and mixer.A_log._no_weight_decay and mixer.D._no_weight_decay
+        assert mixer.dt_proj.bias._no_weight_decay and not hasattr(mixer.in_proj.weight, "_no_weight_decay")
+    with pytest.raises(ValueError, match=r"keep must hold distinct indices in \[0, 3\), got \[0, 3\]"):
+        m.ssm_layers()[1].truncate_(torch.tensor([0, 3]))
