@@ -59,7 +59,7 @@ class ReductionConfig:
     plots: bool = True
 
 
-_TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction")
+_TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction", "baseline")
 _SECTIONS = {"optim": OptimConfig, "train": TrainConfig, "reduction": ReductionConfig}
 
 
@@ -74,6 +74,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reduction: ReductionConfig = field(default_factory=ReductionConfig)
+    baseline: dict = field(default_factory=dict)  # optional: distill | hnn (training/baselines.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -153,6 +154,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
         model=dict(raw["model"]),
         data=dict(raw["data"]),
         **{k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()},
+        baseline=dict(raw.get("baseline") or {}),
     )
     validate(r)
     return r
@@ -174,6 +176,10 @@ def _check(ok: bool, what: str, value, expected: str):
 
 def validate(r: Recipe) -> None:
     o, t, red = r.optim, r.train, r.reduction
+    if r.baseline:
+        from .baselines import parse_baseline
+
+        parse_baseline(r.baseline)
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "a positive number")
     _check(o.schedule in ("constant", "cosine"), "optim.schedule", o.schedule, "'constant' or 'cosine'")
     _check(0 <= o.warmup_frac < 1, "optim.warmup_frac", o.warmup_frac, "a fraction in [0, 1)")

@@ -105,6 +105,10 @@ class Trainer:
         )
         if self.ckpt:
             set_rng_state(self.ckpt["rng"])
+        if recipe.baseline:  # knowledge distillation or Hankel-nuclear-norm regularisation
+            from .baselines import attach_baseline
+
+            attach_baseline(self)
 
     # --- model / optimizer lifecycle ----------------------------------------------------------
     def _build_model(self, state_sizes=None):
