@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
+    num_workers: int = 0  # DataLoader worker processes building training batches (0: in-process)
     progress: bool = True
 
 
@@ -188,6 +189,7 @@ def validate(r: Recipe) -> None:
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
     _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")
+    _check(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
     _check(
         red.mode in ("tolerance", "fixed", "pragmatic", "none"),

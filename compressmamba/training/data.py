@@ -4,7 +4,7 @@ rank), so a resumed run sees exactly the batches it would have seen."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 
 class StepBatches:
@@ -35,6 +35,38 @@ class StepBatches:
 
     def batch(self, step: int, micro: int = 0) -> dict:
         return default_collate([self.ds[i] for i in self.indices(step, micro)])
+
+    def stream(self, start: int, stop: int, num_workers: int = 0):
+        """Yield this rank's micro-batches of steps ``start .. stop - 1`` in order (``grad_accum``
+        per step): the same batches as :meth:`batch`, built by ``num_workers`` DataLoader workers
+        when > 0 (the indices are still drawn here, so the order does not depend on them)."""
+        if num_workers == 0:
+            for step in range(start, stop):
+                for micro in range(self.micro):
+                    yield self.batch(step, micro)
+            return
+        sampler = _StepSampler(self, start, stop)
+        # its own generator: starting workers must not draw from the global RNG (dropout masks)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + start)
+        loader = DataLoader(
+            self.ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=default_collate, generator=g
+        )
+        yield from loader
+
+
+class _StepSampler:
+    """Index lists of steps ``start .. stop - 1`` (all micro-batches), drawn lazily."""
+
+    def __init__(self, batches: StepBatches, start: int, stop: int):
+        self.b, self.start, self.stop = batches, start, stop
+
+    def __len__(self):
+        return max(0, self.stop - self.start) * self.b.micro
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            for micro in range(self.b.micro):
+                yield self.b.indices(step, micro)
 
 
 def shard_batches(dataset: Dataset, batch_size: int, rank: int, world: int, limit: int | None = None):

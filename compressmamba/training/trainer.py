@@ -95,7 +95,7 @@ class Trainer:
             self.data.train, t.batch_size, recipe.seed, acc.process_index, acc.num_processes, t.grad_accum
         )
         self.attempts = attempt_steps(recipe.reduction, t.steps)
-        self.cut_rng = torch.Generator().manual_seed(recipe.seed + 7919)
+        self._stream = None  # training micro-batches, opened by fit() at the current step
         self.pragmatic_snapshot = None
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,8 @@ class Trainer:
         lr = set_lr(self.opt, self.step, t.steps, self.recipe.optim)
         total_loss, n_tokens = 0.0, 0
         for micro in range(t.grad_accum):
-            batch = {k: v.to(acc.device) for k, v in self.batches.batch(self.step, micro).items()}
+            raw = next(self._stream) if self._stream is not None else self.batches.batch(self.step, micro)
+            batch = {k: v.to(acc.device) for k, v in raw.items()}
             sync = micro == t.grad_accum - 1
             ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else _null()
             with ctx:
@@ -253,7 +254,9 @@ class Trainer:
                 "optimizer": _clone_state(self.optimizer.state_dict()),
             }
         before = snapshot_state(self.model, self.optimizer)
-        report = compression_event(self.model, red, self.step, self._calib_batches(), self.accelerator, self.cut_rng)
+        # random selection: seeded by (seed, step), so a resumed run draws what it would have drawn
+        rng = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + self.step)
+        report = compression_event(self.model, red, self.step, self._calib_batches(), self.accelerator, rng)
         if report.changed:
             new_opt = build_optimizer(self.model, self.recipe.optim)
             counts = carry_optimizer_state(self.model, new_opt, before, report.maps)
@@ -312,6 +315,7 @@ class Trainer:
         t_start, window_t, window_samples, window_tokens = time.time(), time.time(), 0, 0
         last_val = {}
         self.wrapped.train()
+        self._stream = self.batches.stream(self.step, t.steps, t.num_workers)
         while self.step < t.steps:
             loss, n_tok, lr = self._train_step()
             window_samples += t.batch_size * t.grad_accum * acc.num_processes

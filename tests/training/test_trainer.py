@@ -65,18 +65,20 @@ def test_atomic_save_keeps_old_file_on_crash(tmp_path):
 
 
 def test_resume_after_cut_is_bit_for_bit(toy_recipe, tmp_path, monkeypatch):
-    full = apply_overrides(toy_recipe, ["train.checkpoint_every=5", f"out_dir={tmp_path / 'a'}"])
+    # random selection: the resumed run must draw the states the uninterrupted one drew at step 16
+    over = ["train.checkpoint_every=5", "reduction.selection=random"]
+    full = apply_overrides(toy_recipe, over + [f"out_dir={tmp_path / 'a'}"])
     ta = Trainer(recipe_from_dict(full))
     ta.fit()
     ref_hash = param_hash(ta.model)
     ref_losses = [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "train"]
 
-    part = apply_overrides(toy_recipe, ["train.checkpoint_every=5", f"out_dir={tmp_path / 'b'}"])
+    part = apply_overrides(toy_recipe, over + [f"out_dir={tmp_path / 'b'}"])
     tb = Trainer(recipe_from_dict(part))
     real_step = Trainer._train_step
 
     def dying(self):
-        if self.step == 23:  # after the second cut (16) and the checkpoint at 20
+        if self.step == 13:  # after the first cut (8) and the checkpoint at 10, before the cut at 16
             raise KeyboardInterrupt
         return real_step(self)
 
@@ -84,13 +86,41 @@ def test_resume_after_cut_is_bit_for_bit(toy_recipe, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         tb.fit()
     monkeypatch.setattr(Trainer, "_train_step", real_step)
-    assert load_checkpoint(tmp_path / "b")["step"] == 20
+    assert load_checkpoint(tmp_path / "b")["step"] == 10
     tc = Trainer(recipe_from_dict(part), resume=tmp_path / "b")
-    assert tc.model.state_sizes == [6, 6] and tc.step == 20
+    assert tc.model.state_sizes == [9, 9] and tc.step == 10
     tc.fit()
+    assert tc.model.state_sizes == ta.model.state_sizes == [6, 6]
     assert param_hash(tc.model) == ref_hash
     losses = [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
-    assert losses[-2:] == ref_losses[-2:]
+    assert losses[-4:] == ref_losses[-4:]
+
+
+def _lr_trace(recipe, monkeypatch):
+    """Run ``recipe``; return the learning rate of every optimizer group at every step, and the model."""
+    trace, real_step = [], Trainer._train_step
+
+    def recording(self):
+        out = real_step(self)
+        trace.append({g["name"]: g["lr"] for g in self.opt.param_groups})
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", recording)
+    tr = Trainer(recipe_from_dict(recipe))
+    tr.fit()
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    return trace, tr.model
+
+
+def test_lr_schedule_continues_across_cuts_and_workers_do_not_change_batches(toy_recipe, tmp_path, monkeypatch):
+    cut, m_cut = _lr_trace(apply_overrides(toy_recipe, [f"out_dir={tmp_path / 'a'}"]), monkeypatch)
+    plain, _ = _lr_trace(apply_overrides(toy_recipe, [f"out_dir={tmp_path / 'b'}", "reduction.mode=none"]), monkeypatch)
+    assert m_cut.state_sizes == [6, 6] and len(cut) == len(plain) == 30
+    assert cut == plain and cut[0]["ssm"] == pytest.approx(0.5 * cut[0]["decay"]) and cut[2] != cut[20]
+    # DataLoader workers build the same batches: same trained parameters
+    over = [f"out_dir={tmp_path / 'c'}", "train.num_workers=2"]
+    _, m_workers = _lr_trace(apply_overrides(toy_recipe, over), monkeypatch)
+    assert param_hash(m_workers) == param_hash(m_cut)
 
 
 def test_nan_loss_stops_with_a_clear_error(toy_recipe):
