@@ -115,9 +115,11 @@ def load_cifar10(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def to_grayscale(pixels: np.ndarray) -> np.ndarray:
-    """(n, L, 3) uint8 → (n, L, 1) uint8 with PIL's ITU-R 601-2 luma (what torchvision's Grayscale does)."""
-    luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+    """(n, L, 3) uint8 → (n, L, 1) uint8 with PIL's fixed-point ITU-R 601-2 luma, exactly what
+    ``Image.convert("L")`` (and so torchvision's ``Grayscale``) computes."""
+    p = pixels.astype(np.uint32)
+    luma = (p[..., 0] * 19595 + p[..., 1] * 38470 + p[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
 
 
 @register_dataset("scifar")
