@@ -1,4 +1,5 @@
-"""Triton one-token decode step: state (b, d, n) updated in place, any N (masked)."""
+"""Triton one-token decode step: state (b, d, n) updated in place, any N ≤ MAX_N (masked to the
+next power of two in registers). One program per (batch row, block of channels)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from .scan import MAX_N, block_d
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -59,7 +62,7 @@ def _step_kernel(
     A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
     Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n, mask=mn, other=0.0).to(tl.float32)
     Ct = tl.load(C_ptr + pid_b * s_cb + grp * s_cg + offs_n, mask=mn, other=0.0).to(tl.float32)
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bt[None, :]
+    h = tl.exp2(dt[:, None] * (A * 1.4426950408889634)) * h + (dt * x)[:, None] * Bt[None, :]
     tl.store(sp, h.to(s_ptr.dtype.element_ty), mask=mdn)
     y = tl.sum(h * Ct[None, :], axis=1)
     if HAS_D:
@@ -71,16 +74,21 @@ def _step_kernel(
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One decode step in Triton; x, dt, z (b, d) contiguous rows; B, C (b, n) or (b, g, n)."""
+    """One decode step in Triton (mamba-ssm's ``selective_state_update`` for Mamba-1).
+
+    Shapes: state (b, d, n), updated in place (any strides, any float dtype; computed in fp32);
+    x, dt, z (b, d); A (d, n) with 1 <= n <= MAX_N; B, C (b, n) or grouped (b, g, n) with g
+    dividing d; D, dt_bias (d,). Returns y (b, d) in x's dtype.
+    """
     b, d, n = state.shape
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
     x, dt = x.contiguous(), dt.contiguous()
     z = z.contiguous() if z is not None else None
     Bn = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()
     Cn = (C.unsqueeze(1) if C.dim() == 2 else C).contiguous()
     cpg = d // Bn.shape[1]
-    bd = 1
-    while bd < 32 and cpg % (bd * 2) == 0:
-        bd *= 2
+    bd = block_d(n, cpg)
     y = torch.empty(b, d, device=x.device, dtype=torch.float32)
     A32 = A.float().contiguous()
     _step_kernel[(b, triton.cdiv(d, bd))](

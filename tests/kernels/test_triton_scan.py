@@ -1,19 +1,27 @@
+"""Triton selective scan vs the float64 reference, under TRITON_INTERPRET=1 on CPU (tiny shapes)
+and on CUDA when a GPU is present (larger shapes, marked gpu)."""
+
 import pytest
 import torch
+import triton
 from compressmamba.kernels import selective_scan_fn
-from compressmamba.kernels.selective_scan.scan import selective_scan_triton
+from compressmamba.kernels.selective_scan.scan import MAX_N, _prune, block_d, selective_scan_triton
 
 from .scan_utils import make_inputs, reference, rel_err, run
 
-# Small shapes: the interpreter is slow. Every N and L appears, every flag on and off.
+# (N, L, batch, dim, flags). The interpreter is slow: every N and L appears and every flag is on
+# and off somewhere, not the full cross-product. chunk=16 so L=63/64/300 span several chunks.
+F0 = dict(has_d=False, has_z=False, has_bias=False, softplus=False, last=False, groups=None)
 CASES = [
-    (1, 7, 4, dict(has_d=False, has_z=False, has_bias=False, softplus=False, last=False, groups=None)),
-    (3, 64, 6, dict(has_d=True, has_z=False, has_bias=True, softplus=True, last=True, groups=None)),
-    (13, 300, 3, dict(has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=None)),
-    (16, 1, 4, dict(has_d=False, has_z=True, has_bias=False, softplus=True, last=True, groups=2)),
-    (47, 63, 6, dict(has_d=True, has_z=True, has_bias=False, softplus=False, last=False, groups=3)),
-    (64, 7, 4, dict(has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=None)),
+    (1, 7, 2, 4, F0),
+    (3, 64, 2, 6, dict(F0, has_d=True, has_bias=True, softplus=True, last=True)),
+    (13, 300, 1, 4, dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True)),
+    (16, 1, 2, 4, dict(F0, has_z=True, softplus=True, last=True, groups=2)),
+    (47, 63, 1, 6, dict(F0, has_d=True, has_z=True, groups=3)),
+    (64, 7, 2, 4, dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True)),
 ]
+FP32_FWD, FP32_GRAD = 1e-5, 1e-4  # float32 inputs against float64
+LOW_PREC = 1e-2  # bf16/fp16 inputs (rounded once, then the same inputs in float64)
 
 
 @pytest.fixture(autouse=True)
@@ -30,29 +38,68 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", nan_empty)
 
 
-@pytest.mark.parametrize("n,l,d,flags", CASES)
-def test_triton_scan_matches_float64_reference(n, l, d, flags):
+def _check(n, l, b, d, flags, chunk, device="cpu", seed=0):
     flags = dict(flags)
     softplus, last, groups = flags.pop("softplus"), flags.pop("last"), flags.pop("groups")
-    inp = make_inputs(2, d, n, l, groups=groups, **flags, seed=n * 7 + l)
-    y, h, grads = run(selective_scan_triton, inp, softplus, last, chunk=16)
+    inp = make_inputs(b, d, n, l, groups=groups, **flags, seed=seed)
+    inp = {k: (v.detach().to(device).requires_grad_() if v is not None else None) for k, v in inp.items()}
+    y, h, grads = run(selective_scan_triton, inp, softplus, last, chunk=chunk)
     y64, h64, g64 = reference(inp, softplus, last)
-    assert rel_err(y, y64) < 1e-5
+    assert y.shape == y64.shape and rel_err(y, y64) < FP32_FWD
     if last:
-        assert rel_err(h, h64) < 1e-5
+        assert h.shape == (b, d, n) and h.dtype == torch.float32 and rel_err(h, h64) < FP32_FWD
+    assert set(grads) == set(g64)
     for k in g64:
-        assert rel_err(grads[k], g64[k]) < 1e-4, k
+        assert grads[k].shape == inp[k].shape and rel_err(grads[k], g64[k]) < FP32_GRAD, k
 
 
-def test_triton_bf16_and_dispatch_by_name():
-    inp = make_inputs(1, 4, 5, 20, dtype=torch.bfloat16, seed=9)
-    y, _, g = run(lambda **kw: selective_scan_fn(**kw, backend="triton"), inp, True, False)
-    y64, _, g64 = reference(inp, True, False)
-    assert y.dtype == torch.bfloat16 and rel_err(y, y64) < 1e-2
-    assert all(rel_err(g[k], g64[k]) < 2e-2 for k in g64)
+@pytest.mark.parametrize("n,l,b,d,flags", CASES)
+def test_triton_scan_matches_float64_reference(n, l, b, d, flags):
+    _check(n, l, b, d, flags, chunk=16, seed=n * 7 + l)
 
 
-def test_too_large_state_is_refused():
-    inp = make_inputs(1, 2, 257, 3)
-    with pytest.raises(ValueError, match="exceeds"):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_and_dispatch_by_name(dtype):
+    inp = make_inputs(1, 4, 5, 20, groups=2, dtype=dtype, seed=9)
+    y, h, g = run(lambda **kw: selective_scan_fn(**kw, backend="triton"), inp, True, True)
+    y64, h64, g64 = reference(inp, True, True)
+    assert y.dtype == dtype and h.dtype == torch.float32
+    assert rel_err(y, y64) < LOW_PREC and rel_err(h, h64) < LOW_PREC
+    for k in g64:
+        assert g[k].dtype == inp[k].dtype and rel_err(g[k], g64[k]) < LOW_PREC, k
+
+
+def test_chunk_size_does_not_change_the_result():
+    inp = make_inputs(1, 2, 5, 37, seed=3)
+    y1, h1, g1 = run(selective_scan_triton, inp, True, True, chunk=37)
+    y2, h2, g2 = run(selective_scan_triton, inp, True, True, chunk=5)
+    assert rel_err(y1, y2) < 1e-6 and rel_err(h1, h2) < 1e-6
+    assert all(rel_err(g1[k], g2[k]) < 1e-6 for k in g1)
+
+
+def test_bad_input_is_refused():
+    inp = make_inputs(1, 2, MAX_N + 1, 3)
+    with pytest.raises(ValueError, match="d_state 257"):
         selective_scan_triton(**inp)
+    inp = make_inputs(1, 2, 3, 3)
+    with pytest.raises(ValueError, match="chunk must be a positive int, got 0"):
+        selective_scan_triton(**inp, chunk=0)
+
+
+def test_block_and_config_choice():
+    """Blocks never span a group and keep the tile ≤ 2048; pruning keeps ≥ 1 config, no idle lanes."""
+    for n in (1, 13, 16, 100, 128, 256):
+        for cpg in (1, 3, 8, 48, 64, 1536):
+            bd = block_d(n, cpg)
+            assert cpg % bd == 0 and bd * triton.next_power_of_2(n) <= max(2048, triton.next_power_of_2(n))
+    configs = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 3)]
+    assert [c.num_warps for c in _prune(configs, {}, BLOCK_D=2, BLOCK_N=32)] == [2, 2]
+    assert len(_prune(configs, {}, BLOCK_D=32, BLOCK_N=16)) == 6
+    assert [(c.num_warps, c.num_stages) for c in _prune(configs, {}, BLOCK_D=1, BLOCK_N=1)] == [(2, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 13, 16, 100, 128])
+def test_triton_scan_on_gpu_long_sequences(n):
+    flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
+    _check(n, 1000, 2, 96, flags, chunk=64, device="cuda", seed=n)

@@ -1,8 +1,23 @@
 import pytest
 import torch
-from compressmamba.kernels import selective_scan_ref, selective_state_update
+from compressmamba.kernels import selective_scan_ref, selective_state_update, selective_state_update_ref
+from compressmamba.kernels.selective_scan.step import selective_state_update_triton
 
 from .scan_utils import make_inputs, rel_err
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Buffers the launcher allocates start as NaN, so an element the kernel skips fails."""
+    real = torch.empty
+
+    def nan_empty(*args, **kw):
+        t = real(*args, **kw)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -54,3 +69,25 @@ def test_dispatch_by_name_matches_cpu_step():
     y1 = selective_state_update(s1, *args, backend="triton")
     y2 = selective_state_update(s2, *args, backend="cpu")
     assert rel_err(y1, y2) < 1e-6 and rel_err(s1, s2) < 1e-6
+
+
+def test_strided_state_low_precision_and_no_options():
+    """A non-contiguous bf16 state (a cache slice), B/C grouped, no D/z/bias: matches the reference."""
+    b, d, n = 2, 6, 13
+    g = torch.Generator().manual_seed(4)
+    r = lambda *s: torch.randn(*s, generator=g)
+    store = r(b, n, d).to(torch.bfloat16)
+    state = store.transpose(1, 2)  # (b, d, n) view, strides (n*d, 1, d)
+    state_ref = state.double().clone()
+    x, dt, A, B, C = r(b, d), 0.5 * r(b, d), -torch.exp(0.5 * r(d, n)), r(b, 3, n), r(b, 3, n)
+    y = selective_state_update_triton(state, x, dt, A, B, C)
+    y64 = selective_state_update_ref(state_ref, x.double(), dt.double(), A.double(), B.double(), C.double())
+    assert rel_err(y, y64) < 1e-5 and rel_err(store.transpose(1, 2), state_ref) < 1e-2
+
+
+def test_too_large_state_is_refused():
+    state = torch.zeros(1, 2, 300)
+    with pytest.raises(ValueError, match="d_state 300"):
+        selective_state_update_triton(
+            state, torch.ones(1, 2), torch.ones(1, 2), -torch.ones(2, 300), *[torch.ones(1, 300)] * 2
+        )
