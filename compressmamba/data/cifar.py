@@ -56,7 +56,7 @@ class ImageSequences(Dataset):
 
     def __getitem__(self, i):
         j = int(self.index[i])
-        x = torch.as_tensor(np.asarray(self.pixels[j]), dtype=torch.float32) / 255.0
+        x = torch.from_numpy(np.array(self.pixels[j], dtype=np.float32)) / 255.0  # a copy: memmaps are read-only
         return {"inputs": (x - self.mean) / self.std, "labels": self.labels[j]}
 
 
