@@ -93,41 +93,53 @@ def _hf_documents(name, data_files, split, text_column) -> list[bytes]:
     return [t.encode("utf-8") for t in ds[text_column]]
 
 
+_EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+
+
 class Tokenizer:
-    """``byte`` (ids 0–255, eos = 0 is avoided: the separator is 0x00, absent from text files) or a
-    ``tokenizers`` / transformers tokenizer from a local tokenizer.json or a hub name."""
+    """``byte`` (ids 0–255; the document separator is 0x00, absent from text files), a local
+    ``tokenizer.json`` (or a folder holding one) read with ``tokenizers``, or a hub name loaded
+    with transformers' ``AutoTokenizer`` (online only)."""
 
     def __init__(self, spec: str = "byte"):
-        self.spec = spec
+        if not isinstance(spec, str) or not spec:
+            raise ValueError(f"data.tokenizer must be 'byte', a tokenizer.json path or a hub name, got {spec!r}")
+        self.spec, self._tok, self._hf = spec, None, False
         if spec == "byte":
             self.vocab_size, self.eos = 256, 0
-            self._tok = None
             return
         path = Path(os.path.expanduser(spec))
         if path.is_dir():
             path = path / "tokenizer.json"
-        if path.suffix == ".json" and path.is_file():
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise FileNotFoundError(f"data.tokenizer: expected a tokenizer file at {path}")
             from tokenizers import Tokenizer as HFTok
 
             self._tok = HFTok.from_file(str(path))
             self.vocab_size = self._tok.get_vocab_size()
-            self.eos = self._tok.token_to_id("<|endoftext|>") or 0
-        elif path.suffix == ".json":
-            raise FileNotFoundError(f"tokenizer file {path} not found")
+            ids = [self._tok.token_to_id(t) for t in _EOS_NAMES]
+            self.eos = next((i for i in ids if i is not None), 0)
         else:
             from transformers import AutoTokenizer
 
-            hf = AutoTokenizer.from_pretrained(spec)
-            self._tok = hf
-            self.vocab_size = len(hf)
-            self.eos = hf.eos_token_id or 0
+            self._tok, self._hf = AutoTokenizer.from_pretrained(spec), True
+            self.vocab_size = len(self._tok)
+            self.eos = self._tok.eos_token_id or 0
+
+    def encode_many(self, docs: list[bytes]) -> list[np.ndarray]:
+        """Token ids (int64) of each document."""
+        if self._tok is None:
+            return [np.frombuffer(d, dtype=np.uint8).astype(np.int64) for d in docs]
+        texts = [d.decode("utf-8", errors="replace") for d in docs]
+        if self._hf:
+            ids = self._tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        else:
+            ids = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        return [np.asarray(i, dtype=np.int64) for i in ids]
 
     def encode(self, doc: bytes) -> np.ndarray:
-        if self._tok is None:
-            return np.frombuffer(doc, dtype=np.uint8).astype(np.int64)
-        text = doc.decode("utf-8", errors="replace")
-        ids = self._tok.encode(text).ids if hasattr(self._tok.encode(""), "ids") else self._tok.encode(text)
-        return np.asarray(ids, dtype=np.int64)
+        return self.encode_many([doc])[0]
 
     def decode(self, ids) -> str:
         if self._tok is None:
@@ -136,28 +148,35 @@ class Tokenizer:
 
 
 class PackedLM(Dataset):
-    """Rows of ``seq_len + 1`` consecutive tokens from one long stream."""
+    """Rows of ``seq_len + 1`` consecutive tokens from one long stream (consecutive rows share one
+    token, so every token but the first is a target exactly once).
 
-    def __init__(self, stream: np.ndarray, seq_len: int):
+    Items: ``input_ids`` (seq_len + 1,) long and ``labels`` (the same tensor; the model shifts).
+    ``data`` is the stream in the smallest integer dtype that holds the vocabulary.
+    """
+
+    def __init__(self, stream: np.ndarray, seq_len: int, vocab_size: int = 1 << 31):
         n = (len(stream) - 1) // seq_len
         if n < 1:
             raise ValueError(f"text has {len(stream)} tokens, fewer than one sequence of seq_len {seq_len} + 1")
-        self.data = torch.from_numpy(np.ascontiguousarray(stream[: n * seq_len + 1]))
+        dtype = np.uint8 if vocab_size <= 256 else (np.int16 if vocab_size <= 32767 else np.int32)
+        self.data = torch.from_numpy(np.ascontiguousarray(stream[: n * seq_len + 1], dtype=dtype))
         self.seq_len, self.n = seq_len, n
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        x = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"row {i} out of range for {self.n} rows")
+        i %= self.n
+        x = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
         return {"input_ids": x, "labels": x}
 
 
 def _stream(docs: list[bytes], tok: Tokenizer) -> np.ndarray:
-    parts = []
-    for d in docs:
-        parts.append(tok.encode(d))
-        parts.append(np.array([tok.eos], dtype=np.int64))
+    sep = np.array([tok.eos], dtype=np.int64)
+    parts = [p for ids in tok.encode_many(docs) for p in (ids, sep)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
@@ -175,9 +194,17 @@ def text_lm(
     seed: int = 0,
     **_,
 ):
-    """Packed language-model data split by document into train / validation (test = validation)."""
+    """Packed language-model data, split by document into train / validation (seeded); no test split.
+
+    Items: ``input_ids`` and ``labels`` (seq_len + 1,) long. ``info``: ``task`` "lm", ``vocab_size``,
+    ``seq_len``, ``tokenizer`` (a :class:`Tokenizer`, for decoding samples).
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"data.seq_len must be a positive int, got {seq_len!r}")
+    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
+        raise ValueError(f"data.max_bytes must be a positive int or null, got {max_bytes!r}")
     docs = _read_documents(corpus, files, dataset, split, text_column, max_bytes)
     if len(docs) < 2:
         raise ValueError(f"need at least 2 documents to split train/validation, got {len(docs)}")
@@ -186,6 +213,7 @@ def text_lm(
     n_val = max(1, int(round(val_fraction * len(docs))))
     val_docs = [docs[i] for i in sorted(order[:n_val])]
     train_docs = [docs[i] for i in sorted(order[n_val:])]
-    train, val = PackedLM(_stream(train_docs, tok), seq_len), PackedLM(_stream(val_docs, tok), seq_len)
+    train = PackedLM(_stream(train_docs, tok), seq_len, tok.vocab_size)
+    val = PackedLM(_stream(val_docs, tok), seq_len, tok.vocab_size)
     info = {"task": "lm", "vocab_size": tok.vocab_size, "seq_len": seq_len, "tokenizer": tok}
     return DataSplits(train, val, None, info)
