@@ -166,3 +166,31 @@ def test_recipe_runs_two_steps(path, tmp_path):
     summary = Trainer(load_recipe(path, overrides)).fit()
     assert summary["steps"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["recipe"] == recipe.name
+
+
+@pytest.mark.slow
+def test_seeds_option_gives_one_run_folder_per_seed(tmp_path, monkeypatch):
+    from compressmamba.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "recipes/smnist/cpu_compressed.yaml"
+    over = _overrides(load_recipe(recipe), tmp_path, None)
+    over = [o for o in over if not o.startswith("out_dir=")]
+    assert main(["train", str(recipe), *over, "--seeds", "3,5"]) == 0
+    for seed in (3, 5):
+        s = json.loads((tmp_path / f"runs/smnist/cpu_compressed/seed{seed}/summary.json").read_text())
+        assert s["seed"] == seed and s["steps"] == 2
+
+
+@pytest.mark.slow
+def test_recipe_runs_under_accelerate_launch(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = ROOT / "recipes/smnist/cpu_compressed.yaml"
+    over = _overrides(load_recipe(recipe), tmp_path, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    cmd += ["-m", "compressmamba", "train", str(recipe), *over]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
