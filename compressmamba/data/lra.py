@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -60,27 +59,24 @@ def _codepoints(docs: list[str], l_max: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _count(cps: np.ndarray, name_of) -> dict[str, int]:
-    codes, counts = np.unique(cps, return_counts=True)
-    return {name_of(int(c)): int(n) for c, n in zip(codes, counts)}
+    counts = np.bincount(cps) if len(cps) else np.zeros(0, dtype=np.int64)
+    return {name_of(int(c)): int(counts[c]) for c in np.flatnonzero(counts)}
 
 
 def _encode(cps: np.ndarray, lengths: np.ndarray, vocab: list[str], code_of) -> tuple[np.ndarray, np.ndarray]:
-    """Code points → ids with ``<eos>`` after each document: flat (T + N,) ids and (N + 1,) offsets."""
-    table = {code_of(t): i for i, t in enumerate(vocab) if i >= len(SPECIALS) and code_of(t) is not None}
-    keys = np.array(sorted(table), dtype=np.int64)
-    vals = np.array([table[k] for k in sorted(table)], dtype=np.int64)
-    pos = np.searchsorted(keys, cps) if len(keys) else np.zeros(len(cps), dtype=np.int64)
-    pos = np.minimum(pos, max(len(keys) - 1, 0))
-    hit = keys[pos] == cps if len(keys) else np.zeros(len(cps), dtype=bool)
-    ids = np.where(hit, vals[pos] if len(keys) else 0, UNK)
+    """Code points → ids with ``<eos>`` after each document: flat (T + N,) ids and (N + 1,) offsets.
+    Code points outside the vocabulary become ``<unk>``."""
     dtype = np.uint8 if len(vocab) <= 256 else np.int32
-    n = len(lengths)
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    table = {code_of(t): i for i, t in enumerate(vocab) if i >= len(SPECIALS) and code_of(t) is not None}
+    lut = np.full(max([*table, int(cps.max()) if len(cps) else 0]) + 1, UNK, dtype=dtype)
+    lut[list(table)] = list(table.values())
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=offsets[1:])
     flat = np.empty(offsets[-1], dtype=dtype)
-    doc_of_char = np.repeat(np.arange(n), lengths)
-    flat[np.arange(len(cps)) + doc_of_char] = ids
-    flat[offsets[1:] - 1] = EOS
+    is_eos = np.zeros(offsets[-1], dtype=bool)
+    is_eos[offsets[1:] - 1] = True
+    flat[~is_eos] = lut[cps]
+    flat[is_eos] = EOS
     return flat, offsets
 
 
@@ -141,8 +137,7 @@ LISTOPS_TOKENS = ("[MIN", "[MAX", "[MED", "[SM", "X", *"0123456789")
 # One character per ListOps token so a whole file encodes with numpy; names for the vocabulary.
 _LISTOPS_CODE = {"[MIN": "A", "[MAX": "B", "[MED": "C", "[SM": "D", "X": "X", **{d: d for d in "0123456789"}}
 _LISTOPS_NAME = {v: k for k, v in _LISTOPS_CODE.items()}
-_LISTOPS_LINE = re.compile(r"(?:\s*(?:\(|\)|\[MIN|\[MAX|\[MED|\[SM|\]|[0-9])(?=\s|$))*\s*")
-_DROP = str.maketrans({"(": None, ")": None, " ": None, "\t": None, "\n": None, "\r": None})
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
 
 
 def listops_tokens(source: str) -> list[str]:
@@ -150,18 +145,30 @@ def listops_tokens(source: str) -> list[str]:
     return source.translate({ord("]"): ord("X"), ord("("): None, ord(")"): None}).split()
 
 
-def _listops_units(source: str, extra: dict[str, str]) -> str:
-    """One character per token: fast for the LRA alphabet, a per-token fallback for anything else
-    (new tokens get private-use code points recorded in ``extra``)."""
-    if _LISTOPS_LINE.fullmatch(source):
-        s = source.replace("[MIN", "A").replace("[MAX", "B").replace("[MED", "C").replace("[SM", "D")
-        return s.replace("]", "X").translate(_DROP)
+def _listops_units(sources: list[str], extra: dict[str, str]) -> list[str]:
+    """Each source as one character per token. Fast path (bytes operations in C over the whole
+    split) when every token of a line is in the LRA alphabet; otherwise a per-token fallback for that
+    line (new tokens get private-use code points, recorded in ``extra``)."""
+    big = "\n".join(sources).encode("utf-8")
+    for tok, code in (("[MIN", b"A"), ("[MAX", b"B"), ("[MED", b"C"), ("[SM", b"D"), ("]", b"X")):
+        big = big.replace(tok.encode(), code)
+    lines = big.translate(None, b"()").split(b"\n")
+    if len(lines) != len(sources):  # a source with a newline: no fast path
+        lines = [b"?"] * len(sources)
     out = []
-    for t in listops_tokens(source):
-        if t not in _LISTOPS_CODE and t not in extra:
-            extra[t] = chr(0xE000 + len(extra))
-        out.append(_LISTOPS_CODE.get(t) or extra[t])
-    return "".join(out)
+    for source, b in zip(sources, lines):
+        units = b.translate(None, _WHITESPACE)
+        # valid iff only alphabet characters remain and each was a whitespace-separated token of its own
+        if not units.translate(None, b"ABCDX0123456789") and len(units) == len(b.split()):
+            out.append(units.decode("ascii"))
+            continue
+        toks = []
+        for t in listops_tokens(source):
+            if t not in _LISTOPS_CODE and t not in extra:
+                extra[t] = chr(0xE000 + len(extra))
+            toks.append(_LISTOPS_CODE.get(t) or extra[t])
+        out.append("".join(toks))
+    return out
 
 
 def read_listops_tsv(path) -> tuple[list[str], np.ndarray]:
@@ -215,7 +222,7 @@ def listops(
     l_max = _check_l_max(l_max)
     rows = _listops_rows(path, generate)
     extra: dict[str, str] = {}
-    units = {k: [_listops_units(s, extra) for s in src] for k, (src, _) in rows.items()}
+    units = {k: _listops_units(src, extra) for k, (src, _) in rows.items()}
     names = {**_LISTOPS_NAME, **{v: k for k, v in extra.items()}}
     codes = {k: v for v, k in names.items()}
     cps = {k: _codepoints(u, l_max) for k, u in units.items()}
@@ -314,8 +321,9 @@ def imdb(
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 
 
-def read_aan_tsv(path) -> tuple[list[str], list[str], np.ndarray]:
-    """Columns label, id1, id2, text1, text2 (no header, no quoting); label 0/1 (written as a float)."""
+def read_aan_tsv(path, max_chars: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """Columns label, id1, id2, text1, text2 (no header, no quoting); label 0/1 (written as a float).
+    Texts are cut to ``max_chars`` while reading (the documents are whole papers)."""
     t1, t2, labels = [], [], []
     with open(path, encoding="utf-8", newline="\n") as f:
         for k, line in enumerate(f, start=1):
@@ -325,8 +333,8 @@ def read_aan_tsv(path) -> tuple[list[str], list[str], np.ndarray]:
                     continue
                 raise ValueError(f"{path}:{k}: expected 5 tab-separated columns (label, id1, id2, text1, text2)")
             labels.append(int(float(parts[0])))
-            t1.append(parts[3])
-            t2.append(parts[4])
+            t1.append(parts[3][:max_chars])
+            t2.append(parts[4][:max_chars])
     return t1, t2, np.asarray(labels, dtype=np.int64)
 
 
@@ -342,7 +350,7 @@ def aan(path=None, l_max: int = 4000, min_freq: int = 1, seed: int = 0, limit_tr
         raise ValueError("aan needs data.path: a folder with new_aan_pairs.{train,eval,test}.tsv")
     root = Path(os.path.expanduser(str(path)))
     subs = ("tsv_data", "aan", "lra_release/tsv_data")
-    raw = {k: read_aan_tsv(_find_file(root, name, subs, "AAN")) for k, name in AAN_FILES.items()}
+    raw = {k: read_aan_tsv(_find_file(root, name, subs, "AAN"), l_max - 1) for k, name in AAN_FILES.items()}
     cps = {k: (_codepoints(r[0], l_max), _codepoints(r[1], l_max)) for k, r in raw.items()}
     both = np.concatenate([cps["train"][0][0], cps["train"][1][0]])
     vocab = build_vocab(_count(both, chr), min_freq=min_freq)

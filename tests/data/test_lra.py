@@ -109,7 +109,7 @@ def test_listops_tsv_tokens_vocab_and_padding(tmp_path):
 
 
 def test_listops_unusual_tokens_take_the_slow_path(tmp_path):
-    rows = [("( ( ( [MAX 12 ) 9 ) ] )", 9), ("( ( ( [MIN 3 ) 7 ) ] )", 3), ("( ( [SM 4 ) ] )", 4)]
+    rows = [("( ( ( [MAX 12 ) 9 ) ] )", 9), ("( ( [MIN] 3 ) ] )", 3), ("( ( ( [MIN 3 ) 7 ) ] )", 3), ("( ( [SM 4 ) ] )", 4)]
     for split in ("train", "val", "test"):
         lg.write_tsv(tmp_path / f"basic_{split}.tsv", rows)
     d = listops(path=tmp_path, l_max=16)
