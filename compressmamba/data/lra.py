@@ -49,33 +49,52 @@ def build_vocab(counts: dict[str, int], min_freq: int = 1, extra: tuple[str, ...
     return vocab + [t for t in extra if t not in seen]
 
 
-def _codepoints(docs: list[str], l_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each document cut to ``l_max - 1`` characters (room for ``<eos>``) → flat (T,) uint32 code
-    points and (N,) lengths."""
-    cut = [d[: l_max - 1] for d in docs]
-    lengths = np.fromiter((len(d) for d in cut), dtype=np.int64, count=len(cut))
-    cps = np.frombuffer("".join(cut).encode("utf-32-le"), dtype=np.uint32)
-    return cps, lengths
+Chunks = list[tuple[np.ndarray, np.ndarray]]
 
 
-def _count(cps: np.ndarray, name_of) -> dict[str, int]:
-    counts = np.bincount(cps) if len(cps) else np.zeros(0, dtype=np.int64)
-    return {name_of(int(c)): int(counts[c]) for c in np.flatnonzero(counts)}
+def _codepoints(docs: list[str], l_max: int, chunk: int = 4096) -> Chunks:
+    """Each document cut to ``l_max - 1`` characters (room for ``<eos>``), as chunks of (flat code
+    points, per-document lengths): uint8 when a chunk is Latin-1, else uint32 (keeps memory near
+    one byte per character on the large corpora)."""
+    out = []
+    for s in range(0, max(len(docs), 1), chunk):
+        cut = [d[: l_max - 1] for d in docs[s : s + chunk]]
+        lengths = np.fromiter((len(d) for d in cut), dtype=np.int64, count=len(cut))
+        text = "".join(cut)
+        try:
+            cps = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+        except UnicodeEncodeError:
+            cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        out.append((cps, lengths))
+    return out
 
 
-def _encode(cps: np.ndarray, lengths: np.ndarray, vocab: list[str], code_of) -> tuple[np.ndarray, np.ndarray]:
+def _count(chunks: Chunks, name_of) -> dict[str, int]:
+    """Occurrences of each code point, keyed by its token name."""
+    total = np.zeros(0, dtype=np.int64)
+    for cps, _ in chunks:
+        c = np.bincount(cps)
+        if len(c) > len(total):
+            total = np.pad(total, (0, len(c) - len(total)))
+        total[: len(c)] += c
+    return {name_of(int(c)): int(total[c]) for c in np.flatnonzero(total)}
+
+
+def _encode(chunks: Chunks, vocab: list[str], code_of) -> tuple[np.ndarray, np.ndarray]:
     """Code points → ids with ``<eos>`` after each document: flat (T + N,) ids and (N + 1,) offsets.
     Code points outside the vocabulary become ``<unk>``."""
     dtype = np.uint8 if len(vocab) <= 256 else np.int32
     table = {code_of(t): i for i, t in enumerate(vocab) if i >= len(SPECIALS) and code_of(t) is not None}
-    lut = np.full(max([*table, int(cps.max()) if len(cps) else 0]) + 1, UNK, dtype=dtype)
+    top = max([0, *table, *(int(c.max()) for c, _ in chunks if len(c))])
+    lut = np.full(top + 1, UNK, dtype=dtype)
     lut[list(table)] = list(table.values())
+    lengths = np.concatenate([n for _, n in chunks])
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=offsets[1:])
     flat = np.empty(offsets[-1], dtype=dtype)
     is_eos = np.zeros(offsets[-1], dtype=bool)
     is_eos[offsets[1:] - 1] = True
-    flat[~is_eos] = lut[cps]
+    flat[~is_eos] = np.concatenate([lut[c] for c, _ in chunks])
     flat[is_eos] = EOS
     return flat, offsets
 
@@ -226,9 +245,9 @@ def listops(
     names = {**_LISTOPS_NAME, **{v: k for k, v in extra.items()}}
     codes = {k: v for v, k in names.items()}
     cps = {k: _codepoints(u, l_max) for k, u in units.items()}
-    vocab = build_vocab(_count(cps["train"][0], lambda c: names[chr(c)]), extra=LISTOPS_TOKENS)
+    vocab = build_vocab(_count(cps["train"], lambda c: names[chr(c)]), extra=LISTOPS_TOKENS)
     code_of = lambda t: ord(codes[t]) if t in codes else None
-    data = {k: TokenSequences(_encode(*cps[k], vocab, code_of), rows[k][1], l_max) for k in rows}
+    data = {k: TokenSequences(_encode(cps[k], vocab, code_of), rows[k][1], l_max) for k in rows}
     data["train"].index = _limit(data["train"].index, limit_train)
     info = {"task": "classification", "vocab_size": len(vocab), "n_classes": 10, "seq_len": l_max, "pair": False}
     return DataSplits(data["train"], data["val"], data["test"], {**info, "vocab": vocab})
@@ -302,8 +321,8 @@ def imdb(
         raise ValueError(f"val_split must be 'train' (held out from train) or 'test' (the paper's), got {val_split!r}")
     raw = _imdb_texts(path, dataset)
     cps = {k: _codepoints(t, l_max) for k, (t, _) in raw.items()}
-    vocab = build_vocab(_count(cps["train"][0], chr), min_freq=min_freq)
-    enc = {k: _encode(*cps[k], vocab, ord) for k in raw}
+    vocab = build_vocab(_count(cps["train"], chr), min_freq=min_freq)
+    enc = {k: _encode(cps[k], vocab, ord) for k in raw}
     test = TokenSequences(enc["test"], raw["test"][1], l_max)
     if val_split == "test":
         train, val = TokenSequences(enc["train"], raw["train"][1], l_max), test
@@ -352,10 +371,9 @@ def aan(path=None, l_max: int = 4000, min_freq: int = 1, seed: int = 0, limit_tr
     subs = ("tsv_data", "aan", "lra_release/tsv_data")
     raw = {k: read_aan_tsv(_find_file(root, name, subs, "AAN"), l_max - 1) for k, name in AAN_FILES.items()}
     cps = {k: (_codepoints(r[0], l_max), _codepoints(r[1], l_max)) for k, r in raw.items()}
-    both = np.concatenate([cps["train"][0][0], cps["train"][1][0]])
-    vocab = build_vocab(_count(both, chr), min_freq=min_freq)
+    vocab = build_vocab(_count(cps["train"][0] + cps["train"][1], chr), min_freq=min_freq)
     data = {
-        k: TokenSequences(_encode(*c1, vocab, ord), raw[k][2], l_max, docs2=_encode(*c2, vocab, ord))
+        k: TokenSequences(_encode(c1, vocab, ord), raw[k][2], l_max, docs2=_encode(c2, vocab, ord))
         for k, (c1, c2) in cps.items()
     }
     data["train"].index = _limit(data["train"].index, limit_train)

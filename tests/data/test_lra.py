@@ -55,6 +55,25 @@ def _check_item(item, want_ids, l_max):
     assert x[:n].tolist() == want_ids[:n] and x[n] == 2 and (x[n + 1 :] == 0).all()
 
 
+def test_chunked_encoding_matches_a_per_character_loop():
+    from compressmamba.data.lra import _codepoints, _count, _encode, build_vocab
+
+    rng = random.Random(9)
+    # some chunks Latin-1 (uint8 code points), some not (uint32); an empty document; chunk edges
+    docs = [
+        "".join(rng.choice("abcé λ€" if k % 4 == 1 else "abcé ") for _ in range(rng.randint(0, 20))) for k in range(11)
+    ]
+    docs[5] = ""
+    chunks = _codepoints(docs, 12, chunk=3)
+    assert {c.dtype for c, _ in chunks} == {np.dtype(np.uint8), np.dtype(np.uint32)}
+    vocab = build_vocab(_count(chunks, chr), min_freq=2)
+    assert vocab == _torchtext_vocab([list(d[:11]) for d in docs], min_freq=2)
+    flat, offsets = _encode(chunks, vocab, ord)
+    ids = {t: i for i, t in enumerate(vocab)}
+    for k, d in enumerate(docs):
+        assert flat[offsets[k] : offsets[k + 1]].tolist() == [ids.get(ch, 1) for ch in d[:11]] + [2]
+
+
 # ----------------------------------------------------------------------------- ListOps generator
 
 
@@ -109,7 +128,12 @@ def test_listops_tsv_tokens_vocab_and_padding(tmp_path):
 
 
 def test_listops_unusual_tokens_take_the_slow_path(tmp_path):
-    rows = [("( ( ( [MAX 12 ) 9 ) ] )", 9), ("( ( [MIN] 3 ) ] )", 3), ("( ( ( [MIN 3 ) 7 ) ] )", 3), ("( ( [SM 4 ) ] )", 4)]
+    rows = [
+        ("( ( ( [MAX 12 ) 9 ) ] )", 9),
+        ("( ( [MIN] 3 ) ] )", 3),
+        ("( ( ( [MIN 3 ) 7 ) ] )", 3),
+        ("( ( [SM 4 ) ] )", 4),
+    ]
     for split in ("train", "val", "test"):
         lg.write_tsv(tmp_path / f"basic_{split}.tsv", rows)
     d = listops(path=tmp_path, l_max=16)
