@@ -208,9 +208,25 @@ def read_listops_tsv(path) -> tuple[list[str], np.ndarray]:
     return src, np.asarray(tgt, dtype=np.int64)
 
 
+_GENERATE_KEYS = {
+    "n_train",
+    "n_val",
+    "n_test",
+    "min_length",
+    "max_length",
+    "max_depth",
+    "max_args",
+    "seed",
+    "max_tries",
+}
+
+
 def _listops_rows(path, generate) -> dict[str, tuple[list[str], np.ndarray]]:
     if generate:
         gen = {} if generate is True else dict(generate)
+        unknown = set(gen) - _GENERATE_KEYS
+        if unknown:
+            raise ValueError(f"data.generate: unknown keys {sorted(unknown)}; valid: {sorted(_GENERATE_KEYS)}")
         sizes = {k: int(gen.pop(f"n_{k}", d)) for k, d in (("train", 96_000), ("val", 2_000), ("test", 2_000))}
         gen.setdefault("seed", 0)
         if path is None:
@@ -221,6 +237,11 @@ def _listops_rows(path, generate) -> dict[str, tuple[list[str], np.ndarray]]:
         root = Path(os.path.expanduser(str(path)))
         stamp = root / "generate.json"
         params = {**{f"n_{k}": v for k, v in sizes.items()}, **gen}
+        if not stamp.is_file() and (root / "basic_train.tsv").exists():
+            raise ValueError(
+                f"data.generate: {root} already holds basic_train.tsv that the generator did not write "
+                "(no generate.json); drop data.generate to read it, or give an empty folder"
+            )
         if not stamp.is_file() or json.loads(stamp.read_text()) != params:
             write_listops_release(root, **params)
             stamp.write_text(json.dumps(params, sort_keys=True))

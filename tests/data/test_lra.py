@@ -154,6 +154,9 @@ def test_listops_generate_option(tmp_path):
     for a, b in ((mem, disk), (disk, again)):
         assert torch.equal(a.train[3]["inputs"], b.train[3]["inputs"]) and a.test[4]["labels"] == b.test[4]["labels"]
     assert len(listops(generate=gen, l_max=64, limit_train=10).train) == 10
+    (tmp_path / "lo" / "generate.json").unlink()  # now they look like someone else's files: never overwritten
+    with pytest.raises(ValueError, match="did not write"):
+        listops(path=tmp_path / "lo", generate=gen)
 
 
 def test_listops_errors(tmp_path):
@@ -164,6 +167,8 @@ def test_listops_errors(tmp_path):
         listops(path=tmp_path)
     with pytest.raises(ValueError, match="l_max"):
         listops(path=tmp_path, l_max=1)
+    with pytest.raises(ValueError, match="unknown keys \\['depth'\\]"):
+        listops(generate={"n_train": 5, "depth": 3})
 
 
 # ----------------------------------------------------------------------------- IMDB
