@@ -302,7 +302,7 @@ def test_pathfinder_layout_normalisation_split_and_cache(tmp_path):
     x, y = _write_pathfinder(tmp_path, 32, "curv_contour_length_14", 30, seed=1)
     _write_pathfinder(tmp_path, 32, "curv_baseline", 20, seed=2, empty=172 % 20)
     cache = tmp_path / "cache"
-    d = build_data({"name": "pathfinder", "path": str(tmp_path), "cache_dir": str(cache)}, seed=5)
+    d = build_data({"name": "pathfinder", "path": str(tmp_path), "cache_dir": str(cache), "split_seed": 5}, seed=1)
     assert (len(d.train), len(d.val), len(d.test)) == (24, 3, 3)
     assert d.info == {"task": "classification", "d_input": 1, "n_classes": 2, "seq_len": 1024, "pair": False}
     got = {}
@@ -315,7 +315,9 @@ def test_pathfinder_layout_normalisation_split_and_cache(tmp_path):
     for j in (0, 13, 29):
         np.testing.assert_allclose(got[j]["inputs"][:, 0].numpy(), (x[j] / 255 - 0.5) / 0.5, atol=1e-6)
         assert got[j]["labels"] == y[j]
-    cached = pathfinder(path=tmp_path / "pathfinder32", cache_dir=cache, seed=5, normalization="unit")
+    cached = pathfinder(path=tmp_path / "pathfinder32", cache_dir=cache, split_seed=5, seed=2, normalization="unit")
+    assert np.array_equal(cached.test.index, d.test.index)  # the run seed does not move the split
+    assert not np.array_equal(pathfinder(path=tmp_path, cache_dir=cache).test.index, d.test.index)
     assert isinstance(cached.train.pixels.base, np.memmap) or isinstance(cached.train.pixels, np.memmap)
     np.testing.assert_allclose(cached.test[1]["inputs"][:, 0].numpy(), x[d.test.index[1]] / 255, atol=1e-6)
     easy = pathfinder(path=tmp_path, difficulty="curv_baseline", cache=False)
