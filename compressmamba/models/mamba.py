@@ -421,6 +421,50 @@ except ValueError:  # already registered (module reloaded)
     pass
 
 
+@dataclass
+class MambaClassifierOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+
+
+class MambaClassifier(nn.Module):
+    """Mamba blocks over a linear encoder (float features (B, L, F)) or a token embedding
+    (ids (B, L)), final RMSNorm, mean pooling over the valid positions, a linear head — the
+    paper's Mamba rows on sCIFAR and IMDB. Same mixers, protocol and per-layer sizes as the LM."""
+
+    def __init__(self, config: CompressMambaConfig, n_classes: int, d_input: int | None = None):
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.encoder = nn.Linear(d_input, h) if d_input else nn.Embedding(config.vocab_size, h)
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm_f = RMSNorm(h, config.layer_norm_epsilon)
+        self.head = nn.Linear(h, n_classes)
+        for m in self.modules():
+            CompressMambaPreTrainedModel._init_weights(self, m)
+
+    def forward(self, inputs: Tensor, labels: Tensor | None = None, lengths: Tensor | None = None, **_):
+        h = self.encoder(inputs)
+        for layer in self.layers:
+            h = layer(h)
+        h = self.norm_f(h)
+        if lengths is None:
+            pooled = h.mean(1)
+        else:
+            mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        logits = self.head(pooled).float()
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return MambaClassifierOutput(loss=loss, logits=logits)
+
+    def ssm_layers(self) -> list[MambaMixer]:
+        return [layer.mixer for layer in self.layers]
+
+    @property
+    def state_sizes(self) -> list[int]:
+        return [m.state_size for m in self.ssm_layers()]
+
+
 @register_model("mamba")
 def build_mamba(
     d_model: int = 256,
@@ -437,10 +481,16 @@ def build_mamba(
     dt_rank: int | str = "auto",
     pad_vocab_size_multiple: int = 1,
     pretrained: str | None = None,
+    n_classes: int | None = None,
+    d_input: int | None = None,
+    pair: bool = False,
     **_info,
-) -> CompressMambaForCausalLM:
+) -> CompressMambaForCausalLM | MambaClassifier:
     """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``
-    (an int, or a list of one size per layer). Keys it does not know (data ``info``) are ignored."""
+    (an int, or a list of one size per layer). Keys it does not know (data ``info``) are ignored.
+    With ``n_classes`` (a classification dataset) it builds a :class:`MambaClassifier`."""
+    if pair:
+        raise ValueError("model 'mamba' has no dual-encoder head for retrieval pairs; use model.name=lru")
     if pretrained:
         return CompressMambaForCausalLM.from_pretrained(pretrained)
     if state_sizes is None:
@@ -459,4 +509,6 @@ def build_mamba(
         time_step_rank=dt_rank,
         pad_vocab_size_multiple=pad_vocab_size_multiple,
     )
+    if n_classes is not None:
+        return MambaClassifier(cfg, n_classes, d_input=d_input)
     return CompressMambaForCausalLM(cfg)

@@ -142,3 +142,30 @@ def test_init_follows_mamba_ssm_and_tags_parameters():
         assert mixer.dt_proj.bias._no_weight_decay and not hasattr(mixer.in_proj.weight, "_no_weight_decay")
     with pytest.raises(ValueError, match=r"keep must hold distinct indices in \[0, 3\), got \[0, 3\]"):
         m.ssm_layers()[1].truncate_(torch.tensor([0, 3]))
+
+
+def test_mamba_classifier_for_images_and_tokens_cuts_and_trains():
+    from compressmamba.models.mamba import MambaClassifier
+
+    torch.manual_seed(0)
+    img = build_mamba(d_model=16, n_layers=2, state_size=10, n_classes=10, d_input=3)
+    tok = build_mamba(d_model=16, n_layers=1, state_size=10, n_classes=2, vocab_size=30)
+    assert isinstance(img, MambaClassifier) and isinstance(tok, MambaClassifier)
+    x, y = torch.randn(4, 21, 3), torch.randint(0, 10, (4,))
+    out = img(inputs=x, labels=y)
+    assert out.logits.shape == (4, 10) and torch.isfinite(out.loss)
+    ids, lengths = torch.randint(0, 30, (3, 17)), torch.tensor([17, 9, 2])
+    a = tok(inputs=ids, lengths=lengths).logits
+    ids2 = ids.clone()
+    ids2[2, 2:] = (ids2[2, 2:] + 1) % 30  # padding beyond the length does not change the pooled result
+    torch.testing.assert_close(tok(inputs=ids2, lengths=lengths).logits[2], a[2])
+    for layer in img.ssm_layers():
+        layer.start_stats()
+    with torch.no_grad():
+        img(inputs=x)
+    for layer in img.ssm_layers():
+        layer.truncate_(select_states(layer.energy(layer.pop_stats(), "output"), 4))
+    assert img.state_sizes == [4, 4]
+    img(inputs=x, labels=y).loss.backward()
+    with pytest.raises(ValueError, match="dual-encoder"):
+        build_mamba(n_classes=2, vocab_size=30, pair=True)
