@@ -106,7 +106,7 @@ def test_config_takes_mamba_ssm_names_and_pads_vocabulary(tmp_path):
     assert (c.time_step_rank, c.use_conv_bias, c.d_model, c.state_sizes) == (5, False, 24, [16, 16, 16])
     c.save_pretrained(tmp_path)
     assert CompressMambaConfig.from_pretrained(tmp_path).to_dict() == c.to_dict()
-    m = build_mamba(d_model=16, n_layers=2, state_size=[4, 7], vocab_size=37, pad_vocab_size_multiple=8, n_classes=3)
+    m = build_mamba(d_model=16, n_layers=2, state_size=[4, 7], vocab_size=37, pad_vocab_size_multiple=8, seq_len=64)
     assert m.config.vocab_size == 40 and m.state_sizes == [4, 7] and m.lm_head.weight.shape == (40, 16)
     with pytest.raises(ValueError, match="state_sizes"):
         build_mamba(d_model=16, n_layers=3, state_sizes=[4, 7])
