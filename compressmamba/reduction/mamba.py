@@ -27,9 +27,15 @@ _KEYS = ("count", "decay", "in2", "c2", "dB", "c", "out2")
 
 
 class MambaStats:
-    """Running float64 sums for one layer of d channels and n states."""
+    """Running float64 sums for one layer of d channels and n states.
+
+    ``chunk`` bounds the scan's working memory to a few b·d·n·chunk floats per update.
+    """
 
     def __init__(self, d: int, n: int, chunk: int = 256):
+        for name, v in (("d", d), ("n", n), ("chunk", chunk)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"MambaStats: {name} must be a positive int, got {v!r}")
         self.d, self.n, self.chunk = d, n, chunk
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         self.sums = {
@@ -42,22 +48,47 @@ class MambaStats:
             "out2": z(d, n),
         }
 
+    def _check(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> int:
+        """Validate shapes against (d, n); returns the number of groups g (1 for (b, n, l) B, C)."""
+        if u.dim() != 3 or u.shape[1] != self.d or u.shape[2] < 1:
+            raise ValueError(f"u must be (b, d={self.d}, l>=1), got {tuple(u.shape)}")
+        b, d, l = u.shape
+        if delta.shape != u.shape:
+            raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+        if A.shape != (self.d, self.n):
+            raise ValueError(f"A must be (d, n) = ({self.d}, {self.n}), got {tuple(A.shape)}")
+        g = B.shape[1] if B.dim() == 4 else 1
+        want = (b, self.n, l) if B.dim() == 3 else (b, g, self.n, l)
+        for name, t in (("B", B), ("C", C)):
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name} must be (b, n, l) or (b, g, n, l) = {want}, got {tuple(t.shape)}")
+        if d % g:
+            raise ValueError(f"B, C groups g={g} must divide the channels d={d}")
+        return g
+
     @torch.no_grad()
     def update(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
-        """u, delta (b, d, l) with delta the step Δ after bias and softplus; A (d, n); B, C (b, n, l)."""
+        """Add one batch. u, delta (b, d, l) with delta the step Δ after bias and softplus;
+        A (d, n) negative real; B, C (b, n, l) or grouped (b, g, n, l) (channel d uses group
+        d // (d / g)). Grouped C makes the C sums (g, n) instead of (n,)."""
+        g = self._check(u, delta, A, B, C)
         b, d, l = u.shape
-        if (d, B.shape[1]) != (self.d, self.n) or A.shape != (self.d, self.n):
-            raise ValueError(
-                f"stats for (d={self.d}, n={self.n}) got u {tuple(u.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
-            )
         dev = u.device
+        grouped = B.dim() == 4
         s = {k: v.to(dev) for k, v in self.sums.items()}
+        if grouped and s["c"].dim() == 1:
+            if s["count"] > 0:
+                raise ValueError("B, C: grouped (b, g, n, l) after ungrouped batches in the same stats")
+            s["c"], s["c2"] = s["c"].new_zeros(g, self.n), s["c2"].new_zeros(g, self.n)
+        # per-channel views (b, d, n, l) of B and C; (b, 1, n, l) when ungrouped
+        Bc = B.repeat_interleave(d // g, dim=1) if grouped else B[:, None]
+        Cc = C.repeat_interleave(d // g, dim=1) if grouped else C[:, None]
         du = delta * u
         s["count"] += b * l
-        s["in2"] += torch.einsum("bdl,bnl->dn", du.double() ** 2, B.double() ** 2)
-        s["c2"] += (C.double() ** 2).sum((0, 2))
-        s["dB"] += torch.einsum("bdl,bnl->dn", delta.double(), B.double())
-        s["c"] += C.double().sum((0, 2))
+        s["in2"] += torch.einsum("bdl,bdnl->dn", du.double() ** 2, (Bc.double() ** 2).expand(b, d, -1, -1))
+        s["dB"] += torch.einsum("bdl,bdnl->dn", delta.double(), Bc.double().expand(b, d, -1, -1))
+        s["c2"] += (C.double() ** 2).sum((0, -1))
+        s["c"] += C.double().sum((0, -1))
         h0 = torch.zeros(b, d, self.n, dtype=torch.float32, device=dev)
         At = A.float()
         for t0 in range(0, l, self.chunk):
@@ -65,17 +96,21 @@ class MambaStats:
             dt = delta[..., sl].float().transpose(1, 2)  # (b, T, d)
             a = torch.exp(dt.unsqueeze(-1) * At)  # (b, T, d, n)
             s["decay"] += a.double().sum((0, 1))
-            x = du[..., sl].float().transpose(1, 2).unsqueeze(-1) * B[..., sl].float().transpose(1, 2).unsqueeze(2)
+            x = du[..., sl].float().transpose(1, 2).unsqueeze(-1) * Bc[..., sl].float().permute(0, 3, 1, 2)
             h = _scan_forward(a, x) + torch.cumprod(a, dim=1) * h0[:, None]
-            s["out2"] += ((h * C[..., sl].float().transpose(1, 2).unsqueeze(2)) ** 2).double().sum((0, 1))
+            s["out2"] += ((h * Cc[..., sl].float().permute(0, 3, 1, 2)) ** 2).double().sum((0, 1))
             h0 = h[:, -1]
         self.sums = s
 
     def as_dict(self) -> dict[str, Tensor]:
+        """The float64 sums on CPU (add dicts key by key to combine ranks or batches)."""
         return {k: v.detach().cpu().clone() for k, v in self.sums.items()}
 
     @classmethod
     def from_dict(cls, sums: dict[str, Tensor]) -> MambaStats:
+        missing = [k for k in _KEYS if k not in sums]
+        if missing:
+            raise ValueError(f"sums lack {missing}; expected the keys {_KEYS}")
         d, n = sums["decay"].shape
         obj = cls(d, n)
         obj.sums = {k: sums[k].to(torch.float64).clone() for k in _KEYS}
@@ -93,6 +128,12 @@ def _means(stats: dict[str, Tensor], layer: str):
             "raise reduction.calib_batches or the batch size"
         )
     m = {k: stats[k].to(torch.float64) / count for k in _KEYS if k != "count"}
+    d = m["decay"].shape[0]
+    for k in ("c2", "c"):  # (n,) shared by all channels, or (g, n) per group of d / g channels
+        v = m[k]
+        if v.dim() == 2 and d % v.shape[0]:
+            raise ValueError(f"layer {layer}: statistic '{k}' has {v.shape[0]} groups, which do not divide d={d}")
+        m[k] = v[None, :].expand(d, -1) if v.dim() == 1 else v.repeat_interleave(d // v.shape[0], dim=0)
     for k, v in m.items():
         if not torch.isfinite(v).all():
             raise ValueError(
@@ -103,7 +144,11 @@ def _means(stats: dict[str, Tensor], layer: str):
 
 
 def mamba_energy(stats: dict[str, Tensor], method: str = "hankel", layer: str = "?") -> Tensor:
-    """Per-state energy (n,) float64 by ``method`` in ENERGY_METHODS (see module docstring)."""
+    """Per-state energy (n,) float64 by ``method`` in ENERGY_METHODS (see module docstring).
+
+    ``stats`` is ``MambaStats.as_dict()`` (or a sum of several); ``layer`` names the layer in
+    errors. Raises ValueError for an unknown method, fewer than MIN_TOKENS calibration tokens,
+    or NaN/inf statistics."""
     if method not in ENERGY_METHODS:
         hint = (
             " (random and smallest are selection modes: reduction.selection)"
@@ -116,9 +161,9 @@ def mamba_energy(stats: dict[str, Tensor], method: str = "hankel", layer: str = 
         return m["out2"].sum(0)
     denom = (1 - m["decay"] ** 2).clamp_min(1e-12)
     if method == "hankel":
-        P, Q = m["in2"] / denom, m["c2"][None, :] / denom
+        P, Q = m["in2"] / denom, m["c2"] / denom
     else:
-        P, Q = m["dB"] ** 2 / denom, m["c"][None, :] ** 2 / denom
+        P, Q = m["dB"] ** 2 / denom, m["c"] ** 2 / denom
     return torch.sqrt(P * Q).sum(0)
 
 
@@ -126,9 +171,9 @@ def per_channel_hsv(stats: dict[str, Tensor], layer: str = "?") -> Tensor:
     """Diagnostic: for each channel d, the Hankel singular values (n,) of its mean system
     (diag(ā[d]), b̄[d], c̄) — the paper's per-channel surrogate. Returns (d, n), descending."""
     m = _means(stats, layer)
-    a, bb, c = m["decay"], m["dB"], m["c"]  # (d, n), (d, n), (n,)
+    a, bb, c = m["decay"], m["dB"], m["c"]  # (d, n) each
     denom = 1 - a[:, :, None] * a[:, None, :]
     P = bb[:, :, None] * bb[:, None, :] / denom
-    Q = (c[:, None] * c[None, :])[None] / denom
+    Q = c[:, :, None] * c[:, None, :] / denom
     ev = torch.linalg.eigvals(P @ Q).real.clamp_min(0).sqrt()
     return torch.sort(ev, dim=-1, descending=True).values

@@ -14,21 +14,32 @@ def _inputs(b=2, d=5, n=7, l=37, seed=0):
 
 
 def _brute(u, delta, A, B, C):
+    """Per-token float64 loop over everything; B, C (b, n, l) or grouped (b, g, n, l)."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     b, d, l = u.shape
     n = A.shape[1]
+    g = B.shape[1] if B.dim() == 4 else 1
+    grp = [ch * g // d for ch in range(d)]  # group of each channel
     h = torch.zeros(b, d, n, dtype=torch.float64)
-    acc = {k: 0 for k in ("decay", "in2", "c2", "dB", "c", "out2")}
-    for t in range(l):
-        a = torch.exp(delta[:, :, t, None] * A)
-        x = (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        h = a * h + x
-        acc["decay"] += a.sum(0)
-        acc["in2"] += (x**2).sum(0)
-        acc["c2"] += (C[:, :, t] ** 2).sum(0)
-        acc["dB"] += (delta[:, :, t, None] * B[:, None, :, t]).sum(0)
-        acc["c"] += C[:, :, t].sum(0)
-        acc["out2"] += ((C[:, None, :, t] * h) ** 2).sum(0)
+    acc = {k: torch.zeros(d, n, dtype=torch.float64) for k in ("decay", "in2", "dB", "out2")}
+    acc["c2"], acc["c"] = torch.zeros(g, n, dtype=torch.float64), torch.zeros(g, n, dtype=torch.float64)
+    for i in range(b):
+        for t in range(l):
+            for ch in range(d):
+                Bt = B[i, grp[ch], :, t] if g > 1 else B[i, :, t]
+                Ct = C[i, grp[ch], :, t] if g > 1 else C[i, :, t]
+                a = torch.exp(delta[i, ch, t] * A[ch])
+                x = delta[i, ch, t] * u[i, ch, t] * Bt
+                h[i, ch] = a * h[i, ch] + x
+                acc["decay"][ch] += a
+                acc["in2"][ch] += x**2
+                acc["dB"][ch] += delta[i, ch, t] * Bt
+                acc["out2"][ch] += (Ct * h[i, ch]) ** 2
+            Cg = C[i, :, :, t] if g > 1 else C[i, None, :, t]
+            acc["c2"] += Cg**2
+            acc["c"] += Cg
+    if g == 1:
+        acc["c2"], acc["c"] = acc["c2"][0], acc["c"][0]
     return {k: v / (b * l) for k, v in acc.items()}
 
 
@@ -48,6 +59,45 @@ def test_sums_match_brute_force_float64_and_energies():
     torch.testing.assert_close(mamba_energy(d, "hankel"), e_h, rtol=1e-5, atol=0)
     torch.testing.assert_close(mamba_energy(d, "hankel_mean"), e_m, rtol=1e-5, atol=0)
     torch.testing.assert_close(mamba_energy(d, "output"), ref["out2"].sum(0), rtol=1e-5, atol=0)
+
+
+def test_grouped_B_C_match_brute_force():
+    """B, C (b, g, n, l): channel block k of d / g channels uses group k."""
+    b, d, g, n, l = 2, 6, 3, 5, 23
+    u, delta, A, _, _ = _inputs(b=b, d=d, n=n, l=l, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    B, C = torch.randn(b, g, n, l, generator=gen), torch.randn(b, g, n, l, generator=gen)
+    s = MambaStats(d, n, chunk=7)
+    s.update(u, delta, A, B, C)
+    got = s.as_dict()
+    ref = _brute(u, delta, A, B, C)
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k] / (b * l), v, rtol=1e-5, atol=1e-8, msg=k)
+    c2, c = ref["c2"].repeat_interleave(d // g, 0), ref["c"].repeat_interleave(d // g, 0)
+    den = 1 - ref["decay"] ** 2
+    torch.testing.assert_close(
+        mamba_energy(got, "hankel"), torch.sqrt(ref["in2"] * c2).div(den).sum(0), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(
+        mamba_energy(got, "hankel_mean"), (ref["dB"] * c).abs().div(den).sum(0), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(mamba_energy(got, "output"), ref["out2"].sum(0), rtol=1e-5, atol=0)
+
+
+def test_per_channel_hsv_equals_hankel_matrix_singular_values():
+    """Reference independent of the Gramian formula: the SVD of each channel's long finite
+    Hankel matrix H[i, j] = c̄ diag(ā)^(i+j) b̄ of its mean system."""
+    u, delta, A, B, C = _inputs(b=3, d=4, n=5, l=29, seed=6)
+    s = MambaStats(4, 5)
+    s.update(u, delta, A.clamp(max=-0.15), B, C)  # ā ≤ ~0.9: a 300-step horizon is exact enough
+    d = s.as_dict()
+    a, bb, c = d["decay"] / d["count"], d["dB"] / d["count"], d["c"] / d["count"]
+    hsv = per_channel_hsv(d)
+    k = torch.arange(600, dtype=torch.float64)
+    for ch in range(4):
+        markov = (c * bb[ch] * a[ch][None, :] ** k[:, None]).sum(1)  # c̄ ā^k b̄, k = 0..599
+        H = torch.stack([markov[i : i + 300] for i in range(300)])
+        torch.testing.assert_close(hsv[ch], torch.linalg.svdvals(H)[:5], rtol=1e-6, atol=1e-9)
 
 
 def test_output_energy_is_the_removed_contribution():
@@ -75,7 +125,29 @@ def test_two_halves_sum_to_one_pass():
     summed = {k: h1.as_dict()[k] + h2.as_dict()[k] for k in whole.as_dict()}
     for k, v in whole.as_dict().items():
         torch.testing.assert_close(summed[k], v)
-    torch.testing.assert_close(MambaStats.from_dict(summed).as_dict()["out2"], v if k == "out2" else summed["out2"])
+    back = MambaStats.from_dict(summed).as_dict()
+    for k, v in summed.items():
+        torch.testing.assert_close(back[k], v)
+    torch.testing.assert_close(mamba_energy(summed, "output"), mamba_energy(whole.as_dict(), "output"))
+
+
+def test_bad_update_shapes():
+    u, delta, A, B, C = _inputs(b=2, d=5, n=7, l=9)
+    s = MambaStats(5, 7)
+    with pytest.raises(ValueError, match="u must be"):
+        s.update(u[:, :4], delta, A, B, C)
+    with pytest.raises(ValueError, match="delta must"):
+        s.update(u, delta[..., :-1], A, B, C)
+    with pytest.raises(ValueError, match="A must"):
+        s.update(u, delta, A[:, :6], B, C)
+    with pytest.raises(ValueError, match="C must"):
+        s.update(u, delta, A, B, C[..., :-1])
+    with pytest.raises(ValueError, match="groups g=2"):
+        s.update(u, delta, A, B[:, None].expand(2, 2, 7, 9), C[:, None].expand(2, 2, 7, 9))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        MambaStats(5, 0)
+    with pytest.raises(ValueError, match="sums lack"):
+        MambaStats.from_dict({"decay": torch.ones(5, 7)})
 
 
 def test_bad_stats():
