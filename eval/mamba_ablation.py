@@ -27,7 +27,7 @@ def _recipe(args, seed, out):
         "seed": seed,
         "out_dir": out,
         "model": {"name": "mamba", "d_model": args.d_model, "n_layers": args.layers, "state_size": args.n},
-        "data": {"name": "text_lm", "corpus": "python_stdlib", "seq_len": args.seq_len, "max_bytes": 4_000_000},
+        "data": {"name": "text_lm", "corpus": "python_stdlib", "seq_len": args.seq_len, "max_bytes": args.max_bytes},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.05, "grad_clip": 1.0, "weight_decay": 0.1},
         "train": {"steps": args.steps, "batch_size": 8, "eval_every": args.steps, "eval_batches": 4, "progress": False},
         "reduction": {"mode": "none"},
@@ -112,14 +112,19 @@ def main(argv=None):
     p.add_argument("--val-batches", type=int, default=16)
     p.add_argument("--calib-batches", type=int, default=4)
     p.add_argument("--random-draws", type=int, default=5)
+    p.add_argument("--max-bytes", type=int, default=4_000_000, help="bytes of stdlib source to read")
     p.add_argument("--out", default="runs/ablation")
     args = p.parse_args(argv)
+    for k in args.keep:
+        if not 1 <= k < args.n:
+            raise ValueError(f"--keep: {k} must be in [1, n={args.n})")
     res = run(args)
     print(
         f"\nRise in validation loss (nats/byte) after cutting every layer to k states, "
         f"mean ± std over seeds {args.seeds}:\n"
     )
     print(table(res, args))
+    return res
 
 
 if __name__ == "__main__":
