@@ -1,11 +1,13 @@
 """The vectorised PyTorch selective scan that CPU users run.
 
-The recurrence h_t = a_t ⊙ h_{t−1} + x_t (a_t = exp(Δ_t A), x_t = Δ_t B_t u_t) is solved by a
-blocked scan (chunks of about sqrt(L) steps, all chunks at once, then a carry across chunks):
-about 2·sqrt(L) vectorised steps over (b, d, n, ·), no per-token Python loop. Decays only
-multiply (a ≤ 1), so nothing overflows; strong decay underflows to the correct 0. The backward
-of a linear recurrence is again one (reverse) linear recurrence, so :class:`LinearScan` stores
-only a and h and runs the same scan backwards.
+The recurrence h_t = a_t ⊙ h_{t−1} + x_t (a_t = exp(Δ_t A), x_t = Δ_t B_t u_t) is solved in
+sequence chunks of T ≤ 64 steps (:class:`_ChunkedScan`); inside a chunk a blocked scan (blocks of
+about sqrt(T) steps, all blocks at once, then a carry across blocks) takes about 2·sqrt(T)
+vectorised steps over (b, ·, d, n): no per-token Python loop. Decays only multiply (a ≤ 1), so
+nothing overflows; strong decay underflows to the correct 0. Forward keeps only the state
+entering each chunk; the hand-written backward recomputes a chunk's states from it and runs the
+adjoint recurrence (again a linear scan, reversed) chunk by chunk, so training holds a few
+(b, T, d, n) tensors at a time instead of several (b, L, d, n) ones.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _scan_forward(a: Tensor, x: Tensor) -> Tensor:
-    """h_t = a_t h_{t−1} + x_t along dim 1 of (b, l, ...) tensors (h_{−1} = 0).
+def _scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
+    """h_t = a_t h_{t−1} + x_t along dim 1 of (b, l, ...) tensors (h_{−1} = h0, default 0).
 
     Blocked scan: the sequence is cut into chunks of T ≈ sqrt(L); (1) all chunks are scanned at
     once, T vectorised steps over (b, chunks, ...); (2) the chunk-end states are carried across the
@@ -37,6 +39,8 @@ def _scan_forward(a: Tensor, x: Tensor) -> Tensor:
         x = torch.cat([x, x.new_zeros(b, pad, *rest)], dim=1)
     a = a.reshape(b, n_chunks, T, *rest)
     h = x.reshape(b, n_chunks, T, *rest).clone()
+    if h0 is not None:
+        h[:, 0, 0] += a[:, 0, 0] * h0
     for j in range(1, T):  # (1) within-chunk scans, all chunks together
         h[:, :, j] += a[:, :, j] * h[:, :, j - 1]
     if n_chunks > 1:
@@ -50,7 +54,7 @@ def _scan_forward(a: Tensor, x: Tensor) -> Tensor:
 
 
 def _scan_reverse(a: Tensor, g: Tensor) -> Tensor:
-    """The adjoint recurrence G_t = g_t + a_{t+1} G_{t+1} along dim 1."""
+    """The adjoint recurrence G_t = g_t + a_{t+1} G_{t+1} along dim 1 (G_L = 0)."""
     a_next = torch.empty_like(a)
     a_next[:, :-1] = a[:, 1:]
     a_next[:, -1] = 0
@@ -78,6 +82,72 @@ def linear_scan(a: Tensor, x: Tensor) -> Tensor:
     return LinearScan.apply(a, x)
 
 
+def chunk_len(L: int, per_step: int) -> int:
+    """Sequence chunk for :class:`_ChunkedScan`: about 2^20 floats (4 MiB fp32) per (b, T, d, n)
+    chunk tensor so a chunk's temporaries stay in cache (``per_step`` = b·d·n), 8 to 64 steps.
+    Measured on 2 cores: 32–48 steps ran 2–3x faster than one sqrt(L)-blocked pass over all of
+    L, and 256 steps slower again."""
+    return max(1, min(L, 64, max(8, (1 << 20) // max(per_step, 1))))
+
+
+def _chunk_states(dt, du, A, Bt, h0):
+    """Decays a, inputs x and states h of one chunk in (b, T, g, d/g, n) layout."""
+    a = torch.exp(dt.unsqueeze(-1) * A)
+    x = du.unsqueeze(-1) * Bt.unsqueeze(-2)
+    return a, _scan_forward(a, x, h0)
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y_t = C_t · h_t with h_t = exp(Δ_t A) h_{t−1} + Δ_t u_t B_t, in chunks along L.
+
+    Inputs in (b, l, g, d/g[, n]) layout: dt, du = Δ·u (b, l, g, dg); A (g, dg, n); Bt, Ct
+    (b, l, g, n). Forward keeps only the state entering each chunk; backward recomputes a chunk's
+    states from it and runs the adjoint recurrence chunk by chunk from the end, so memory is a few
+    (b, T, d, n) chunk tensors plus (b, L/T, d, n) boundary states, never (b, L, d, n) per input.
+    """
+
+    @staticmethod
+    def forward(ctx, dt, du, A, Bt, Ct, T: int):
+        b, L, g, dg = dt.shape
+        starts = range(0, L, T)
+        h0s = dt.new_zeros(b, len(starts), g, dg, A.shape[-1])
+        y = torch.empty_like(dt)
+        h = None
+        for i, s in enumerate(starts):
+            e = min(s + T, L)
+            if i:
+                h0s[:, i] = h[:, -1]
+            _, h = _chunk_states(dt[:, s:e], du[:, s:e], A, Bt[:, s:e], h0s[:, i] if i else None)
+            y[:, s:e] = (h @ Ct[:, s:e].unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(dt, du, A, Bt, Ct, h0s)
+        ctx.T = T
+        return y, h[:, -1]
+
+    @staticmethod
+    def backward(ctx, gy, g_last):
+        dt, du, A, Bt, Ct, h0s = ctx.saved_tensors
+        T, L = ctx.T, dt.shape[1]
+        g_dt, g_du = torch.empty_like(dt), torch.empty_like(du)
+        g_B, g_C, g_A = torch.empty_like(Bt), torch.empty_like(Ct), torch.zeros_like(A)
+        carry = g_last  # a_{t+1} G_{t+1} flowing into the last step of the current chunk
+        for i in reversed(range(len(h0s[0]))):
+            s, e = i * T, min(i * T + T, L)
+            h0 = h0s[:, i]
+            a, h = _chunk_states(dt[:, s:e], du[:, s:e], A, Bt[:, s:e], h0)
+            gh = gy[:, s:e].unsqueeze(-1) * Ct[:, s:e].unsqueeze(-2)  # (b, T, g, dg, n)
+            gh[:, -1] += carry
+            G = _scan_reverse(a, gh)  # dLoss/dx_t = dLoss/dh_t in full
+            carry = a[:, 0] * G[:, 0]
+            h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)
+            g_C[:, s:e] = (h.transpose(-1, -2) @ gy[:, s:e].unsqueeze(-1)).squeeze(-1)
+            g_B[:, s:e] = (G.transpose(-1, -2) @ du[:, s:e].unsqueeze(-1)).squeeze(-1)
+            g_du[:, s:e] = (G @ Bt[:, s:e].unsqueeze(-1)).squeeze(-1)
+            gs = G.mul_(h_prev).mul_(a)  # dLoss/d(Δ_t A), reusing G's memory
+            g_dt[:, s:e] = (gs * A).sum(-1)
+            g_A += torch.einsum("btgdn,btgd->gdn", gs, dt[:, s:e])
+        return g_dt, g_du, g_A, g_B, g_C, None
+
+
 def selective_scan_cpu(
     u: Tensor,
     delta: Tensor,
@@ -91,32 +161,28 @@ def selective_scan_cpu(
     return_last_state: bool = False,
 ):
     """Selective scan with the reference's signature and math (fp32 accumulation; fp64 stays
-    fp64). Works in (b, l, d, n) layout; memory: a few (b, l, d, n) tensors."""
+    fp64). u, delta, z: (b, d, L); A: (d, n); B, C: (b, n, L) or grouped (b, g, n, L); D,
+    delta_bias: (d,). Returns y (b, d, L) in u's dtype, and with ``return_last_state`` also the
+    final state (b, d, n) in the compute dtype. Peak memory about one (b, d, n, L) fp32 tensor
+    for forward + backward (a few (b, d, n, T ≤ 64) chunk tensors plus chunk-boundary states)."""
     dtype_in = u.dtype
     ct = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-    d = u.shape[1]
+    b, d, L = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias.to(ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta, threshold=20.0)
-    dt = delta.transpose(1, 2)  # (b, l, d)
-    if B.dim() == 4:  # grouped: (b, g, n, l) → (b, l, d, n)
-        Bt = B.repeat_interleave(d // B.shape[1], dim=1).permute(0, 3, 1, 2)
-        Ct = C.repeat_interleave(d // C.shape[1], dim=1).permute(0, 3, 1, 2)
-    else:  # shared: (b, n, l) → (b, l, 1, n)
-        Bt, Ct = B.transpose(1, 2).unsqueeze(2), C.transpose(1, 2).unsqueeze(2)
-    a = torch.exp(dt.unsqueeze(-1) * A)  # (b, l, d, n)
-    x = (dt * u.transpose(1, 2)).unsqueeze(-1) * Bt  # (b, l, d, n)
-    h = linear_scan(a, x)
-    if B.dim() == 4:
-        y = (h * Ct).sum(-1)
-    else:
-        y = (h @ Ct.transpose(-1, -2)).squeeze(-1)  # (b, l, d, n) @ (b, l, n, 1)
-    y = y.transpose(1, 2)
+    g = B.shape[1] if B.dim() == 4 else 1
+    dt = delta.transpose(1, 2).reshape(b, L, g, d // g)
+    du = (delta * u).transpose(1, 2).reshape(b, L, g, d // g)
+    Bt = (B if B.dim() == 4 else B.unsqueeze(1)).permute(0, 3, 1, 2)  # (b, l, g, n)
+    Ct = (C if C.dim() == 4 else C.unsqueeze(1)).permute(0, 3, 1, 2)
+    y, last = _ChunkedScan.apply(dt, du, A.reshape(g, d // g, -1), Bt, Ct, chunk_len(L, b * d * A.shape[1]))
+    y = y.reshape(b, L, d).transpose(1, 2)
     if D is not None:
         y = y + u * D.to(ct)[:, None]
     if z is not None:
         y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
-    return (y, h[:, -1]) if return_last_state else y
+    return (y, last.reshape(b, d, -1)) if return_last_state else y

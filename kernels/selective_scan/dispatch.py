@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-import torch
-
 from .cpu import selective_scan_cpu
 from .reference import selective_scan_ref, selective_state_update_ref
 
@@ -41,6 +39,36 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         if v is not None and v.shape != (d,):
             _shape_error(name, v, f"({d},)")
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    devices = {k: t.device for k, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
+    for k, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+    for k, t, like in (("delta", delta, "u"), ("z", z, "u"), ("C", C, "B")):
+        ref = tensors[like]
+        if t is not None and t.dtype != ref.dtype:
+            raise ValueError(f"{k} has dtype {t.dtype}, expected {ref.dtype} like {like}")
+
+
+def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+    """Decode-step inputs: ValueError naming the argument, the shape found and the shape expected."""
+    if state.dim() != 3:
+        _shape_error("state", state, "(batch, dim, d_state)")
+    b, d, n = state.shape
+    for name, t in (("x", x), ("dt", dt), ("z", z)):
+        if t is not None and t.shape != (b, d):
+            _shape_error(name, t, f"({b}, {d}) like state's first two dims")
+    if A.shape != (d, n):
+        _shape_error("A", A, f"({d}, {n})")
+    for name, X in (("B", B), ("C", C)):
+        ok = X.shape == (b, n) or (X.dim() == 3 and X.shape[0] == b and X.shape[2] == n and d % X.shape[1] == 0)
+        if not ok:
+            _shape_error(name, X, f"({b}, {n}) or ({b}, groups dividing {d}, {n})")
+    for name, v in (("D", D), ("dt_bias", dt_bias)):
+        if v is not None and v.shape != (d,):
+            _shape_error(name, v, f"({d},)")
+    tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
     devices = {k: t.device for k, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"inputs are on different devices: {devices}")
@@ -94,12 +122,11 @@ def selective_scan_fn(
 def selective_state_update(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, backend: str = "auto"
 ):
-    """One decode step; ``state`` (batch, dim, d_state) is updated in place; returns y (batch, dim)."""
-    if state.dim() != 3 or state.shape[:2] != x.shape or A.shape != state.shape[1:]:
-        raise ValueError(
-            f"state {tuple(state.shape)}, x {tuple(x.shape)}, A {tuple(A.shape)}: expected state "
-            f"(batch, dim, d_state), x (batch, dim), A (dim, d_state)"
-        )
+    """One decode step (mamba-ssm's signature). state (b, d, n) is updated in place; x, dt, z
+    (b, d); A (d, n); B, C (b, n) or grouped (b, g, n); D, dt_bias (d,). Returns y (b, d) in x's
+    dtype. CUDA tensors → Triton; otherwise the (already vectorised) PyTorch reference;
+    ``backend="triton"`` forces the kernel (CPU tensors under TRITON_INTERPRET=1)."""
+    check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
@@ -117,4 +144,4 @@ def _triton_available() -> bool:
         return False
 
 
-__all__ = ["selective_scan_fn", "selective_state_update", "check_scan_inputs", "torch"]
+__all__ = ["selective_scan_fn", "selective_state_update", "check_scan_inputs", "check_step_inputs"]
