@@ -39,13 +39,16 @@ def _sync(device):
 
 
 def _time(fn, device, reps):
+    """Best of ``reps`` timed calls after one warm-up (the minimum is robust to other load)."""
     fn()
-    _sync(device)
-    t = time.perf_counter()
+    best = float("inf")
     for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - t) / reps
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def bench(args):

@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d (width 2–4): causal-conv1d's CUDA kernel when installed, else torch."""
+"""Causal depthwise conv1d: causal-conv1d's CUDA kernel when installed (widths 2–4), else torch (any width)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,17 @@ def _check(x, weight, bias, activation):
         raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({x.shape[1]},)")
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    devices = {k: t.device for k, t in (("x", x), ("weight", weight), ("bias", bias)) if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
+    if weight.shape[1] < 1:
+        raise ValueError(f"weight has width {weight.shape[1]}, expected at least 1")
 
 
 def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """x (b, d, l), weight (d, w) → (b, d, l). Differentiable."""
     _check(x, weight, bias, activation)
-    if x.is_cuda:
+    if x.is_cuda and 2 <= weight.shape[1] <= 4:  # causal-conv1d's kernel covers widths 2-4
         try:
             mod = importlib.import_module("causal_conv1d")
             return mod.causal_conv1d_fn(x, weight, bias, activation)

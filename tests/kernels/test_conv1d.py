@@ -3,7 +3,7 @@ import torch
 from compressmamba.kernels import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
 
-@pytest.mark.parametrize("w", [2, 3, 4])
+@pytest.mark.parametrize("w", [2, 3, 4, 6])
 @pytest.mark.parametrize("act", [None, "silu"])
 def test_conv_matches_reference_and_grads(w, act):
     g = torch.Generator().manual_seed(w)
@@ -35,3 +35,15 @@ def test_update_steps_equal_full_conv():
 def test_bad_shapes():
     with pytest.raises(ValueError, match="weight has shape"):
         causal_conv1d_fn(torch.randn(1, 3, 5), torch.randn(4, 2))
+
+
+def test_bad_width_device_activation():
+    x = torch.randn(1, 3, 5)
+    with pytest.raises(ValueError, match="width 0, expected at least 1"):
+        causal_conv1d_fn(x, torch.randn(3, 0))
+    with pytest.raises(ValueError, match="different devices"):
+        causal_conv1d_fn(x, torch.randn(3, 2, device="meta"))
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d_fn(x, torch.randn(3, 2), activation="relu")
+    with pytest.raises(ValueError, match=r"conv_state has shape \(1, 3, 3\), expected \(1, 3, 2\)"):
+        causal_conv1d_update(x[..., 0], torch.zeros(1, 3, 3), torch.randn(3, 2))
