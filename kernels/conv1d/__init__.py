@@ -1,4 +1,6 @@
-"""Causal depthwise conv1d: causal-conv1d's CUDA kernel when installed (widths 2–4), else torch (any width)."""
+"""Causal depthwise conv1d. ``backend="auto"`` picks causal-conv1d's CUDA kernel when it is
+installed (widths 2–4), else the Triton kernel on CUDA tensors (widths up to MAX_WIDTH), else
+torch's grouped conv1d (any device, any width)."""
 
 from __future__ import annotations
 
@@ -36,18 +38,56 @@ def _check(x, weight, bias, activation):
         raise ValueError(f"weight has width {weight.shape[1]}, expected at least 1")
 
 
-def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
-    """x (b, d, l), weight (d, w) → (b, d, l). Differentiable."""
+BACKENDS = ("auto", "causal_conv1d", "triton", "torch", "ref")
+
+
+def _causal_conv1d_module():
+    try:
+        return importlib.import_module("causal_conv1d")
+    except ImportError:
+        return None
+
+
+def causal_conv1d_fn(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None, backend: str = "auto"
+) -> Tensor:
+    """x (b, d, l), weight (d, w) → (b, d, l) in x's dtype. Differentiable in x, weight and bias.
+
+    ``backend``: ``auto`` (see the module doc), ``causal_conv1d`` (the CUDA package, widths 2–4),
+    ``triton`` (CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``), ``torch``, ``ref``.
+    """
     _check(x, weight, bias, activation)
-    if x.is_cuda and 2 <= weight.shape[1] <= 4:  # causal-conv1d's kernel covers widths 2-4
-        try:
-            mod = importlib.import_module("causal_conv1d")
-            return mod.causal_conv1d_fn(x, weight, bias, activation)
-        except ImportError:
-            pass
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     w = weight.shape[1]
+    silu = activation in ("silu", "swish")
+    if backend == "auto" and x.is_cuda:
+        backend = "causal_conv1d" if 2 <= w <= 4 and _causal_conv1d_module() is not None else "triton"
+        if backend == "triton" and w > _triton_max_width():
+            backend = "torch"
+    if backend == "causal_conv1d":
+        mod = _causal_conv1d_module()
+        if mod is None:
+            raise ValueError(
+                "backend='causal_conv1d' needs the causal-conv1d package: pip install 'compressmamba[cuda]'"
+            )
+        if not (x.is_cuda and 2 <= w <= 4):
+            raise ValueError(f"backend='causal_conv1d' runs CUDA tensors of widths 2-4, got {x.device} width {w}")
+        return mod.causal_conv1d_fn(x, weight, bias, activation)
+    if backend == "triton":
+        from .kernel import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, silu)
+    if backend == "ref":
+        return causal_conv1d_ref(x, weight, bias, activation)
     out = F.conv1d(x, weight.unsqueeze(1), bias, padding=w - 1, groups=x.shape[1])[..., : x.shape[-1]]
-    return F.silu(out) if activation in ("silu", "swish") else out
+    return F.silu(out) if silu else out
+
+
+def _triton_max_width() -> int:
+    from .kernel import MAX_WIDTH
+
+    return MAX_WIDTH
 
 
 def causal_conv1d_update(

@@ -2,6 +2,8 @@ import pytest
 import torch
 from compressmamba.kernels import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
+from .scan_utils import rel_err
+
 
 @pytest.mark.parametrize("w", [2, 3, 4, 6])
 @pytest.mark.parametrize("act", [None, "silu"])
@@ -47,3 +49,93 @@ def test_bad_width_device_activation():
         causal_conv1d_fn(x, torch.randn(3, 2), activation="relu")
     with pytest.raises(ValueError, match=r"conv_state has shape \(1, 3, 3\), expected \(1, 3, 2\)"):
         causal_conv1d_update(x[..., 0], torch.zeros(1, 3, 3), torch.randn(3, 2))
+
+
+# --- the Triton kernel, under TRITON_INTERPRET=1 on CPU (and natively on a GPU) ---------------
+# shapes straddle the kernel's 16-channel / 128-step tiles; x is a strided slice as in Mamba,
+# where x and z are halves of the transposed in_proj output.
+TRITON_CASES = [
+    (1, 2, 5, 1, True, "silu"),
+    (2, 1, 19, 130, False, None),
+    (3, 2, 16, 7, True, None),
+    (4, 2, 19, 130, True, "silu"),
+    (4, 1, 3, 300, False, "silu"),
+    (8, 1, 5, 9, True, "silu"),
+]
+
+
+def _strided_x(b, d, l, g, dtype):
+    """(b, d, l) view of a (b, l, 2d) tensor: stride 1 along no axis of interest (non-contiguous)."""
+    xz = torch.randn(b, l, 2 * d, generator=g, dtype=torch.float64).to(dtype)
+    return xz.transpose(1, 2)[:, :d]
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("w,b,d,l,has_bias,act", TRITON_CASES)
+def test_triton_conv_matches_float64_reference(w, b, d, l, has_bias, act):
+    g = torch.Generator().manual_seed(100 * w + l)
+    x = _strided_x(b, d, l, g, torch.float32).requires_grad_()
+    assert not x.is_contiguous()
+    wt = torch.randn(d, w, generator=g).requires_grad_()
+    bias = torch.randn(d, generator=g).requires_grad_() if has_bias else None
+    leaves = [t for t in (x, wt, bias) if t is not None]
+    out = causal_conv1d_fn(x, wt, bias, act, backend="triton")
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    ref = causal_conv1d_ref(leaves64[0], leaves64[1], leaves64[2] if has_bias else None, act)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) < 1e-5
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * gy.float()).sum(), leaves)
+    grads64 = torch.autograd.grad((ref * gy).sum(), leaves64)
+    for name, a, c in zip(("x", "weight", "bias"), grads, grads64):
+        assert a.shape == c.shape and rel_err(a, c) < 1e-4, name
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_conv_low_precision(dtype):
+    g = torch.Generator().manual_seed(7)
+    x = _strided_x(2, 19, 130, g, dtype).requires_grad_()
+    wt = torch.randn(19, 4, generator=g).to(dtype).requires_grad_()
+    bias = torch.randn(19, generator=g).to(dtype).requires_grad_()
+    out = causal_conv1d_fn(x, wt, bias, "silu", backend="triton")
+    assert out.dtype == dtype
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, wt, bias))
+    ref = causal_conv1d_ref(x64, w64, b64, "silu")
+    assert rel_err(out, ref) < 1e-2
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * gy.to(dtype)).sum(), (x, wt, bias))
+    grads64 = torch.autograd.grad((ref * gy).sum(), (x64, w64, b64))
+    for a, c in zip(grads, grads64):
+        assert a.dtype == dtype and rel_err(a, c) < 1e-2
+
+
+def test_conv_backends_and_errors():
+    x = torch.randn(2, 3, 11)
+    wt, bias = torch.randn(3, 4), torch.randn(3)
+    ref = causal_conv1d_ref(x, wt, bias, "silu")
+    for backend in ("auto", "torch", "ref"):  # CPU tensors: auto runs torch
+        torch.testing.assert_close(causal_conv1d_fn(x, wt, bias, "silu", backend=backend), ref)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        causal_conv1d_fn(x, wt, backend="cuda")
+    with pytest.raises(ValueError, match=r"width 9, the Triton kernel supports 1\.\.8"):
+        causal_conv1d_fn(x, torch.randn(3, 9), backend="triton")
+    with pytest.raises(ValueError, match="causal-conv1d package"):  # never installed in CI
+        causal_conv1d_fn(x, wt, backend="causal_conv1d")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [2, 3, 4])
+def test_triton_conv_gpu_mamba_shape(w):
+    g = torch.Generator().manual_seed(w)
+    x = _strided_x(4, 1536, 2048, g, torch.float32).cuda().requires_grad_()
+    wt = torch.randn(1536, w, generator=g).cuda().requires_grad_()
+    bias = torch.randn(1536, generator=g).cuda().requires_grad_()
+    out = causal_conv1d_fn(x, wt, bias, "silu", backend="triton")
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, wt, bias))
+    ref = causal_conv1d_ref(x64, w64, b64, "silu")
+    assert rel_err(out, ref) < 1e-5
+    gy = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * gy.float()).sum(), (x, wt, bias))
+    for a, c in zip(grads, torch.autograd.grad((ref * gy).sum(), (x64, w64, b64))):
+        assert rel_err(a, c) < 1e-4
