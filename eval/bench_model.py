@@ -8,27 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from compressmamba.eval.bench_scan import _time
 from transformers import MambaConfig, MambaForCausalLM
 
 from compressmamba.models.mamba import build_mamba
-
-
-def _time(fn, device, reps):
-    """Best of ``reps`` timed calls after one warm-up (the minimum is robust to other load)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None):

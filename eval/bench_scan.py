@@ -3,10 +3,16 @@ scan must move at least, and the speed-up as N shrinks, for each available backe
 
     python -m compressmamba.eval.bench_scan                       # Mamba-130m layer shape on CUDA
     python -m compressmamba.eval.bench_scan --device cpu --batch 2 --dim 256 --seqlen 512
+    python -m compressmamba.eval.bench_scan --conv-only                # the causal conv1d table
     (whole models against transformers: python -m compressmamba.eval.bench_model)
 
 Minimum bytes: read u, delta, z (b·d·l each), B, C (b·n·l each), write y (b·d·l), in the input
-dtype; the backward reads those again plus dy and writes du, ddelta, dz, dB, dC.
+dtype; the backward reads those again plus dy and writes du, ddelta, dz, dB, dC. On CUDA the
+table also gives the forward's share of the device's copy bandwidth (measured here with a large
+device-to-device copy) and checks the targets of issue 3: N=16 at least as fast as mamba-ssm,
+N=16 forward+backward at most 1/4 of N=128, N=4 forward at 60 % of copy bandwidth or more.
+
+A second table times the causal depthwise conv1d (width 4, SiLU) per backend.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import argparse
 import time
 
 import torch
-from compressmamba.kernels import selective_scan_fn
+from compressmamba.kernels import causal_conv1d_fn, selective_scan_fn
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _inputs(b, d, n, l, device, dtype):
@@ -51,6 +59,14 @@ def _time(fn, device, reps):
     return best
 
 
+def copy_bandwidth(device, reps=5) -> float:
+    """GB/s of a 1 GiB device-to-device copy (read + write): the practical bandwidth ceiling."""
+    x = torch.empty(256 * 2**20, device=device, dtype=torch.float32)
+    y = torch.empty_like(x)
+    t = _time(lambda: y.copy_(x), device, reps)
+    return 2 * x.numel() * 4 / t / 1e9
+
+
 def bench(args):
     backends = ["cpu"] if args.device == "cpu" else ["triton", "cpu"]
     try:
@@ -60,7 +76,7 @@ def bench(args):
             backends.append("mamba_ssm")
     except ImportError:
         pass
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     b, d, l = args.batch, args.dim, args.seqlen
     rows = []
     for backend in backends:
@@ -96,6 +112,61 @@ def bench(args):
             continue
         sp = f"{ref[backend] / tfb:.2f}x" if backend in ref else ""
         print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} | {sp} |")
+    if args.device.startswith("cuda"):
+        _targets(rows, copy_bandwidth(args.device))
+
+
+def _targets(rows, bw):
+    """Print issue 3's targets against the measured rows (those that were measured)."""
+    t = {(r[0], r[1]): r for r in rows if r[2] is not None}
+    print(f"\ndevice copy bandwidth: {bw:.0f} GB/s")
+    checks = []
+    if ("triton", 16) in t and ("mamba_ssm", 16) in t:
+        ratio = t["mamba_ssm", 16][3] / t["triton", 16][3]
+        checks.append(("N=16 fwd+bwd speed vs mamba-ssm", f"{ratio:.2f}x", ratio >= 1.0, ">= 1.0x"))
+    if ("triton", 16) in t and ("triton", 128) in t:
+        ratio = t["triton", 16][3] / t["triton", 128][3]
+        checks.append(("N=16 / N=128 fwd+bwd time", f"{ratio:.2f}", ratio <= 0.25, "<= 0.25"))
+    if ("triton", 4) in t:
+        share = t["triton", 4][4] / bw
+        checks.append(("N=4 fwd share of copy bandwidth", f"{share:.0%}", share >= 0.6, ">= 60%"))
+    for name, value, ok, goal in checks:
+        print(f"- {name}: {value} (target {goal}: {'met' if ok else 'MISSED'})")
+
+
+def bench_conv(args, width=4):
+    """Causal depthwise conv1d (SiLU) per backend: forward and forward+backward."""
+    dtype = DTYPES[args.dtype]
+    b, d, l = args.batch, args.dim, args.seqlen
+    backends = ["torch"]
+    if args.device.startswith("cuda"):
+        backends = ["triton", "torch"]
+        try:
+            import causal_conv1d  # noqa: F401
+
+            backends.append("causal_conv1d")
+        except ImportError:
+            pass
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(b, d, l, generator=g).to(args.device, dtype).requires_grad_()
+    w = torch.randn(d, width, generator=g).to(args.device, dtype).requires_grad_()
+    bias = torch.randn(d, generator=g).to(args.device, dtype).requires_grad_()
+    bpe = torch.finfo(dtype).bits // 8
+    bytes_f, bytes_fb = bpe * 2 * b * d * l, bpe * 5 * b * d * l  # fwd: x, out; bwd also dout, x, dx
+    print(f"\ncausal conv1d, width {width}, SiLU, batch {b}, dim {d}, seqlen {l}, {args.dtype}, device {args.device}")
+    print("| backend | fwd ms | fwd+bwd ms | fwd GB/s | fwd+bwd GB/s |")
+    print("|---|---|---|---|---|")
+    for backend in backends:
+        fwd = lambda backend=backend: causal_conv1d_fn(x, w, bias, "silu", backend=backend)
+
+        def fwd_bwd(backend=backend):
+            torch.autograd.grad(causal_conv1d_fn(x, w, bias, "silu", backend=backend).float().sum(), (x, w, bias))
+
+        with torch.no_grad():
+            t_f = _time(fwd, args.device, args.reps)
+        t_fb = _time(fwd_bwd, args.device, args.reps)
+        gbs = f"{bytes_f / t_f / 1e9:.1f} | {bytes_fb / t_fb / 1e9:.1f}"
+        print(f"| {backend} | {t_f * 1e3:.3f} | {t_fb * 1e3:.3f} | {gbs} |")
 
 
 def main(argv=None):
@@ -107,9 +178,14 @@ def main(argv=None):
     p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16, 32, 64, 128])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--conv-only", action="store_true", help="only the causal conv1d table")
+    p.add_argument("--no-conv", action="store_true", help="skip the causal conv1d table")
     args = p.parse_args(argv)
     args.states = sorted(args.states, reverse=True)
-    bench(args)
+    if not args.conv_only:
+        bench(args)
+    if not args.no_conv:
+        bench_conv(args)
 
 
 if __name__ == "__main__":
