@@ -52,7 +52,7 @@ def test_bad_width_device_activation():
 
 
 # --- the Triton kernel, under TRITON_INTERPRET=1 on CPU (and natively on a GPU) ---------------
-# shapes straddle the kernel's 16-channel / 128-step tiles; x is a strided slice as in Mamba,
+# shapes straddle the kernel's 16-channel / 64-step tiles; x is a strided slice as in Mamba,
 # where x and z are halves of the transposed in_proj output.
 TRITON_CASES = [
     (1, 2, 5, 1, True, "silu"),
