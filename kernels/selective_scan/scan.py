@@ -2,23 +2,30 @@
 launchers, the autograd Function, and the public op (in that order).
 
 Each program owns one batch row and a block of BLOCK_D channels × all N states (N masked to the
-next power of two in registers, never padded in memory) and walks the sequence. The forward
-writes y and the state entering every chunk of CHUNK steps; the backward walks the chunks in
-reverse, recomputes the chunk's states from its entering state into a per-program scratch
-buffer, and runs the adjoint recurrence backwards. Memory: O(b·d·n·L/CHUNK) for the chunk states
-plus b·d·n·CHUNK of scratch. Gradients of B, C (shared by the channels of a group) are written as
-one partial per channel block and summed afterwards in a fixed order (deterministic, no atomics);
-so are those of A, D and delta_bias (shared by the batch).
+next power of two in registers, never padded in memory) and walks the sequence, loading step
+t+1's inputs while it computes step t. The forward writes y, the final state and, when a
+backward can follow, the state entering every chunk of CHUNK steps; the backward walks the
+chunks in reverse, recomputes the chunk's states from its entering state into a per-program
+scratch buffer, and runs the adjoint recurrence backwards. Memory: b·d·n·L/CHUNK for the chunk
+states plus b·d·n·CHUNK of scratch, never b·d·n·L.
 
-Per (channel, state) and step the forward costs one exp2 and two FMAs (A is pre-scaled by
-log2(e)); everything per channel (loads, softplus, D, z) is paid once for all N states.
+Gradients of B, C (shared by the channels of a group) are accumulated with fp32 atomics into
+(b, groups, n, L), as mamba-ssm does; under ``torch.use_deterministic_algorithms(True)`` they are
+written as one partial per channel block and summed in a fixed order instead. Those of A, D and
+delta_bias (shared by the batch) are per-batch-row partials summed afterwards.
 
-Layouts: chunk states hck (b, n_chunks + 1, d, n) and scratch (b, CHUNK, d, n), so a program's
+BLOCK_D and the warp count are autotuned per (padded N, dim): layers whose N rounds up to the same
+power of two share one tuning. Per (channel, state) and step the forward costs one exp2 and two
+FMAs (A is pre-scaled by log2(e)); everything per channel (loads, softplus, D, z) is paid once for
+all N states. ``python -m compressmamba.eval.kernel_report`` shows registers and spills per tile.
+
+Layouts: chunk states hck (b, n_chunks, d, n) and scratch (b, CHUNK, d, n), so a program's
 (BLOCK_D, N) tile is contiguous when BLOCK_D channels are whole rows.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -27,24 +34,38 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
+MAX_TILE = (
+    1024  # BLOCK_D * BLOCK_N: beyond it the backward spills registers (python -m compressmamba.eval.kernel_report)
+)
 
 
 def _configs():
-    """A small list to tune per (n, d): warps × software-pipelining stages of the time loop's
-    loads. The interpreter fails on autotune with several configs, so it gets one."""
-    if _INTERPRET:
-        return [triton.Config({}, num_warps=1, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 3)]
+    """Channel-block sizes × warps, pruned per call by ``_prune``. (The loop's loads are not
+    software-pipelined by Triton, so num_stages does not matter here; the kernels prefetch the
+    next step by hand.) Under the interpreter the launchers pass BLOCK_D themselves instead."""
+    return [triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=1) for bd in (1, 2, 4, 8, 16, 32) for w in (2, 4, 8)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs with more threads than tile elements (idle lanes); keep at least one."""
-    tile = kwargs.get("BLOCK_D", 32) * kwargs.get("BLOCK_N", 16)
-    kept = [c for c in configs if c.num_warps * 32 <= tile]
-    return kept or [min(configs, key=lambda c: (c.num_warps, c.num_stages))]
+    """Keep blocks that divide a group's channels (a block never spans two groups), fit the
+    register budget, and give each thread 2-8 tile elements; at least one config survives."""
+    cpg, bn = named_args["chans_per_group"], kwargs["BLOCK_N"]
+    fits = [c for c in configs if cpg % c.kwargs["BLOCK_D"] == 0 and c.kwargs["BLOCK_D"] * bn <= MAX_TILE]
+    kept = [c for c in fits if 2 <= c.kwargs["BLOCK_D"] * bn / (32 * c.num_warps) <= 8]
+    if kept:
+        return kept
+    biggest = max(c.kwargs["BLOCK_D"] for c in fits)  # tiny tiles (N=1, few channels): one block, fewest warps
+    return [min((c for c in fits if c.kwargs["BLOCK_D"] == biggest), key=lambda c: c.num_warps)]
 
 
-_TUNE = dict(configs=_configs(), key=["n", "d"], prune_configs_by={"early_config_prune": _prune})
+def _autotune(**kw):
+    """triton.autotune keyed on the padded state size and the width (so layers whose N round up
+    to the same power of two share one tuning), with on-disk caching where Triton has it."""
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kw["cache_results"] = True
+    return triton.autotune(
+        configs=_configs(), key=["BLOCK_N", "d"], prune_configs_by={"early_config_prune": _prune}, **kw
+    )
 
 
 @triton.jit
@@ -52,7 +73,23 @@ def _softplus(x):
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
 
-@triton.autotune(**_TUNE)
+@triton.jit
+def _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t, lo, L, s_ul, s_bl, s_cl, md, mn, HAS_Z: tl.constexpr):
+    """Step t's inputs (u, raw delta, B_t, C_t, z) in fp32; zeros outside lo <= t < L."""
+    ok = (t >= lo) & (t < L)
+    # tl.where, not md & ok: the interpreter turns a tensor & scalar of bools into int32 data
+    mdt, mnt = tl.where(ok, md, False), tl.where(ok, mn, False)
+    o = uo + t * s_ul
+    u = tl.load(u_ptr + o, mask=mdt, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + o, mask=mdt, other=0.0).to(tl.float32)
+    Bt = tl.load(b_ptrs + t * s_bl, mask=mnt, other=0.0).to(tl.float32)
+    Ct = tl.load(c_ptrs + t * s_cl, mask=mnt, other=0.0).to(tl.float32)
+    zz = u
+    if HAS_Z:
+        zz = tl.load(z_ptr + o, mask=mdt, other=0.0).to(tl.float32)
+    return u, raw, Bt, Ct, zz
+
+
 @triton.jit(do_not_specialize=["L"])
 def _fwd_kernel(
     u_ptr,
@@ -65,6 +102,7 @@ def _fwd_kernel(
     bias_ptr,
     y_ptr,
     hck_ptr,
+    last_ptr,
     L,
     d,
     n,
@@ -84,6 +122,7 @@ def _fwd_kernel(
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    STORE_CHUNKS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -96,43 +135,40 @@ def _fwd_kernel(
     mn = offs_n < n
     mdn = md[:, None] & mn[None, :]
     grp = (pid_d * BLOCK_D) // chans_per_group
-    A2 = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
+    dn = offs_d[:, None] * n + offs_n[None, :]
+    A2 = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    n_chunks = tl.cdiv(L, CHUNK)
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    hck_base = hck_ptr + pid_b * (n_chunks + 1) * d * n + dn
-    u_base = pid_b * s_ub + offs_d * s_ud
-    b_base = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
-    c_base = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
+    hck_base = hck_ptr + pid_b * tl.cdiv(L, CHUNK) * d * n + dn
+    uo = pid_b * s_ub + offs_d * s_ud
+    b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
+    c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
     y_base = y_ptr + (pid_b * d + offs_d) * L
+    u, raw, Bt, Ct, zz = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, 0, 0, L, s_ul, s_bl, s_cl, md, mn, HAS_Z)
     for t in range(0, L):
-        if t % CHUNK == 0:
-            tl.store(hck_base + (t // CHUNK) * d * n, h, mask=mdn)
-        uo = u_base + t * s_ul
-        u = tl.load(u_ptr + uo, mask=md, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + uo, mask=md, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias
+        if STORE_CHUNKS:
+            if t % CHUNK == 0:
+                tl.store(hck_base + (t // CHUNK) * d * n, h, mask=mdn)
+        # issue step t+1's loads now so their latency overlaps this step's arithmetic
+        nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t + 1, 0, L, s_ul, s_bl, s_cl, md, mn, HAS_Z)
+        dt = raw + bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        Bt = tl.load(b_base + t * s_bl, mask=mn, other=0.0).to(tl.float32)
-        Ct = tl.load(c_base + t * s_cl, mask=mn, other=0.0).to(tl.float32)
         h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
         y = tl.sum(h * Ct[None, :], axis=1)
         if HAS_D:
             y += Dv * u
         if HAS_Z:
-            zz = tl.load(z_ptr + uo, mask=md, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(y_base + t, y, mask=md)
-    tl.store(hck_base + n_chunks * d * n, h, mask=mdn)
+        u, raw, Bt, Ct, zz = nxt
+    tl.store(last_ptr + pid_b * d * n + dn, h, mask=mdn)
 
 
-@triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["L"])
 def _bwd_kernel(
     u_ptr,
@@ -159,7 +195,7 @@ def _bwd_kernel(
     d,
     n,
     chans_per_group,
-    n_dblocks,
+    n_groups,
     s_ub,
     s_ud,
     s_ul,
@@ -176,6 +212,7 @@ def _bwd_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr,
+    ATOMIC_BC: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -188,7 +225,8 @@ def _bwd_kernel(
     mn = offs_n < n
     mdn = md[:, None] & mn[None, :]
     grp = (pid_d * BLOCK_D) // chans_per_group
-    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    dn = offs_d[:, None] * n + offs_n[None, :]
+    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
@@ -197,14 +235,16 @@ def _bwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     n_chunks = tl.cdiv(L, CHUNK)
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    hck_base = hck_ptr + pid_b * (n_chunks + 1) * d * n + dn
+    hck_base = hck_ptr + pid_b * n_chunks * d * n + dn
     scr_base = scratch_ptr + pid_b * CHUNK * d * n + dn
-    u_base = pid_b * s_ub + offs_d * s_ud
-    b_base = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
-    c_base = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
-    row = (pid_b * d + offs_d) * L  # rows of y, du, ddt, dz (contiguous (b, d, L))
-    part = ((pid_b * n_dblocks + pid_d) * n + offs_n) * L  # this block's dB, dC partial rows
+    uo = pid_b * s_ub + offs_d * s_ud
+    b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
+    c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
+    row = (pid_b * d + offs_d) * L  # rows of dy, du, ddt, dz (contiguous (b, d, L))
+    if ATOMIC_BC:  # dB, dC (b, n_groups, n, L), accumulated by every channel block of the group
+        bc = ((pid_b * n_groups + grp) * n + offs_n) * L
+    else:  # one partial row per channel block, summed by the launcher (deterministic)
+        bc = ((pid_b * tl.cdiv(d, BLOCK_D) + pid_d) * n + offs_n) * L
     G = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint of h_t
     if HAS_DLAST:
         G = tl.load(dlast_ptr + pid_b * d * n + dn, mask=mdn, other=0.0).to(tl.float32)
@@ -217,40 +257,46 @@ def _bwd_kernel(
         t1 = tl.minimum(t0 + CHUNK, L)
         # recompute the chunk's states h_t (t0 <= t < t1) from the state entering it
         h = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
+        u, raw, Bt, Ct, zz = _load_step(
+            u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t0, t0, t1, s_ul, s_bl, s_cl, md, mn, False
+        )
         for t in range(t0, t1):
-            uo = u_base + t * s_ul
-            u = tl.load(u_ptr + uo, mask=md, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + uo, mask=md, other=0.0).to(tl.float32) + bias
+            nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t + 1, t0, t1, s_ul, s_bl, s_cl, md, mn, False)
+            dt = raw + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load(b_base + t * s_bl, mask=mn, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scr_base + (t - t0) * d * n, h, mask=mdn)
-        # adjoint recurrence backwards through the chunk; h_t is carried, h_{t-1} loaded
+            u, raw, Bt, Ct, zz = nxt
+        # adjoint recurrence backwards through the chunk: h_t is carried, h_{t-1} loaded, and
+        # step t-1's inputs are fetched while step t computes
         h_t = h
+        t = t1 - 1
+        u, raw, Bt, Ct, zz = _load_step(
+            u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t, t0, t1, s_ul, s_bl, s_cl, md, mn, HAS_Z
+        )
+        dy = tl.load(dy_ptr + row + t, mask=md, other=0.0).to(tl.float32)
+        if t > t0:
+            h_prev = tl.load(scr_base + (t - 1 - t0) * d * n, mask=mdn, other=0.0)
+        else:
+            h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
         for tt in range(t0, t1):
             t = t0 + t1 - 1 - tt
-            uo = u_base + t * s_ul
-            u = tl.load(u_ptr + uo, mask=md, other=0.0).to(tl.float32)
-            raw = tl.load(dt_ptr + uo, mask=md, other=0.0).to(tl.float32) + bias
-            dt = raw
-            if SOFTPLUS:
-                dt = _softplus(raw)
-            Bt = tl.load(b_base + t * s_bl, mask=mn, other=0.0).to(tl.float32)
-            Ct = tl.load(c_base + t * s_cl, mask=mn, other=0.0).to(tl.float32)
-            if t > t0:
-                h_prev = tl.load(scr_base + (t - 1 - t0) * d * n, mask=mdn, other=0.0)
+            nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t - 1, t0, t1, s_ul, s_bl, s_cl, md, mn, HAS_Z)
+            n_dy = tl.load(dy_ptr + row + t - 1, mask=tl.where(t - 1 >= t0, md, False), other=0.0).to(tl.float32)
+            if t - 1 > t0:
+                n_h_prev = tl.load(scr_base + (t - 2 - t0) * d * n, mask=mdn, other=0.0)
             else:
-                h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
-            dy = tl.load(dy_ptr + row + t, mask=md, other=0.0).to(tl.float32)
+                n_h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
+            dt = raw + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
             if HAS_Z:
-                zz = tl.load(z_ptr + uo, mask=md, other=0.0).to(tl.float32)
                 sig = tl.sigmoid(zz)
                 y_pre = tl.sum(h_t * Ct[None, :], axis=1) + Dv * u
                 tl.store(dz_ptr + row + t, dy * y_pre * sig * (1.0 + zz * (1.0 - sig)), mask=md)
                 dy = dy * zz * sig
             # y_t = <h_t, C_t> + D u_t
-            tl.store(dC_ptr + part + t, tl.sum(dy[:, None] * h_t, axis=0), mask=mn)
             G += dy[:, None] * Ct[None, :]
             dD_acc += dy * u
             # h_t = a_t h_{t-1} + dt u B_t with a_t = exp(dt A)
@@ -258,131 +304,126 @@ def _bwd_kernel(
             ga = G * h_prev * a  # adjoint of (dt·A)
             gb = tl.sum(G * Bt[None, :], axis=1)
             ddt = tl.sum(ga * A, axis=1) + u * gb
-            tl.store(dB_ptr + part + t, tl.sum(G * (dt * u)[:, None], axis=0), mask=mn)
+            dC_t = tl.sum(dy[:, None] * h_t, axis=0)
+            dB_t = tl.sum(G * (dt * u)[:, None], axis=0)
+            if ATOMIC_BC:
+                tl.atomic_add(dC_ptr + bc + t, dC_t, mask=mn)
+                tl.atomic_add(dB_ptr + bc + t, dB_t, mask=mn)
+            else:
+                tl.store(dC_ptr + bc + t, dC_t, mask=mn)
+                tl.store(dB_ptr + bc + t, dB_t, mask=mn)
             dA_acc += ga * dt[:, None]
             G = G * a
             if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
+                ddt = ddt * tl.sigmoid(raw + bias)
             dbias_acc += ddt
             tl.store(du_ptr + row + t, dy * Dv + dt * gb, mask=md)
             tl.store(ddt_ptr + row + t, ddt, mask=md)
             h_t = h_prev
+            u, raw, Bt, Ct, zz = nxt
+            dy = n_dy
+            h_prev = n_h_prev
     tl.store(dA_ptr + pid_b * d * n + dn, dA_acc, mask=mdn)
     tl.store(dD_ptr + pid_b * d + offs_d, dD_acc, mask=md)
     tl.store(dbias_ptr + pid_b * d + offs_d, dbias_acc, mask=md)
 
 
+_fwd_tuned = _autotune()(_fwd_kernel)
+_bwd_tuned = _autotune(reset_to_zero=["dB_ptr", "dC_ptr"])(_bwd_kernel)
+
+
 def block_d(n: int, chans_per_group: int) -> int:
-    """Channels per program: a power of two dividing a group's channels (a block never spans
-    groups), at most 32, and at most 2048 // N so the (BLOCK_D, N) tiles stay in registers."""
-    cap = max(1, min(32, 2048 // triton.next_power_of_2(n)))
+    """Channels per program where the launcher picks (the interpreter, the deterministic
+    backward, the decode step): a power of two dividing a group's channels (a block never spans
+    groups), at most 32, and at most MAX_TILE // N so the (BLOCK_D, N) tiles stay in registers."""
+    cap = max(1, min(32, MAX_TILE // triton.next_power_of_2(n)))
     bd = 1
     while bd < cap and chans_per_group % (bd * 2) == 0:
         bd *= 2
     return bd
 
 
+def fixed_warps(bd: int, n: int) -> int:
+    """Warps where the launcher picks the block: one per 128 tile elements, 2 to 8 (the backward
+    compiles without spills at these on sm_90; tests/kernels/test_compile.py checks)."""
+    return min(8, max(2, bd * triton.next_power_of_2(n) // 128))
+
+
 def _norm_bc(X):
     return X.unsqueeze(1) if X.dim() == 3 else X
 
 
-def _flags(D, z, bias, softplus, n, bd, chunk):
+def _launch(tuned, plain, grid_of, args, flags, n, cpg, fixed_block=False):
+    """Run ``tuned`` (the autotuner picks BLOCK_D and warps) on a GPU, or ``plain`` with the
+    launcher's block where the block is fixed (the interpreter, deterministic partials).
+    Returns the BLOCK_D used."""
+    if _INTERPRET or fixed_block:
+        bd = block_d(n, cpg)
+        plain[grid_of(bd)](*args, BLOCK_D=bd, num_warps=1 if _INTERPRET else fixed_warps(bd, n), **flags)
+        return bd
+    tuned[lambda meta: grid_of(meta["BLOCK_D"])](*args, **flags)
+    return tuned.best_config.kwargs["BLOCK_D"]
+
+
+def _flags(D, z, bias, softplus, n, chunk):
     return dict(
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_BIAS=bias is not None,
         SOFTPLUS=bool(softplus),
-        BLOCK_D=bd,
         BLOCK_N=triton.next_power_of_2(n),
         CHUNK=chunk,
     )
 
 
-def _launch_fwd(u, dt, A, B, C, D, z, bias, softplus, chunk):
-    """y (b, d, L) fp32 and the chunk-entry states hck (b, n_chunks + 1, d, n) fp32; the last
-    entry is the final state."""
+def _launch_fwd(u, dt, A, B, C, D, z, bias, softplus, chunk, store_chunks):
+    """y (b, d, L) fp32, the final state (b, d, n) fp32, and with ``store_chunks`` the states
+    entering each chunk, hck (b, n_chunks, d, n) fp32, that the backward starts from."""
     b, d, L = u.shape
     n = A.shape[1]
     Bn, Cn = _norm_bc(B), _norm_bc(C)
     cpg = d // Bn.shape[1]
-    bd = block_d(n, cpg)
     y = torch.empty(b, d, L, device=u.device, dtype=torch.float32)
-    hck = torch.empty(b, triton.cdiv(L, chunk) + 1, d, n, device=u.device, dtype=torch.float32)
+    last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
+    n_ck = triton.cdiv(L, chunk) if store_chunks else 0
+    hck = torch.empty(b, n_ck, d, n, device=u.device, dtype=torch.float32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
-    _fwd_kernel[(b, triton.cdiv(d, bd))](
-        u,
-        dt,
-        A,
-        Bn,
-        Cn,
-        opt(D),
-        opt(z),
-        opt(bias),
-        y,
-        hck,
-        L,
-        d,
-        n,
-        cpg,
-        *u.stride(),
-        *Bn.stride(),
-        *Cn.stride(),
-        **_flags(D, z, bias, softplus, n, bd, chunk),
-    )
-    return y, hck
+    args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), y, hck if store_chunks else last, last, L, d, n, cpg)
+    args += (*u.stride(), *Bn.stride(), *Cn.stride())
+    flags = dict(_flags(D, z, bias, softplus, n, chunk), STORE_CHUNKS=store_chunks)
+    _launch(_fwd_tuned, _fwd_kernel, lambda bd: (b, triton.cdiv(d, bd)), args, flags, n, cpg)
+    return y, last, hck
 
 
 def _launch_bwd(u, dt, A, B, C, D, z, bias, softplus, chunk, hck, dy, dlast):
     """Gradients (du, ddelta, dz) (b, d, L), dA (d, n), dB, dC like B, C, dD, ddelta_bias (d,),
-    all fp32."""
+    all fp32. dB and dC are accumulated with atomics across a group's channel blocks, or, when
+    ``torch.use_deterministic_algorithms(True)`` is on, written as one partial per channel block
+    and summed in a fixed order."""
     b, d, L = u.shape
     n = A.shape[1]
     Bn, Cn = _norm_bc(B), _norm_bc(C)
     g = Bn.shape[1]
     cpg = d // g
-    bd = block_d(n, cpg)
-    nb = triton.cdiv(d, bd)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddt, dz = (torch.empty(b, d, L, **f32) for _ in range(3))
     dA, dD, dbias = torch.empty(b, d, n, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
-    dB, dC = torch.empty(b, nb, n, L, **f32), torch.empty(b, nb, n, L, **f32)
+    if deterministic:
+        nb = triton.cdiv(d, block_d(n, cpg))
+        dB, dC = torch.empty(b, nb, n, L, **f32), torch.empty(b, nb, n, L, **f32)
+    else:
+        dB, dC = torch.zeros(b, g, n, L, **f32), torch.zeros(b, g, n, L, **f32)
     scratch = torch.empty(b, chunk, d, n, **f32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
-    _bwd_kernel[(b, nb)](
-        u,
-        dt,
-        A,
-        Bn,
-        Cn,
-        opt(D),
-        opt(z),
-        opt(bias),
-        dy,
-        opt(dlast),
-        hck,
-        scratch,
-        du,
-        ddt,
-        dz,
-        dA,
-        dB,
-        dC,
-        dD,
-        dbias,
-        L,
-        d,
-        n,
-        cpg,
-        nb,
-        *u.stride(),
-        *Bn.stride(),
-        *Cn.stride(),
-        HAS_DLAST=dlast is not None,
-        **_flags(D, z, bias, softplus, n, bd, chunk),
-    )
-    # the channel blocks of one group share B_t, C_t: sum their partials (fixed order: deterministic)
-    dB = dB.view(b, g, nb // g, n, L).sum(2)
-    dC = dC.view(b, g, nb // g, n, L).sum(2)
+    args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), dy, opt(dlast), hck, scratch, du, ddt, dz, dA, dB, dC, dD)
+    args += (dbias, L, d, n, cpg, g, *u.stride(), *Bn.stride(), *Cn.stride())
+    flags = dict(_flags(D, z, bias, softplus, n, chunk), HAS_DLAST=dlast is not None, ATOMIC_BC=not deterministic)
+    grid_of = lambda bd: (b, triton.cdiv(d, bd))  # noqa: E731
+    _launch(_bwd_tuned, _bwd_kernel, grid_of, args, flags, n, cpg, fixed_block=deterministic)
+    if deterministic:  # the channel blocks of one group share B_t, C_t: sum their partials in order
+        dB = dB.view(b, g, nb // g, n, L).sum(2)
+        dC = dC.view(b, g, nb // g, n, L).sum(2)
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
     return du, ddt, dz, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0)
@@ -392,18 +433,16 @@ class SelectiveScanTriton(torch.autograd.Function):
     """Autograd wrapper: saves the inputs and the chunk-entry states, not every state."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk, store_chunks):
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
         z = z.contiguous() if z is not None else None
         A32 = A.float().contiguous()
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
-        y, hck = _launch_fwd(u, delta, A32, B, C, D32, z, bias32, delta_softplus, chunk)
+        y, last, hck = _launch_fwd(u, delta, A32, B, C, D32, z, bias32, delta_softplus, chunk, store_chunks)
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, hck)
         ctx.cfg = (delta_softplus, chunk, A.dtype)
-        ctx.mark_non_differentiable(hck)
-        last = hck[:, -1] if return_last_state else None
-        return y.to(u.dtype), last
+        return y.to(u.dtype), (last if return_last_state else None)
 
     @staticmethod
     def backward(ctx, dy, dlast):
@@ -422,6 +461,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             dD if D32 is not None else None,
             dz.to(z.dtype) if z is not None else None,
             dbias if bias32 is not None else None,
+            None,
             None,
             None,
             None,
@@ -457,7 +497,10 @@ def selective_scan_triton(
         raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    y, last = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+    # the chunk-entry states are only worth writing when a backward can follow
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    y, last = SelectiveScanTriton.apply(*inputs, delta_softplus, return_last_state, chunk, grad)
     return (y, last) if return_last_state else y
 
 

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .scan import MAX_N, block_d
+from .scan import MAX_N, block_d, fixed_warps
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -117,6 +117,6 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         SOFTPLUS=dt_softplus,
         BLOCK_D=bd,
         BLOCK_N=triton.next_power_of_2(n),
-        num_warps=4 if not _INTERPRET else 1,
+        num_warps=1 if _INTERPRET else fixed_warps(bd, n),
     )
     return y.to(x.dtype)

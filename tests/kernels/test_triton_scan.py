@@ -5,7 +5,7 @@ import pytest
 import torch
 import triton
 from compressmamba.kernels import selective_scan_fn
-from compressmamba.kernels.selective_scan.scan import MAX_N, _prune, block_d, selective_scan_triton
+from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
 
 from .scan_utils import make_inputs, reference, rel_err, run
 
@@ -87,15 +87,57 @@ def test_bad_input_is_refused():
 
 
 def test_block_and_config_choice():
-    """Blocks never span a group and keep the tile ≤ 2048; pruning keeps ≥ 1 config, no idle lanes."""
+    """Blocks never span a group and keep the tile within MAX_TILE; pruning keeps at least one
+    config and gives each thread 2-8 tile elements wherever the tile allows it."""
     for n in (1, 13, 16, 100, 128, 256):
         for cpg in (1, 3, 8, 48, 64, 1536):
             bd = block_d(n, cpg)
-            assert cpg % bd == 0 and bd * triton.next_power_of_2(n) <= max(2048, triton.next_power_of_2(n))
-    configs = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 3)]
-    assert [c.num_warps for c in _prune(configs, {}, BLOCK_D=2, BLOCK_N=32)] == [2, 2]
-    assert len(_prune(configs, {}, BLOCK_D=32, BLOCK_N=16)) == 6
-    assert [(c.num_warps, c.num_stages) for c in _prune(configs, {}, BLOCK_D=1, BLOCK_N=1)] == [(2, 1)]
+            assert cpg % bd == 0 and bd * triton.next_power_of_2(n) <= max(MAX_TILE, triton.next_power_of_2(n))
+            kept = _prune(_configs(), {"chans_per_group": cpg}, BLOCK_N=triton.next_power_of_2(n))
+            assert kept
+            for c in kept:
+                tile = c.kwargs["BLOCK_D"] * triton.next_power_of_2(n)
+                assert cpg % c.kwargs["BLOCK_D"] == 0 and tile <= max(MAX_TILE, triton.next_power_of_2(n))
+                assert len(kept) == 1 or 2 <= tile / (32 * c.num_warps) <= 8
+    as_pairs = lambda cs: sorted((c.kwargs["BLOCK_D"], c.num_warps) for c in cs)  # noqa: E731
+    assert as_pairs(_prune(_configs(), {"chans_per_group": 1536}, BLOCK_N=16)) == [
+        (8, 2),
+        (16, 2),
+        (16, 4),
+        (32, 2),
+        (32, 4),
+        (32, 8),
+    ]
+    assert as_pairs(_prune(_configs(), {"chans_per_group": 3}, BLOCK_N=1)) == [(1, 2)]  # fallback
+    assert as_pairs(_prune(_configs(), {"chans_per_group": 6}, BLOCK_N=64)) == [(2, 2)]
+
+
+@pytest.mark.usefixtures("poison_empty")
+def test_deterministic_mode_sums_partials_in_order():
+    """With torch.use_deterministic_algorithms(True) dB and dC come from per-block partials
+    instead of atomics: same values, bitwise repeatable."""
+    inp = make_inputs(2, 8, 13, 21, groups=2, seed=4)
+    _, _, g_atomic = run(selective_scan_triton, inp, True, False, chunk=8)
+    torch.use_deterministic_algorithms(True)
+    try:
+        _, _, g1 = run(selective_scan_triton, inp, True, False, chunk=8)
+        _, _, g2 = run(selective_scan_triton, inp, True, False, chunk=8)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    _, _, g64 = reference(inp, True, False)
+    for k in g64:
+        assert torch.equal(g1[k], g2[k]) and rel_err(g1[k], g64[k]) < FP32_GRAD, k
+        assert rel_err(g1[k], g_atomic[k]) < 1e-6, k
+
+
+@pytest.mark.usefixtures("poison_empty")
+def test_inference_forward_skips_checkpoints_same_result():
+    """Without autograd the forward writes no chunk states; y and the last state are unchanged."""
+    inp = make_inputs(1, 4, 13, 40, seed=6)
+    y, h = selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, chunk=8)
+    with torch.no_grad():
+        y0, h0 = selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, chunk=8)
+    assert torch.equal(y.detach(), y0) and torch.equal(h.detach(), h0)
 
 
 @pytest.mark.gpu
