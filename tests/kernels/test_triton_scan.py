@@ -145,3 +145,18 @@ def test_inference_forward_skips_checkpoints_same_result():
 def test_triton_scan_on_gpu_long_sequences(n):
     flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
     _check(n, 1000, 2, 96, flags, chunk=64, device="cuda", seed=n)
+
+
+@pytest.mark.usefixtures("poison_empty")
+def test_autotuned_launch_path(monkeypatch):
+    """The GPU launch path (the autotuner picks BLOCK_D; the grid follows it) with a single
+    config, which the interpreter can run: a block size the launcher would not pick itself."""
+    from compressmamba.kernels.selective_scan import scan
+
+    one = lambda **kw: triton.autotune([triton.Config({"BLOCK_D": 2}, num_warps=1)], key=["BLOCK_N", "d"], **kw)  # noqa: E731
+    monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "_fwd_tuned", one()(scan._fwd_kernel))
+    monkeypatch.setattr(scan, "_bwd_tuned", one(reset_to_zero=["dB_ptr", "dC_ptr"])(scan._bwd_kernel))
+    flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
+    _check(5, 19, 2, 8, flags, chunk=8, seed=11)
+    assert scan._fwd_tuned.best_config.kwargs["BLOCK_D"] == 2
