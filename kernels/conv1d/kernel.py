@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..limits import check_int32_indexing
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_WIDTH = 8  # widths unrolled at compile time; wider filters run the torch path
 BLOCK_D, BLOCK_L = 16, 64  # 1024-element tiles: the backward (W² recomputation) spills at 16x128, 4 warps
@@ -194,6 +196,7 @@ def causal_conv1d_triton(x, weight, bias=None, silu: bool = False):
     Returns (b, d, L) in x's dtype (fp32 accumulation); differentiable in x, weight and bias."""
     if not 1 <= weight.shape[1] <= MAX_WIDTH:
         raise ValueError(f"weight has width {weight.shape[1]}, the Triton kernel supports 1..{MAX_WIDTH}")
+    check_int32_indexing(x=x.numel())
     return CausalConv1dTriton.apply(x, weight, bias, bool(silu))
 
 

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..limits import check_int32_indexing
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
 MAX_TILE = (
@@ -497,6 +499,15 @@ def selective_scan_triton(
         raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    b, d, L = u.shape
+    g = B.shape[1] if B.dim() == 4 else 1
+    nb = triton.cdiv(d, block_d(n, d // g))
+    check_int32_indexing(
+        u=b * d * L,
+        dB=b * max(g, nb) * n * L,  # atomics: (b, g, n, L); deterministic partials: (b, blocks, n, L)
+        chunk_states=b * triton.cdiv(L, chunk) * d * n,
+        scratch=b * chunk * d * n,
+    )
     # the chunk-entry states are only worth writing when a backward can follow
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)

@@ -122,6 +122,9 @@ def test_conv_backends_and_errors():
         causal_conv1d_fn(x, torch.randn(3, 9), backend="triton")
     with pytest.raises(ValueError, match="causal-conv1d package"):  # never installed in CI
         causal_conv1d_fn(x, wt, backend="causal_conv1d")
+    big = torch.empty(1, 2**16, 2**15, device="meta")  # 2^31 elements: beyond 32-bit offsets
+    with pytest.raises(ValueError, match="x would hold 2147483648 elements"):
+        causal_conv1d_fn(big, torch.empty(2**16, 4, device="meta"), backend="triton")
 
 
 @pytest.mark.gpu

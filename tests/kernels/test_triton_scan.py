@@ -84,6 +84,11 @@ def test_bad_input_is_refused():
     inp = make_inputs(1, 2, 3, 3)
     with pytest.raises(ValueError, match="chunk must be a positive int, got 0"):
         selective_scan_triton(**inp, chunk=0)
+    # 2^31 elements would overflow the kernels' 32-bit offsets: refused before any launch
+    big = dict(u=torch.empty(1, 2**16, 2**15, device="meta"), A=torch.empty(2**16, 4, device="meta"))
+    big.update(delta=big["u"], B=torch.empty(1, 4, 2**15, device="meta"), C=torch.empty(1, 4, 2**15, device="meta"))
+    with pytest.raises(ValueError, match="u would hold 2147483648 elements.*split the batch"):
+        selective_scan_triton(**big)
 
 
 def test_block_and_config_choice():
