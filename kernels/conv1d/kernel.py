@@ -65,6 +65,14 @@ def _pre_act(
     return acc
 
 
+@triton.jit
+def _tile(d, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's batch row, sequence block, channel and step offsets, and channel mask."""
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    return pid_b, pid_l, offs_d, pid_l * BLOCK_L + tl.arange(0, BLOCK_L), offs_d < d
+
+
 @triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["L"])
 def _conv_fwd_kernel(
@@ -83,10 +91,7 @@ def _conv_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    md = offs_d < d
+    pid_b, pid_l, offs_d, offs_l, md = _tile(d, BLOCK_D, BLOCK_L)
     acc = _pre_act(
         x_ptr + pid_b * s_xb, w_ptr, bias_ptr, offs_d, offs_l, md, L, s_xd, s_xl, W, HAS_BIAS, BLOCK_D, BLOCK_L
     )
@@ -121,10 +126,7 @@ def _conv_bwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    md = offs_d < d
+    pid_b, pid_l, offs_d, offs_l, md = _tile(d, BLOCK_D, BLOCK_L)
     xb = x_ptr + pid_b * s_xb
     gb = dout_ptr + pid_b * s_gb
     part = (pid_b * n_lblocks + pid_l) * d + offs_d  # this program's row of the dw, dbias partials
