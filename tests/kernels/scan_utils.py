@@ -1,7 +1,13 @@
 """Shared helpers for selective-scan tests: random inputs, relative error, a reference run."""
 
+import os
+
 import torch
 from compressmamba.kernels import selective_scan_ref
+
+# Where the tests run the Triton kernels: natively on a GPU when there is one and the interpreter
+# is off (`TRITON_INTERPRET=0 pytest tests/kernels`), else on CPU tensors under the interpreter.
+TRITON_DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
 
 
 def rel_err(a, b):
@@ -10,7 +16,9 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def make_inputs(b, d, n, l, *, groups=None, has_d=True, has_z=True, has_bias=True, dtype=torch.float32, seed=0):
+def make_inputs(
+    b, d, n, l, *, groups=None, has_d=True, has_z=True, has_bias=True, dtype=torch.float32, seed=0, device="cpu"
+):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     bc = (b, groups, n, l) if groups else (b, n, l)
@@ -24,7 +32,7 @@ def make_inputs(b, d, n, l, *, groups=None, has_d=True, has_z=True, has_bias=Tru
         "z": r(b, d, l) if has_z else None,
         "delta_bias": 0.3 * r(d) if has_bias else None,
     }
-    return {k: (v.to(dtype).requires_grad_() if v is not None else None) for k, v in inp.items()}
+    return {k: (v.to(device, dtype).requires_grad_() if v is not None else None) for k, v in inp.items()}
 
 
 def run(fn, inp, softplus, last, **kw):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from compressmamba.kernels import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
-from .scan_utils import rel_err
+from .scan_utils import TRITON_DEVICE, rel_err
 
 
 @pytest.mark.parametrize("w", [2, 3, 4, 6])
@@ -66,7 +66,7 @@ TRITON_CASES = [
 
 def _strided_x(b, d, l, g, dtype):
     """(b, d, l) view of a (b, l, 2d) tensor: stride 1 along no axis of interest (non-contiguous)."""
-    xz = torch.randn(b, l, 2 * d, generator=g, dtype=torch.float64).to(dtype)
+    xz = torch.randn(b, l, 2 * d, generator=g, dtype=torch.float64).to(TRITON_DEVICE, dtype)
     return xz.transpose(1, 2)[:, :d]
 
 
@@ -76,15 +76,15 @@ def test_triton_conv_matches_float64_reference(w, b, d, l, has_bias, act):
     g = torch.Generator().manual_seed(100 * w + l)
     x = _strided_x(b, d, l, g, torch.float32).requires_grad_()
     assert not x.is_contiguous()
-    wt = torch.randn(d, w, generator=g).requires_grad_()
-    bias = torch.randn(d, generator=g).requires_grad_() if has_bias else None
+    wt = torch.randn(d, w, generator=g).to(TRITON_DEVICE).requires_grad_()
+    bias = torch.randn(d, generator=g).to(TRITON_DEVICE).requires_grad_() if has_bias else None
     leaves = [t for t in (x, wt, bias) if t is not None]
     out = causal_conv1d_fn(x, wt, bias, act, backend="triton")
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     ref = causal_conv1d_ref(leaves64[0], leaves64[1], leaves64[2] if has_bias else None, act)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert rel_err(out, ref) < 1e-5
-    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64).to(TRITON_DEVICE)
     grads = torch.autograd.grad((out * gy.float()).sum(), leaves)
     grads64 = torch.autograd.grad((ref * gy).sum(), leaves64)
     for name, a, c in zip(("x", "weight", "bias"), grads, grads64):
@@ -96,14 +96,14 @@ def test_triton_conv_matches_float64_reference(w, b, d, l, has_bias, act):
 def test_triton_conv_low_precision(dtype):
     g = torch.Generator().manual_seed(7)
     x = _strided_x(2, 19, 130, g, dtype).requires_grad_()
-    wt = torch.randn(19, 4, generator=g).to(dtype).requires_grad_()
-    bias = torch.randn(19, generator=g).to(dtype).requires_grad_()
+    wt = torch.randn(19, 4, generator=g).to(TRITON_DEVICE, dtype).requires_grad_()
+    bias = torch.randn(19, generator=g).to(TRITON_DEVICE, dtype).requires_grad_()
     out = causal_conv1d_fn(x, wt, bias, "silu", backend="triton")
     assert out.dtype == dtype
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, wt, bias))
     ref = causal_conv1d_ref(x64, w64, b64, "silu")
     assert rel_err(out, ref) < 1e-2
-    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64).to(TRITON_DEVICE)
     grads = torch.autograd.grad((out * gy.to(dtype)).sum(), (x, wt, bias))
     grads64 = torch.autograd.grad((ref * gy).sum(), (x64, w64, b64))
     for a, c in zip(grads, grads64):
@@ -131,7 +131,7 @@ def test_conv_backends_and_errors():
 @pytest.mark.parametrize("w", [2, 3, 4])
 def test_triton_conv_gpu_mamba_shape(w):
     g = torch.Generator().manual_seed(w)
-    x = _strided_x(4, 1536, 2048, g, torch.float32).cuda().requires_grad_()
+    x = _strided_x(4, 1536, 2048, g, torch.float32).requires_grad_()
     wt = torch.randn(1536, w, generator=g).cuda().requires_grad_()
     bias = torch.randn(1536, generator=g).cuda().requires_grad_()
     out = causal_conv1d_fn(x, wt, bias, "silu", backend="triton")

@@ -5,7 +5,7 @@ import torch
 from compressmamba.kernels import selective_scan_fn, selective_scan_ref, selective_state_update
 from compressmamba.kernels.selective_scan import cpu
 
-from .scan_utils import make_inputs, reference, rel_err, run
+from .scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
 
 def _detached(inp):
@@ -82,8 +82,9 @@ def test_mamba_ssm_backend_needs_the_package():
         selective_scan_fn(**inp, backend="mamba_ssm")
 
 
-def test_forced_triton_on_cpu_tensors_matches_reference():
-    inp = _detached(make_inputs(1, 3, 5, 11, seed=3))
+def test_forced_triton_matches_reference():
+    """backend="triton" on CPU tensors (under the interpreter) or CUDA ones (on a GPU)."""
+    inp = _detached(make_inputs(1, 3, 5, 11, seed=3, device=TRITON_DEVICE))
     inp = {**inp, "B": inp["B"].transpose(1, 2).contiguous().transpose(1, 2)}  # non-contiguous
     y = selective_scan_fn(**inp, delta_softplus=True, backend="triton")
     assert rel_err(y, selective_scan_ref(**inp, delta_softplus=True)) < 1e-5

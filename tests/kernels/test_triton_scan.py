@@ -7,7 +7,7 @@ import triton
 from compressmamba.kernels import selective_scan_fn
 from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
 
-from .scan_utils import make_inputs, reference, rel_err, run
+from .scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
 # (N, L, batch, dim, flags). The interpreter is slow: every N and L appears and every flag is on
 # and off somewhere, not the full cross-product. chunk=16 so L=63/64/300 span several chunks.
@@ -38,7 +38,7 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", nan_empty)
 
 
-def _check(n, l, b, d, flags, chunk, device="cpu", seed=0):
+def _check(n, l, b, d, flags, chunk, device=TRITON_DEVICE, seed=0):
     flags = dict(flags)
     softplus, last, groups = flags.pop("softplus"), flags.pop("last"), flags.pop("groups")
     inp = make_inputs(b, d, n, l, groups=groups, **flags, seed=seed)
@@ -60,7 +60,7 @@ def test_triton_scan_matches_float64_reference(n, l, b, d, flags):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_low_precision_and_dispatch_by_name(dtype):
-    inp = make_inputs(1, 4, 5, 20, groups=2, dtype=dtype, seed=9)
+    inp = make_inputs(1, 4, 5, 20, groups=2, dtype=dtype, seed=9, device=TRITON_DEVICE)
     y, h, g = run(lambda **kw: selective_scan_fn(**kw, backend="triton"), inp, True, True)
     y64, h64, g64 = reference(inp, True, True)
     assert y.dtype == dtype and h.dtype == torch.float32
@@ -70,7 +70,7 @@ def test_triton_low_precision_and_dispatch_by_name(dtype):
 
 
 def test_chunk_size_does_not_change_the_result():
-    inp = make_inputs(1, 2, 5, 37, seed=3)
+    inp = make_inputs(1, 2, 5, 37, seed=3, device=TRITON_DEVICE)
     y1, h1, g1 = run(selective_scan_triton, inp, True, True, chunk=37)
     y2, h2, g2 = run(selective_scan_triton, inp, True, True, chunk=5)
     assert rel_err(y1, y2) < 1e-6 and rel_err(h1, h2) < 1e-6
@@ -121,7 +121,7 @@ def test_block_and_config_choice():
 def test_deterministic_mode_sums_partials_in_order():
     """With torch.use_deterministic_algorithms(True) dB and dC come from per-block partials
     instead of atomics: same values, bitwise repeatable."""
-    inp = make_inputs(2, 8, 13, 21, groups=2, seed=4)
+    inp = make_inputs(2, 8, 13, 21, groups=2, seed=4, device=TRITON_DEVICE)
     _, _, g_atomic = run(selective_scan_triton, inp, True, False, chunk=8)
     torch.use_deterministic_algorithms(True)
     try:
@@ -138,7 +138,7 @@ def test_deterministic_mode_sums_partials_in_order():
 @pytest.mark.usefixtures("poison_empty")
 def test_inference_forward_skips_checkpoints_same_result():
     """Without autograd the forward writes no chunk states; y and the last state are unchanged."""
-    inp = make_inputs(1, 4, 13, 40, seed=6)
+    inp = make_inputs(1, 4, 13, 40, seed=6, device=TRITON_DEVICE)
     y, h = selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, chunk=8)
     with torch.no_grad():
         y0, h0 = selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, chunk=8)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything issue 3 needs from a GPU, in one command (one device call: few, full calls cost less
+# than many small ones). Run from the repository root on a machine with an NVIDIA GPU:
+#
+#     OUT=gpu_out bash eval/gpu_session.sh            # logs and tables land in $OUT
+#
+# Installs compressmamba without dependencies (the device image already has torch, triton,
+# transformers, accelerate, pytest, pyyaml, tqdm; no internet), then: the kernel tests natively
+# (TRITON_INTERPRET=0), the scan/conv benchmark in fp32 and bf16 with the target checks, and the
+# whole-model benchmark. Each step has its own time limit so one slow step cannot eat the rest.
+# Copy the tables into docs/benchmarks.md with the device line from $OUT/device.txt.
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYTHONWARNINGS=ignore
+PY=${PYTHON:-python3}
+
+$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    $PY -c "import sys, torch, triton, transformers; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)"
+    git log -1 --format='commit %h %s' 2>/dev/null
+} | tee "$OUT/device.txt"
+
+step() {  # step NAME SECONDS CMD...: run CMD with a limit, tee its output to $OUT/NAME
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name"
+}
+
+step tests_kernels.log 300 $PY -m pytest -q -p no:cacheprovider tests/kernels
+step bench_scan_fp32.md 300 $PY -m compressmamba.eval.bench_scan --dtype fp32
+step bench_scan_bf16.md 240 $PY -m compressmamba.eval.bench_scan --dtype bf16
+# transformers' torch path keeps every step's (batch, 1536, N) state for its backward: at batch 8,
+# L 2048, N 128 that is ~77 GB over 24 layers, so the model comparison runs at batch 4, L 1024
+step bench_model.md 300 $PY -m compressmamba.eval.bench_model --device cuda --batch 4 --seqlen 1024 \
+    --d-model 768 --layers 24 --states 128,16 --gen-tokens 64
