@@ -18,6 +18,8 @@ A second table times the causal depthwise conv1d (width 4, SiLU) per backend.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import time
 
 import torch
@@ -67,27 +69,35 @@ def copy_bandwidth(device, reps=5) -> float:
     return 2 * x.numel() * 4 / t / 1e9
 
 
-def bench(args):
-    backends = ["cpu"] if args.device == "cpu" else ["triton", "cpu"]
-    try:
-        import mamba_ssm  # noqa: F401
+def _variants(args):
+    """(label, scan function) per backend; the Triton kernel once per ``--chunks`` value, labelled
+    plain "triton" at its default chunk."""
+    variants = []
+    if args.device.startswith("cuda"):
+        from compressmamba.kernels.selective_scan.scan import CHUNK, selective_scan_triton
 
-        if args.device.startswith("cuda"):
-            backends.append("mamba_ssm")
-    except ImportError:
-        pass
+        for c in args.chunks or [CHUNK]:
+            label = "triton" if c == CHUNK else f"triton c={c}"
+            variants.append((label, functools.partial(selective_scan_triton, chunk=c)))
+    variants.append(("cpu", functools.partial(selective_scan_fn, backend="cpu")))
+    if args.device.startswith("cuda") and importlib.util.find_spec("mamba_ssm") is not None:
+        variants.append(("mamba_ssm", functools.partial(selective_scan_fn, backend="mamba_ssm")))
+    return variants
+
+
+def bench(args):
     dtype = DTYPES[args.dtype]
     b, d, l = args.batch, args.dim, args.seqlen
     rows = []
-    for backend in backends:
+    for backend, scan in _variants(args):
         base = None
         for n in args.states:
             inp = _inputs(b, d, n, l, args.device, dtype)
-            fwd = lambda inp=inp, backend=backend: selective_scan_fn(**inp, delta_softplus=True, backend=backend)
+            fwd = lambda inp=inp, scan=scan: scan(**inp, delta_softplus=True)  # noqa: E731
             grads = {k: v.requires_grad_() for k, v in inp.items() if k in ("u", "delta", "A", "B", "C", "D", "z")}
 
-            def fwd_bwd(inp=inp, grads=grads, backend=backend):
-                y = selective_scan_fn(**inp, delta_softplus=True, backend=backend)
+            def fwd_bwd(inp=inp, grads=grads, scan=scan):
+                y = scan(**inp, delta_softplus=True)
                 torch.autograd.grad(y.float().sum(), list(grads.values()))
 
             try:
@@ -178,6 +188,12 @@ def main(argv=None):
     p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16, 32, 64, 128])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--chunks",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="CUDA: time the Triton scan at each of these chunk lengths (steps between stored states)",
+    )
     p.add_argument("--conv-only", action="store_true", help="only the causal conv1d table")
     p.add_argument("--no-conv", action="store_true", help="skip the causal conv1d table")
     args = p.parse_args(argv)

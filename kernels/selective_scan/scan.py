@@ -36,9 +36,9 @@ from ..limits import check_int32_indexing
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
-MAX_TILE = (
-    1024  # BLOCK_D * BLOCK_N: beyond it the backward spills registers (python -m compressmamba.eval.kernel_report)
-)
+CHUNK = 64  # steps between the states the forward stores for the backward (bench_scan --chunks times others)
+# BLOCK_D * BLOCK_N at most: beyond it the backward spills (python -m compressmamba.eval.kernel_report)
+MAX_TILE = 1024
 
 
 def _configs():
@@ -481,7 +481,7 @@ def selective_scan_triton(
     delta_bias=None,
     delta_softplus=False,
     return_last_state=False,
-    chunk: int = 64,
+    chunk: int = CHUNK,
 ):
     """Selective scan in Triton, mamba-ssm's signature; forward and backward.
 
@@ -515,4 +515,4 @@ def selective_scan_triton(
     return (y, last) if return_last_state else y
 
 
-__all__ = ["MAX_N", "selective_scan_triton"]
+__all__ = ["CHUNK", "MAX_N", "selective_scan_triton"]
