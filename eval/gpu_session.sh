@@ -7,8 +7,8 @@
 # Installs compressmamba without dependencies (the device image already has torch, triton,
 # transformers, accelerate, pytest, pyyaml, tqdm; no internet), then: the kernel tests natively
 # (TRITON_INTERPRET=0), the scan/conv benchmark in fp32 (the Triton scan at chunk 16, 32, 64) and
-# bf16 with the target checks, and the
-# whole-model benchmark. Each step has its own time limit so one slow step cannot eat the rest.
+# bf16 with the target checks, and the whole-model benchmark. Each step has its own time limit so
+# one slow step cannot eat the rest.
 # Copy the tables into docs/benchmarks.md with the device line from $OUT/device.txt.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
