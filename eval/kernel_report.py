@@ -96,12 +96,38 @@ def compile_report(fn: JITFunction, constexprs: dict, arch: int, num_warps: int,
         if res.returncode:
             raise RuntimeError(f"ptxas failed ({res.returncode}): {res.stderr.strip()[:500]}")
         log = res.stderr
+        sass = subprocess.run(
+            [str(_ptxas().parent / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True, text=True
+        ).stdout
     num = lambda pat: int(m.group(1)) if (m := re.search(pat, log)) else 0  # noqa: E731
     return dict(
         registers=num(r"Used (\d+) registers"),
         spill_stores=num(r"(\d+) bytes spill stores"),
         spill_loads=num(r"(\d+) bytes spill loads"),
         shared=compiled.metadata.shared,
+        **loop_stats(sass),
+    )
+
+
+def loop_stats(sass: str) -> dict:
+    """The innermost hot loop of a kernel's SASS: the longest span closed by a backward branch.
+    Its instruction count bounds the issue cost of one step (per thread); barriers (BAR) in it
+    mean a per-step layout conversion through shared memory."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    best = None
+    for addr, text in ins:
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
+            if best is None or len(body) > len(best):
+                best = body
+    if best is None:
+        return dict(loop_instructions=0, loop_barriers=0, loop_mufu=0)
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in best]
+    return dict(
+        loop_instructions=len(best),
+        loop_barriers=sum(op.startswith("BAR") for op in ops),
+        loop_mufu=sum(op.startswith("MUFU") for op in ops),
     )
 
 
@@ -114,8 +140,11 @@ def main(argv=None):
     p.add_argument("--launcher", action="store_true", help="only the warps the launchers use without autotuning")
     args = p.parse_args(argv)
     print(f"Triton {triton.__version__}, sm_{args.arch}, inputs {args.dtype} (dim 1536 for BLOCK_D)")
-    print("| kernel | tile | warps | registers | spill stores B | spill loads B | shared B |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| kernel | tile | warps | registers | spill stores B | spill loads B | shared B "
+        "| loop instr | instr per element-step | loop MUFU | loop barriers |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for label, fn, constexprs in kernel_specs(args.states, args.dtype):
         tile = "x".join(str(constexprs[k]) for k in ("BLOCK_D", "BLOCK_N", "BLOCK_L") if k in constexprs)
@@ -123,7 +152,12 @@ def main(argv=None):
             r = compile_report(fn, constexprs, args.arch, w, args.dtype)
             rows.append((label, w, r))
             cells = f"{r['registers']} | {r['spill_stores']} | {r['spill_loads']} | {r['shared']}"
-            print(f"| {label} | {tile} | {w} | {cells} |", flush=True)
+            loop = "— | — | — | —"
+            if r["loop_instructions"] and "BLOCK_N" in constexprs:  # the scan kernels: one step per iteration
+                per_thread = max(1, constexprs["BLOCK_D"] * constexprs["BLOCK_N"] // (32 * w))
+                per_el = r["loop_instructions"] / per_thread
+                loop = f"{r['loop_instructions']} | {per_el:.0f} | {r['loop_mufu']} | {r['loop_barriers']}"
+            print(f"| {label} | {tile} | {w} | {cells} | {loop} |", flush=True)
     return rows
 
 
