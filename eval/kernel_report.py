@@ -1,6 +1,12 @@
 """Compile every Triton kernel for an NVIDIA architecture without a GPU and report what ptxas
-says of it: registers per thread, spill bytes, shared memory. Spills or a register count that
-caps occupancy show up here before anyone times the kernels on a device.
+says of it: registers per thread, spill bytes, shared memory, and the instructions of the hot
+loop. Spills, a register count that caps occupancy, or per-step layout conversions show up here
+before anyone times the kernels on a device.
+
+Each kernel is compiled exactly as a real launch would compile it: the public op runs on
+``meta`` tensors of the Mamba-130m layer shape (batch 8, dim 1536, L 2048) with the Triton kernel
+replaced by a recorder, and the recorded arguments go through Triton's own specialisation
+(16-byte-aligned pointers, integers equal to 1 or divisible by 16) before compilation.
 
     python -m compressmamba.eval.kernel_report                    # sm_90 (H100), N 4..128
     python -m compressmamba.eval.kernel_report --arch 80 --states 16,128 --warps 4
@@ -23,14 +29,13 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise RuntimeError("kernel_report compiles for a GPU: run it with TRITON_INTERPRET unset or 0")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from compressmamba.kernels.conv1d import kernel as conv  # noqa: E402
 from compressmamba.kernels.selective_scan import scan, step  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
-
-FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
 
 
 def _jit(fn):
@@ -47,46 +52,90 @@ def _ptxas() -> Path:
     return newest if newest.exists() else bin_dir / "ptxas"
 
 
-def kernel_specs(states, dtype="fp32"):
-    """(label, JITFunction, constexprs) for every kernel at every N (conv: width 4), at the block
-    the launcher picks without autotuning (``scan.block_d``) for Mamba-130m's width."""
-    for n in states:
-        bd, bn = scan.block_d(n, 1536), triton.next_power_of_2(n)
-        tile = dict(FLAGS, BLOCK_D=bd, BLOCK_N=bn)
-        yield f"scan fwd N={n}", _jit(scan._fwd_kernel), dict(tile, CHUNK=64, STORE_CHUNKS=True)
-        yield f"scan bwd N={n}", _jit(scan._bwd_kernel), dict(tile, CHUNK=64, HAS_DLAST=False, ATOMIC_BC=True)
-        yield f"decode step N={n}", _jit(step._step_kernel), tile
-    conv_flags = dict(W=4, HAS_BIAS=True, SILU=True, BLOCK_D=conv.BLOCK_D, BLOCK_L=conv.BLOCK_L)
-    yield "conv1d fwd W=4", _jit(conv._conv_fwd_kernel), conv_flags
-    yield "conv1d bwd W=4", _jit(conv._conv_bwd_kernel), conv_flags
+class _Recorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = _jit(fn), []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
 
 
-def launcher_warps(label: str, constexprs: dict) -> int:
-    """The warps a launcher uses where it does not autotune (deterministic backward, decode step,
-    conv with one config)."""
+def recorded_launches(n: int, dtype=torch.float32, b: int = 8, d: int = 1536, L: int = 2048):
+    """(label, JITFunction, args, kwargs) of every kernel launch for one Mamba layer of state size
+    n: scan forward and backward, decode step, conv1d forward and backward (width 4, on the
+    strided half of the transposed in_proj output, as the model calls it). The launchers pick
+    the block as they do without autotuning; the warps are the caller's."""
+    targets = [(scan, "_fwd_kernel"), (scan, "_bwd_kernel"), (step, "_step_kernel")]
+    targets += [(conv, "_conv_fwd_kernel"), (conv, "_conv_bwd_kernel")]
+    saved = {(m, name): getattr(m, name) for m, name in targets}
+    saved_interpret = scan._INTERPRET
+    recorders = {name: _Recorder(getattr(m, name)) for m, name in targets}
+    try:
+        for m, name in targets:
+            setattr(m, name, recorders[name])
+        scan._INTERPRET = True  # the launcher's own block choice instead of the autotuner
+        conv._conv_fwd_kernel = recorders["_conv_fwd_kernel"]
+        meta = lambda *shape: torch.empty(*shape, device="meta", dtype=dtype).requires_grad_()  # noqa: E731
+        u, dt, z = meta(b, d, L), meta(b, d, L), meta(b, d, L)
+        A, B, C = meta(d, n).float(), meta(b, n, L), meta(b, n, L)
+        D, bias = meta(d).float(), meta(d).float()
+        y = scan.selective_scan_triton(u, dt, A, B, C, D, z, bias, True)
+        torch.autograd.grad(y.float().sum(), (u, dt, A, B, C, D, z, bias))
+        state = torch.empty(b, d, n, device="meta")
+        step.selective_state_update_triton(
+            state, u[..., 0], dt[..., 0], A, B[..., 0], C[..., 0], D, z[..., 0], bias, True
+        )
+        xz = torch.empty(b, L, 2 * d, device="meta", dtype=dtype).transpose(1, 2)
+        x = xz[:, :d].requires_grad_()
+        w, wb = meta(d, 4), meta(d)
+        out = conv.causal_conv1d_triton(x, w, wb, silu=True)
+        torch.autograd.grad(out.float().sum(), (x, w, wb))
+    finally:
+        for (m, name), fn in saved.items():
+            setattr(m, name, fn)
+        scan._INTERPRET = saved_interpret
+    labels = {
+        "_fwd_kernel": f"scan fwd N={n}",
+        "_bwd_kernel": f"scan bwd N={n}",
+        "_step_kernel": f"decode step N={n}",
+        "_conv_fwd_kernel": "conv1d fwd W=4",
+        "_conv_bwd_kernel": "conv1d bwd W=4",
+    }
+    return [(labels[name], rec.fn, *rec.calls[0]) for name, rec in recorders.items()]
+
+
+def launcher_warps(label: str, kwargs: dict) -> int:
+    """The warps a launcher uses where it does not autotune (deterministic backward, decode step);
+    the conv kernels autotune over 4 and 8 warps, 4 is reported."""
     if label.startswith("conv1d"):
         return 4
-    return scan.fixed_warps(constexprs["BLOCK_D"], constexprs["BLOCK_N"])
+    return scan.fixed_warps(kwargs["BLOCK_D"], kwargs["BLOCK_N"])
 
 
-def _signature(fn: JITFunction, constexprs: dict, dtype: str) -> dict:
-    """Pointers of the input dtype for u/x/z/B/C-like data, fp32 for the rest, i32 scalars."""
-    data = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "x_ptr", "dy_ptr", "dout_ptr"}
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = f"*{dtype}" if name in data else "*fp32"
-        else:
-            sig[name] = "i32"
-    return sig
+def _compile(fn: JITFunction, args: tuple, kwargs: dict, arch: int):
+    """Compile as a launch would: Triton's binder specialises the arguments (alignment,
+    divisibility by 16, integers equal to 1), then the source is compiled for ``arch``."""
+    target = GPUTarget("cuda", arch, 32)
+    try:
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError as e:
+        raise RuntimeError(
+            f"kernel_report uses Triton's launch internals, not found in Triton {triton.__version__}"
+        ) from e
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def compile_report(fn: JITFunction, constexprs: dict, arch: int, num_warps: int, dtype: str = "fp32") -> dict:
-    """Compile to PTX with Triton, assemble with ptxas -v, return registers/spills/shared bytes."""
-    src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype), constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+def compile_report(fn: JITFunction, args: tuple, kwargs: dict, arch: int) -> dict:
+    """Compile (see ``_compile``), assemble with ptxas -v; registers, spills, shared bytes and
+    the hot loop's instruction statistics."""
+    compiled = _compile(fn, args, kwargs, arch)
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "k.ptx"
         ptx.write_text(compiled.asm["ptx"])
@@ -110,24 +159,36 @@ def compile_report(fn: JITFunction, constexprs: dict, arch: int, num_warps: int,
 
 
 def loop_stats(sass: str) -> dict:
-    """The innermost hot loop of a kernel's SASS: the longest span closed by a backward branch.
-    Its instruction count bounds the issue cost of one step (per thread); barriers (BAR) in it
-    mean a per-step layout conversion through shared memory."""
+    """The hot loop of a kernel's SASS: the longest loop (a span closed by a backward branch)
+    that contains no other loop. Reports its
+    instructions, those a step always issues (outside the blocks a predicated forward branch can
+    skip, such as a flush every 16 steps), and the MUFU and barrier (BAR: a layout conversion
+    through shared memory) instructions a step always issues."""
     ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    best = None
+    loops = []  # (start, end) of every backward branch
     for addr, text in ins:
         m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) < addr:
-            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            if best is None or len(body) > len(best):
-                best = body
+            loops.append((int(m.group(1), 16), addr))
+    innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    best = None
+    for a, b in innermost:  # the longest loop that holds no other loop
+        body = [(x, t) for x, t in ins if a <= x <= b]
+        if best is None or len(body) > len(best):
+            best = body
     if best is None:
-        return dict(loop_instructions=0, loop_barriers=0, loop_mufu=0)
-    ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in best]
+        return dict(loop_instructions=0, step_instructions=0, step_barriers=0, step_mufu=0)
+    skipped = set()
+    for addr, text in best:
+        m = re.search(r"^@!?U?P\w+\s+BRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) > addr:
+            skipped.update(a for a, _ in best if addr < a < int(m.group(1), 16))
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for a, t in best if a not in skipped]
     return dict(
         loop_instructions=len(best),
-        loop_barriers=sum(op.startswith("BAR") for op in ops),
-        loop_mufu=sum(op.startswith("MUFU") for op in ops),
+        step_instructions=len(ops),
+        step_barriers=sum(op.startswith("BAR") for op in ops),
+        step_mufu=sum(op.startswith("MUFU") for op in ops),
     )
 
 
@@ -142,21 +203,28 @@ def main(argv=None):
     print(f"Triton {triton.__version__}, sm_{args.arch}, inputs {args.dtype} (dim 1536 for BLOCK_D)")
     print(
         "| kernel | tile | warps | registers | spill stores B | spill loads B | shared B "
-        "| loop instr | instr per element-step | loop MUFU | loop barriers |"
+        "| loop instr | every-step instr | per element-step | MUFU per step | barriers per step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for label, fn, constexprs in kernel_specs(args.states, args.dtype):
-        tile = "x".join(str(constexprs[k]) for k in ("BLOCK_D", "BLOCK_N", "BLOCK_L") if k in constexprs)
-        for w in [launcher_warps(label, constexprs)] if args.launcher else args.warps:
-            r = compile_report(fn, constexprs, args.arch, w, args.dtype)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    launches = [launch for n in args.states for launch in recorded_launches(n, dtype)]
+    seen = set()
+    for label, fn, call_args, call_kwargs in launches:
+        if label in seen:  # the conv kernels do not depend on N
+            continue
+        seen.add(label)
+        tile = "x".join(str(call_kwargs[k]) for k in ("BLOCK_D", "BLOCK_N", "BLOCK_L") if k in call_kwargs)
+        for w in [launcher_warps(label, call_kwargs)] if args.launcher else args.warps:
+            r = compile_report(fn, call_args, dict(call_kwargs, num_warps=w), args.arch)
             rows.append((label, w, r))
             cells = f"{r['registers']} | {r['spill_stores']} | {r['spill_loads']} | {r['shared']}"
-            loop = "— | — | — | —"
-            if r["loop_instructions"] and "BLOCK_N" in constexprs:  # the scan kernels: one step per iteration
-                per_thread = max(1, constexprs["BLOCK_D"] * constexprs["BLOCK_N"] // (32 * w))
-                per_el = r["loop_instructions"] / per_thread
-                loop = f"{r['loop_instructions']} | {per_el:.0f} | {r['loop_mufu']} | {r['loop_barriers']}"
+            loop = "— | — | — | — | —"
+            if r["loop_instructions"] and "BLOCK_N" in call_kwargs:  # the scan kernels: one step per iteration
+                per_thread = max(1, call_kwargs["BLOCK_D"] * call_kwargs["BLOCK_N"] // (32 * w))
+                per_el = r["step_instructions"] / per_thread
+                loop = f"{r['loop_instructions']} | {r['step_instructions']} | {per_el:.0f} | "
+                loop += f"{r['step_mufu']} | {r['step_barriers']}"
             print(f"| {label} | {tile} | {w} | {cells} | {loop} |", flush=True)
     return rows
 
