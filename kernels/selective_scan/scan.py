@@ -9,8 +9,11 @@ chunks in reverse, recomputes the chunk's states from its entering state into a 
 scratch buffer, and runs the adjoint recurrence backwards. Memory: b·d·n·L/CHUNK for the chunk
 states plus b·d·n·CHUNK of scratch, never b·d·n·L.
 
-Gradients of B, C (shared by the channels of a group) are accumulated with fp32 atomics into
-(b, groups, n, L), as mamba-ssm does; under ``torch.use_deterministic_algorithms(True)`` they are
+The backward collects each step's per-channel outputs (du, ddelta, dz) and per-state ones (dB, dC)
+in register buffers of SUB steps and writes them every SUB steps, coalesced along L: one layout
+conversion per SUB steps instead of several per step (``eval/kernel_report.py`` counts the
+barriers). Gradients of B, C (shared by the channels of a group) are accumulated with fp32
+atomics into (b, groups, n, L), as mamba-ssm does; under ``torch.use_deterministic_algorithms(True)`` they are
 written as one partial per channel block and summed in a fixed order instead. Those of A, D and
 delta_bias (shared by the batch) are per-batch-row partials summed afterwards.
 
@@ -218,6 +221,7 @@ def _bwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
+    SUB: tl.constexpr = 16,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -253,6 +257,13 @@ def _bwd_kernel(
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sub_cols = tl.arange(0, SUB)[None, :]
+    sub_rows = tl.arange(0, SUB)[:, None]
+    b_du = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+    b_ddt = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+    b_dz = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+    b_dB = tl.zeros((SUB, BLOCK_N), dtype=tl.float32)
+    b_dC = tl.zeros((SUB, BLOCK_N), dtype=tl.float32)
     for cc in range(0, n_chunks):
         c = n_chunks - 1 - cc
         t0 = c * CHUNK
@@ -296,7 +307,7 @@ def _bwd_kernel(
             if HAS_Z:
                 sig = tl.sigmoid(zz)
                 y_pre = tl.sum(h_t * Ct[None, :], axis=1) + Dv * u
-                tl.store(dz_ptr + row + t, dy * y_pre * sig * (1.0 + zz * (1.0 - sig)), mask=md)
+                dz = dy * y_pre * sig * (1.0 + zz * (1.0 - sig))
                 dy = dy * zz * sig
             # y_t = <h_t, C_t> + D u_t
             G += dy[:, None] * Ct[None, :]
@@ -306,21 +317,37 @@ def _bwd_kernel(
             ga = G * h_prev * a  # adjoint of (dt·A)
             gb = tl.sum(G * Bt[None, :], axis=1)
             ddt = tl.sum(ga * A, axis=1) + u * gb
-            dC_t = tl.sum(dy[:, None] * h_t, axis=0)
-            dB_t = tl.sum(G * (dt * u)[:, None], axis=0)
-            if ATOMIC_BC:
-                tl.atomic_add(dC_ptr + bc + t, dC_t, mask=mn)
-                tl.atomic_add(dB_ptr + bc + t, dB_t, mask=mn)
-            else:
-                tl.store(dC_ptr + bc + t, dC_t, mask=mn)
-                tl.store(dB_ptr + bc + t, dB_t, mask=mn)
             dA_acc += ga * dt[:, None]
-            G = G * a
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(raw + bias)
-            dbias_acc += ddt
-            tl.store(du_ptr + row + t, dy * Dv + dt * gb, mask=md)
-            tl.store(ddt_ptr + row + t, ddt, mask=md)
+            # this step's outputs go into column j of register buffers, written every SUB steps
+            # (coalesced along L, one layout conversion per SUB steps instead of several per step)
+            j = (t - t0) % SUB
+            at_j = sub_cols == j
+            b_du = tl.where(at_j, (dy * Dv + dt * gb)[:, None], b_du)
+            b_ddt = tl.where(at_j, ddt[:, None], b_ddt)
+            if HAS_Z:
+                b_dz = tl.where(at_j, dz[:, None], b_dz)
+            at_j = sub_rows == j
+            b_dC = tl.where(at_j, tl.sum(dy[:, None] * h_t, axis=0)[None, :], b_dC)
+            b_dB = tl.where(at_j, tl.sum(G * (dt * u)[:, None], axis=0)[None, :], b_dB)
+            G = G * a
+            if j == 0:  # the buffers hold steps t .. t + SUB - 1 (those below t1)
+                ts = t + sub_cols
+                m_out = md[:, None] & (ts < t1)
+                tl.store(du_ptr + row[:, None] + ts, b_du, mask=m_out)
+                tl.store(ddt_ptr + row[:, None] + ts, b_ddt, mask=m_out)
+                if HAS_Z:
+                    tl.store(dz_ptr + row[:, None] + ts, b_dz, mask=m_out)
+                dbias_acc += tl.sum(tl.where(m_out, b_ddt, 0.0), axis=1)
+                tsr = t + sub_rows
+                m_bc = (tsr < t1) & mn[None, :]
+                if ATOMIC_BC:
+                    tl.atomic_add(dC_ptr + bc[None, :] + tsr, b_dC, mask=m_bc)
+                    tl.atomic_add(dB_ptr + bc[None, :] + tsr, b_dB, mask=m_bc)
+                else:
+                    tl.store(dC_ptr + bc[None, :] + tsr, b_dC, mask=m_bc)
+                    tl.store(dB_ptr + bc[None, :] + tsr, b_dB, mask=m_bc)
             h_t = h_prev
             u, raw, Bt, Ct, zz = nxt
             dy = n_dy
