@@ -79,19 +79,19 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t, lo, L, s_ul, s_bl, s_cl, md, mn, HAS_Z: tl.constexpr):
-    """Step t's inputs (u, raw delta, B_t, C_t, z) in fp32; zeros outside lo <= t < L."""
+def _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t, lo, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z: tl.constexpr):
+    """Step t's inputs (u, raw delta, B_t, C_t, z) in fp32; zeros outside lo <= t < L. u_p, dt_p,
+    z_p point at step 0 of this program's channels; u, delta and z may have different strides."""
     ok = (t >= lo) & (t < L)
     # tl.where, not md & ok: the interpreter turns a tensor & scalar of bools into int32 data
     mdt, mnt = tl.where(ok, md, False), tl.where(ok, mn, False)
-    o = uo + t * s_ul
-    u = tl.load(u_ptr + o, mask=mdt, other=0.0).to(tl.float32)
-    raw = tl.load(dt_ptr + o, mask=mdt, other=0.0).to(tl.float32)
+    u = tl.load(u_p + t * s_ul, mask=mdt, other=0.0).to(tl.float32)
+    raw = tl.load(dt_p + t * s_tl, mask=mdt, other=0.0).to(tl.float32)
     Bt = tl.load(b_ptrs + t * s_bl, mask=mnt, other=0.0).to(tl.float32)
     Ct = tl.load(c_ptrs + t * s_cl, mask=mnt, other=0.0).to(tl.float32)
     zz = u
     if HAS_Z:
-        zz = tl.load(z_ptr + o, mask=mdt, other=0.0).to(tl.float32)
+        zz = tl.load(z_p + t * s_zl, mask=mdt, other=0.0).to(tl.float32)
     return u, raw, Bt, Ct, zz
 
 
@@ -115,6 +115,12 @@ def _fwd_kernel(
     s_ub,
     s_ud,
     s_ul,
+    s_tb,
+    s_td,
+    s_tl,
+    s_zb,
+    s_zd,
+    s_zl,
     s_bb,
     s_bg,
     s_bn,
@@ -149,17 +155,21 @@ def _fwd_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     hck_base = hck_ptr + pid_b * tl.cdiv(L, CHUNK) * d * n + dn
-    uo = pid_b * s_ub + offs_d * s_ud
+    u_p = u_ptr + pid_b * s_ub + offs_d * s_ud
+    dt_p = dt_ptr + pid_b * s_tb + offs_d * s_td
+    z_p = z_ptr + pid_b * s_zb + offs_d * s_zd
     b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
     c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
     y_base = y_ptr + (pid_b * d + offs_d) * L
-    u, raw, Bt, Ct, zz = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, 0, 0, L, s_ul, s_bl, s_cl, md, mn, HAS_Z)
+    u, raw, Bt, Ct, zz = _load_step(
+        u_p, dt_p, z_p, b_ptrs, c_ptrs, 0, 0, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z
+    )
     for t in range(0, L):
         if STORE_CHUNKS:
             if t % CHUNK == 0:
                 tl.store(hck_base + (t // CHUNK) * d * n, h, mask=mdn)
         # issue step t+1's loads now so their latency overlaps this step's arithmetic
-        nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t + 1, 0, L, s_ul, s_bl, s_cl, md, mn, HAS_Z)
+        nxt = _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t + 1, 0, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z)
         dt = raw + bias
         if SOFTPLUS:
             dt = _softplus(dt)
@@ -204,6 +214,12 @@ def _bwd_kernel(
     s_ub,
     s_ud,
     s_ul,
+    s_tb,
+    s_td,
+    s_tl,
+    s_zb,
+    s_zd,
+    s_zl,
     s_bb,
     s_bg,
     s_bn,
@@ -243,7 +259,9 @@ def _bwd_kernel(
     n_chunks = tl.cdiv(L, CHUNK)
     hck_base = hck_ptr + pid_b * n_chunks * d * n + dn
     scr_base = scratch_ptr + pid_b * CHUNK * d * n + dn
-    uo = pid_b * s_ub + offs_d * s_ud
+    u_p = u_ptr + pid_b * s_ub + offs_d * s_ud
+    dt_p = dt_ptr + pid_b * s_tb + offs_d * s_td
+    z_p = z_ptr + pid_b * s_zb + offs_d * s_zd
     b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
     c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
     row = (pid_b * d + offs_d) * L  # rows of dy, du, ddt, dz (contiguous (b, d, L))
@@ -271,10 +289,10 @@ def _bwd_kernel(
         # recompute the chunk's states h_t (t0 <= t < t1) from the state entering it
         h = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
         u, raw, Bt, Ct, zz = _load_step(
-            u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t0, t0, t1, s_ul, s_bl, s_cl, md, mn, False
+            u_p, dt_p, z_p, b_ptrs, c_ptrs, t0, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, False
         )
         for t in range(t0, t1):
-            nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t + 1, t0, t1, s_ul, s_bl, s_cl, md, mn, False)
+            nxt = _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t + 1, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, False)
             dt = raw + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
@@ -286,7 +304,7 @@ def _bwd_kernel(
         h_t = h
         t = t1 - 1
         u, raw, Bt, Ct, zz = _load_step(
-            u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t, t0, t1, s_ul, s_bl, s_cl, md, mn, HAS_Z
+            u_p, dt_p, z_p, b_ptrs, c_ptrs, t, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z
         )
         dy = tl.load(dy_ptr + row + t, mask=md, other=0.0).to(tl.float32)
         if t > t0:
@@ -295,7 +313,7 @@ def _bwd_kernel(
             h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
         for tt in range(t0, t1):
             t = t0 + t1 - 1 - tt
-            nxt = _load_step(u_ptr, dt_ptr, z_ptr, uo, b_ptrs, c_ptrs, t - 1, t0, t1, s_ul, s_bl, s_cl, md, mn, HAS_Z)
+            nxt = _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t - 1, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z)
             n_dy = tl.load(dy_ptr + row + t - 1, mask=tl.where(t - 1 >= t0, md, False), other=0.0).to(tl.float32)
             if t - 1 > t0:
                 n_h_prev = tl.load(scr_base + (t - 2 - t0) * d * n, mask=mdn, other=0.0)
@@ -418,7 +436,7 @@ def _launch_fwd(u, dt, A, B, C, D, z, bias, softplus, chunk, store_chunks):
     hck = torch.empty(b, n_ck, d, n, device=u.device, dtype=torch.float32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
     args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), y, hck if store_chunks else last, last, L, d, n, cpg)
-    args += (*u.stride(), *Bn.stride(), *Cn.stride())
+    args += (*u.stride(), *dt.stride(), *(z if z is not None else u).stride(), *Bn.stride(), *Cn.stride())
     flags = dict(_flags(D, z, bias, softplus, n, chunk), STORE_CHUNKS=store_chunks)
     _launch(_fwd_tuned, _fwd_kernel, lambda bd: (b, triton.cdiv(d, bd)), args, flags, n, cpg)
     return y, last, hck
@@ -446,7 +464,8 @@ def _launch_bwd(u, dt, A, B, C, D, z, bias, softplus, chunk, hck, dy, dlast):
     scratch = torch.empty(b, chunk, d, n, **f32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
     args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), dy, opt(dlast), hck, scratch, du, ddt, dz, dA, dB, dC, dD)
-    args += (dbias, L, d, n, cpg, g, *u.stride(), *Bn.stride(), *Cn.stride())
+    zs = (z if z is not None else u).stride()
+    args += (dbias, L, d, n, cpg, g, *u.stride(), *dt.stride(), *zs, *Bn.stride(), *Cn.stride())
     flags = dict(_flags(D, z, bias, softplus, n, chunk), HAS_DLAST=dlast is not None, ATOMIC_BC=not deterministic)
     grid_of = lambda bd: (b, triton.cdiv(d, bd))  # noqa: E731
     _launch(_bwd_tuned, _bwd_kernel, grid_of, args, flags, n, cpg, fixed_block=deterministic)
@@ -463,8 +482,9 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk, store_chunks):
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-        z = z.contiguous() if z is not None else None
+        # u, delta and z are read through their own strides (Mamba's delta and z are transposed
+        # views: copying them would move as many bytes as the scan itself); B, C are small
+        B, C = B.contiguous(), C.contiguous()
         A32 = A.float().contiguous()
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None

@@ -4,7 +4,7 @@ and on CUDA when a GPU is present (larger shapes, marked gpu)."""
 import pytest
 import torch
 import triton
-from compressmamba.kernels import selective_scan_fn
+from compressmamba.kernels import selective_scan_fn, selective_scan_ref
 from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
 
 from .scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
@@ -165,3 +165,38 @@ def test_autotuned_launch_path(monkeypatch):
     flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
     _check(5, 19, 2, 8, flags, chunk=8, seed=11)
     assert scan._fwd_tuned.best_config.kwargs["BLOCK_D"] == 2
+
+
+@pytest.mark.usefixtures("poison_empty")
+def test_strided_views_as_mamba_makes_them():
+    """u, delta and z read through their own strides, no copies: z is the second half of the
+    transposed in_proj output, delta a transposed projection, u a channel slice."""
+    b, d, n, l = 2, 6, 13, 37
+    g = torch.Generator().manual_seed(21)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    xz_t = r(b, l, 3 * d).to(TRITON_DEVICE, torch.float32).requires_grad_()
+    xz = xz_t.transpose(1, 2)  # (b, 3d, l), strides (3dl, 1, 3d)
+    leaves = {
+        "u": xz[:, :d],
+        "delta": (0.5 * r(b, l, d)).to(TRITON_DEVICE, torch.float32).transpose(1, 2),
+        "A": -torch.exp(0.5 * r(d, n)).to(TRITON_DEVICE, torch.float32),
+        "B": r(b, n, l).to(TRITON_DEVICE, torch.float32),
+        "C": r(b, n, l).to(TRITON_DEVICE, torch.float32),
+        "D": r(d).to(TRITON_DEVICE, torch.float32),
+        "z": xz[:, 2 * d :],
+        "delta_bias": (0.3 * r(d)).to(TRITON_DEVICE, torch.float32),
+    }
+    inp = {k: v if k in ("u", "z") else v.requires_grad_() for k, v in leaves.items()}
+    assert not any(inp[k].is_contiguous() for k in ("u", "delta", "z"))
+    y, h = selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, chunk=8)
+    inp64 = {k: v.detach().double().requires_grad_() for k, v in inp.items()}
+    y64, h64 = selective_scan_ref(**inp64, delta_softplus=True, return_last_state=True)
+    assert rel_err(y, y64) < FP32_FWD and rel_err(h, h64) < FP32_FWD
+    gy = torch.randn(y64.shape, generator=g, dtype=torch.float64).to(TRITON_DEVICE)
+    names = ["delta", "A", "B", "C", "D", "delta_bias"]
+    grads = torch.autograd.grad((y * gy.float()).sum(), [inp[k] for k in names] + [xz_t])
+    grads64 = torch.autograd.grad((y64 * gy).sum(), [inp64[k] for k in names + ["u", "z"]])
+    for k, a, c in zip(names, grads, grads64):
+        assert rel_err(a, c) < FP32_GRAD, k
+    g_xz = grads[-1].transpose(1, 2)
+    assert rel_err(g_xz[:, :d], grads64[-2]) < FP32_GRAD and rel_err(g_xz[:, 2 * d :], grads64[-1]) < FP32_GRAD
