@@ -64,8 +64,8 @@ class _Recorder:
 
 def recorded_launches(n: int, dtype=torch.float32, b: int = 8, d: int = 1536, L: int = 2048):
     """(label, JITFunction, args, kwargs) of every kernel launch for one Mamba layer of state size
-    n: scan forward and backward, decode step, conv1d forward and backward (width 4, on the
-    strided half of the transposed in_proj output, as the model calls it). The launchers pick
+    n, with the strides the model passes: scan forward and backward, decode step, conv1d forward
+    and backward (width 4, on the strided half of the transposed in_proj output). The launchers pick
     the block as they do without autotuning; the warps are the caller's."""
     targets = [(scan, "_fwd_kernel"), (scan, "_bwd_kernel"), (step, "_step_kernel")]
     targets += [(conv, "_conv_fwd_kernel"), (conv, "_conv_bwd_kernel")]
@@ -78,7 +78,11 @@ def recorded_launches(n: int, dtype=torch.float32, b: int = 8, d: int = 1536, L:
         scan._INTERPRET = True  # the launcher's own block choice instead of the autotuner
         conv._conv_fwd_kernel = recorders["_conv_fwd_kernel"]
         meta = lambda *shape: torch.empty(*shape, device="meta", dtype=dtype).requires_grad_()  # noqa: E731
-        u, dt, z = meta(b, d, L), meta(b, d, L), meta(b, d, L)
+        # as the model calls it: u the conv output (contiguous), delta a transposed projection,
+        # z the second half of the transposed in_proj output
+        u = meta(b, d, L)
+        dt = torch.empty(b, L, d, device="meta", dtype=dtype).transpose(1, 2).requires_grad_()
+        z = torch.empty(b, L, 2 * d, device="meta", dtype=dtype).transpose(1, 2)[:, d:].requires_grad_()
         A, B, C = meta(d, n).float(), meta(b, n, L), meta(b, n, L)
         D, bias = meta(d).float(), meta(d).float()
         y = scan.selective_scan_triton(u, dt, A, B, C, D, z, bias, True)

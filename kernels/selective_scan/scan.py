@@ -391,9 +391,9 @@ def block_d(n: int, chans_per_group: int) -> int:
 
 
 def fixed_warps(bd: int, n: int) -> int:
-    """Warps where the launcher picks the block: one per 128 tile elements, 2 to 8 (the backward
+    """Warps where the launcher picks the block: one per 64 tile elements, 2 to 8 (the backward
     compiles without spills at these on sm_90; tests/kernels/test_compile.py checks)."""
-    return min(8, max(2, bd * triton.next_power_of_2(n) // 128))
+    return min(8, max(2, bd * triton.next_power_of_2(n) // 64))
 
 
 def _norm_bc(X):
