@@ -14,6 +14,16 @@ def _shape_error(name, t, expected):
     raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
 
 
+def _check_devices_and_floats(tensors: dict) -> None:
+    """ValueError unless the given (non-None) tensors share one device and are floating point."""
+    devices = {k: t.device for k, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
+    for k, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+
+
 def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     """ValueError naming the argument, the shape found and the shape expected."""
     if u.dim() != 3:
@@ -39,12 +49,7 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         if v is not None and v.shape != (d,):
             _shape_error(name, v, f"({d},)")
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
-    devices = {k: t.device for k, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"inputs are on different devices: {devices}")
-    for k, t in tensors.items():
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+    _check_devices_and_floats(tensors)
     for k, t, like in (("delta", delta, "u"), ("z", z, "u"), ("C", C, "B")):
         ref = tensors[like]
         if t is not None and t.dtype != ref.dtype:
@@ -69,12 +74,7 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
         if v is not None and v.shape != (d,):
             _shape_error(name, v, f"({d},)")
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
-    devices = {k: t.device for k, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"inputs are on different devices: {devices}")
-    for k, t in tensors.items():
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+    _check_devices_and_floats(tensors)
 
 
 def _mamba_ssm_fn():

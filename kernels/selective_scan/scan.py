@@ -79,6 +79,66 @@ def _softplus(x):
 
 
 @triton.jit
+def _tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch row, channel block, channel and state offsets, their masks, its
+    B/C group, and the (channel, state) offsets into a (d, n) array."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    md = offs_d < d
+    mn = offs_n < n
+    grp = (pid_d * BLOCK_D) // chans_per_group
+    return pid_b, pid_d, offs_d, offs_n, md, mn, md[:, None] & mn[None, :], grp, offs_d[:, None] * n + offs_n[None, :]
+
+
+@triton.jit
+def _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A (BLOCK_D, BLOCK_N), D and delta_bias (BLOCK_D,) in fp32; zeros where absent."""
+    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
+    Dv = tl.zeros_like(offs_d).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    bias = tl.zeros_like(offs_d).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    return A, Dv, bias
+
+
+@triton.jit
+def _input_ptrs(
+    u_ptr,
+    dt_ptr,
+    z_ptr,
+    B_ptr,
+    C_ptr,
+    pid_b,
+    grp,
+    offs_d,
+    offs_n,
+    s_ub,
+    s_ud,
+    s_tb,
+    s_td,
+    s_zb,
+    s_zd,
+    s_bb,
+    s_bg,
+    s_bn,
+    s_cb,
+    s_cg,
+    s_cn,
+):
+    """Pointers to step 0 of this program's rows of u, delta, z (channels) and B, C (states)."""
+    u_p = u_ptr + pid_b * s_ub + offs_d * s_ud
+    dt_p = dt_ptr + pid_b * s_tb + offs_d * s_td
+    z_p = z_ptr + pid_b * s_zb + offs_d * s_zd
+    b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
+    c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
+    return u_p, dt_p, z_p, b_ptrs, c_ptrs
+
+
+@triton.jit
 def _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t, lo, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z: tl.constexpr):
     """Step t's inputs (u, raw delta, B_t, C_t, z) in fp32; zeros outside lo <= t < L. u_p, dt_p,
     z_p point at step 0 of this program's channels; u, delta and z may have different strides."""
@@ -138,28 +198,34 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    md = offs_d < d
-    mn = offs_n < n
-    mdn = md[:, None] & mn[None, :]
-    grp = (pid_d * BLOCK_D) // chans_per_group
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    A2 = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    A2 = A * 1.4426950408889634  # exp(dt A) = exp2(dt A2)
+    u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(
+        u_ptr,
+        dt_ptr,
+        z_ptr,
+        B_ptr,
+        C_ptr,
+        pid_b,
+        grp,
+        offs_d,
+        offs_n,
+        s_ub,
+        s_ud,
+        s_tb,
+        s_td,
+        s_zb,
+        s_zd,
+        s_bb,
+        s_bg,
+        s_bn,
+        s_cb,
+        s_cg,
+        s_cn,
+    )
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     hck_base = hck_ptr + pid_b * tl.cdiv(L, CHUNK) * d * n + dn
-    u_p = u_ptr + pid_b * s_ub + offs_d * s_ud
-    dt_p = dt_ptr + pid_b * s_tb + offs_d * s_td
-    z_p = z_ptr + pid_b * s_zb + offs_d * s_zd
-    b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
-    c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
     y_base = y_ptr + (pid_b * d + offs_d) * L
     u, raw, Bt, Ct, zz = _load_step(
         u_p, dt_p, z_p, b_ptrs, c_ptrs, 0, 0, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z
@@ -239,31 +305,35 @@ def _bwd_kernel(
     CHUNK: tl.constexpr,
     SUB: tl.constexpr = 16,
 ):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    md = offs_d < d
-    mn = offs_n < n
-    mdn = md[:, None] & mn[None, :]
-    grp = (pid_d * BLOCK_D) // chans_per_group
-    dn = offs_d[:, None] * n + offs_n[None, :]
-    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(
+        u_ptr,
+        dt_ptr,
+        z_ptr,
+        B_ptr,
+        C_ptr,
+        pid_b,
+        grp,
+        offs_d,
+        offs_n,
+        s_ub,
+        s_ud,
+        s_tb,
+        s_td,
+        s_zb,
+        s_zd,
+        s_bb,
+        s_bg,
+        s_bn,
+        s_cb,
+        s_cg,
+        s_cn,
+    )
     n_chunks = tl.cdiv(L, CHUNK)
     hck_base = hck_ptr + pid_b * n_chunks * d * n + dn
     scr_base = scratch_ptr + pid_b * CHUNK * d * n + dn
-    u_p = u_ptr + pid_b * s_ub + offs_d * s_ud
-    dt_p = dt_ptr + pid_b * s_tb + offs_d * s_td
-    z_p = z_ptr + pid_b * s_zb + offs_d * s_zd
-    b_ptrs = B_ptr + pid_b * s_bb + grp * s_bg + offs_n * s_bn
-    c_ptrs = C_ptr + pid_b * s_cb + grp * s_cg + offs_n * s_cn
     row = (pid_b * d + offs_d) * L  # rows of dy, du, ddt, dz (contiguous (b, d, L))
     if ATOMIC_BC:  # dB, dC (b, n_groups, n, L), accumulated by every channel block of the group
         bc = ((pid_b * n_groups + grp) * n + offs_n) * L

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .scan import MAX_N, block_d, fixed_warps
+from .scan import MAX_N, _channel_params, _softplus, _tile, block_d, fixed_warps
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -44,29 +44,19 @@ def _step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    md, mn = offs_d < d, offs_n < n
-    mdn = md[:, None] & mn[None, :]
-    grp = (pid_d * BLOCK_D) // chans_per_group
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     sp = s_ptr + pid_b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(sp, mask=mdn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32) + bias
     if SOFTPLUS:
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
-    A = tl.load(A_ptr + offs_d[:, None] * n + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+        dt = _softplus(dt)
     Bt = tl.load(B_ptr + pid_b * s_bb + grp * s_bg + offs_n, mask=mn, other=0.0).to(tl.float32)
     Ct = tl.load(C_ptr + pid_b * s_cb + grp * s_cg + offs_n, mask=mn, other=0.0).to(tl.float32)
     h = tl.exp2(dt[:, None] * (A * 1.4426950408889634)) * h + (dt * x)[:, None] * Bt[None, :]
     tl.store(sp, h.to(s_ptr.dtype.element_ty), mask=mdn)
-    y = tl.sum(h * Ct[None, :], axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32) * x
+    y = tl.sum(h * Ct[None, :], axis=1) + Dv * x
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
