@@ -24,18 +24,9 @@ FP32_FWD, FP32_GRAD = 1e-5, 1e-4  # float32 inputs against float64
 LOW_PREC = 1e-2  # bf16/fp16 inputs (rounded once, then the same inputs in float64)
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN: an element a kernel skips fails."""
-    real = torch.empty
-
-    def nan_empty(*args, **kw):
-        t = real(*args, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
+# every buffer the launchers allocate starts as NaN (tests/kernels/conftest.py): an element a
+# kernel skips fails the comparison
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 def _check(n, l, b, d, flags, chunk, device=TRITON_DEVICE, seed=0):
@@ -117,7 +108,6 @@ def test_block_and_config_choice():
     assert as_pairs(_prune(_configs(), {"chans_per_group": 6}, BLOCK_N=64)) == [(2, 2)]
 
 
-@pytest.mark.usefixtures("poison_empty")
 def test_deterministic_mode_sums_partials_in_order():
     """With torch.use_deterministic_algorithms(True) dB and dC come from per-block partials
     instead of atomics: same values, bitwise repeatable."""
@@ -135,7 +125,6 @@ def test_deterministic_mode_sums_partials_in_order():
         assert rel_err(g1[k], g_atomic[k]) < 1e-6, k
 
 
-@pytest.mark.usefixtures("poison_empty")
 def test_inference_forward_skips_checkpoints_same_result():
     """Without autograd the forward writes no chunk states; y and the last state are unchanged."""
     inp = make_inputs(1, 4, 13, 40, seed=6, device=TRITON_DEVICE)
@@ -152,7 +141,6 @@ def test_triton_scan_on_gpu_long_sequences(n):
     _check(n, 1000, 2, 96, flags, chunk=64, device="cuda", seed=n)
 
 
-@pytest.mark.usefixtures("poison_empty")
 def test_autotuned_launch_path(monkeypatch):
     """The GPU launch path (the autotuner picks BLOCK_D; the grid follows it) with a single
     config, which the interpreter can run: a block size the launcher would not pick itself."""
@@ -167,7 +155,6 @@ def test_autotuned_launch_path(monkeypatch):
     assert scan._fwd_tuned.best_config.kwargs["BLOCK_D"] == 2
 
 
-@pytest.mark.usefixtures("poison_empty")
 def test_strided_views_as_mamba_makes_them():
     """u, delta and z read through their own strides, no copies: z is the second half of the
     transposed in_proj output, delta a transposed projection, u a channel slice."""
