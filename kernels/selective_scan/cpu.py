@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .reference import scan_epilogue, scan_prologue
 
 
 def _scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
@@ -166,23 +167,13 @@ def selective_scan_cpu(
     final state (b, d, n) in the compute dtype. Peak memory about one (b, d, n, L) fp32 tensor
     for forward + backward (a few (b, d, n, T ≤ 64) chunk tensors plus chunk-boundary states)."""
     dtype_in = u.dtype
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    ct, u, delta, A, B, C = scan_prologue(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, L = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta, threshold=20.0)
     g = B.shape[1] if B.dim() == 4 else 1
     dt = delta.transpose(1, 2).reshape(b, L, g, d // g)
     du = (delta * u).transpose(1, 2).reshape(b, L, g, d // g)
     Bt = (B if B.dim() == 4 else B.unsqueeze(1)).permute(0, 3, 1, 2)  # (b, l, g, n)
     Ct = (C if C.dim() == 4 else C.unsqueeze(1)).permute(0, 3, 1, 2)
     y, last = _ChunkedScan.apply(dt, du, A.reshape(g, d // g, -1), Bt, Ct, chunk_len(L, b * d * A.shape[1]))
-    y = y.reshape(b, L, d).transpose(1, 2)
-    if D is not None:
-        y = y + u * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(dtype_in)
+    y = scan_epilogue(y.reshape(b, L, d).transpose(1, 2), u, D, z, ct, dtype_in)
     return (y, last.reshape(b, d, -1)) if return_last_state else y

@@ -25,6 +25,27 @@ def _expand_groups(X: Tensor, d: int) -> Tensor:
     return X.repeat_interleave(d // g, dim=1)
 
 
+def scan_prologue(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Shared by the PyTorch scans: the compute dtype (float64 if ``u`` is, else float32), the
+    inputs cast to it, and Δ = softplus(delta + delta_bias) as configured."""
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta, threshold=20.0)
+    return ct, u, delta, A, B, C
+
+
+def scan_epilogue(y, u, D, z, ct, dtype_in):
+    """Shared by the PyTorch scans: y + D·u, gated by SiLU(z), in the input dtype."""
+    if D is not None:
+        y = y + u * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(dtype_in)
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -43,13 +64,8 @@ def selective_scan_ref(
     when ``return_last_state``.
     """
     dtype_in = u.dtype
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    ct, u, delta, A, B, C = scan_prologue(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, l = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta, threshold=20.0)
     B = _expand_groups(B, d)
     C = _expand_groups(C, d)
     dA = torch.exp(delta.unsqueeze(-1) * A[None, :, None, :])  # (b, d, l, n)
@@ -59,12 +75,7 @@ def selective_scan_ref(
     for t in range(l):
         h = dA[:, :, t] * h + dBu[:, :, t]
         ys.append((h * C[:, :, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + u * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(dtype_in)
+    y = scan_epilogue(torch.stack(ys, dim=-1), u, D, z, ct, dtype_in)
     return (y, h) if return_last_state else y
 
 
