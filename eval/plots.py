@@ -38,7 +38,12 @@ def replot(run_dir, out_dir=None) -> list[Path]:
             raise ValueError(f"run_dir: cut row at step {row.get('step')} has no 'energies' (older run format?)")
         paths.append(
             plot_energy_spectra(
-                row["energies"], row["old_sizes"], row["new_sizes"], row["step"], out / f"energy_step{row['step']}.png"
+                row["energies"],
+                row["old_sizes"],
+                row["new_sizes"],
+                row["step"],
+                out / f"energy_step{row['step']}.png",
+                kept=row.get("kept"),
             )
         )
     paths.append(plot_state_sizes(metrics, out / "state_sizes.png"))

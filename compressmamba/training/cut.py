@@ -21,6 +21,7 @@ class CutReport:
     new_sizes: list[int]
     energy_kept: list[float]
     energies: list[list[float]] = field(default_factory=list)  # per layer, sorted descending
+    kept: list[list[int]] = field(default_factory=list)  # per layer, positions in `energies` kept
     maps: dict = field(default_factory=dict)  # qualified param name → state map or None
     seconds: float = 0.0
 
@@ -60,6 +61,14 @@ def calibrate(model: nn.Module, layers, batches, accelerator) -> list[dict | Non
     return out
 
 
+def _sorted_positions(order: torch.Tensor, keep: list[int]) -> list[int]:
+    """Where the kept state indices stand in the spectrum sorted by ``order`` (descending energy):
+    the top ones under ``largest`` selection, others under ``smallest`` or ``random``."""
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel())
+    return sorted(position[torch.tensor(keep, dtype=torch.long)].tolist())
+
+
 def compression_event(
     model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator, generator: torch.Generator
 ) -> CutReport:
@@ -69,11 +78,13 @@ def compression_event(
     names = _layer_names(model)
     stats = calibrate(model, layers, batches, accelerator)
     decisions: list[LayerDecision] = []
-    energies = []
+    energies, orders = [], []
     for layer, s in zip(layers, stats):
         method = cfg.method or getattr(layer, "default_energy_method", "hankel")
         e = layer.energy(s, method).detach().to(torch.float64).cpu()
-        energies.append(torch.sort(e, descending=True).values.tolist())
+        e_sorted, order = torch.sort(e, descending=True)
+        energies.append(e_sorted.tolist())
+        orders.append(order)
         decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?")))
     # rank 0 decides for everyone: every rank then cuts the same states
     box = [[(d.old, d.new, d.keep.tolist(), d.energy_kept) for d in decisions]]
@@ -91,6 +102,7 @@ def compression_event(
         new_sizes=[layer.state_size for layer in layers],
         energy_kept=[d[3] for d in box[0]],
         energies=energies,
+        kept=[_sorted_positions(order, keep) for order, (_, _, keep, _) in zip(orders, box[0])],
         maps=maps,
         seconds=time.perf_counter() - t0,
     )

@@ -12,8 +12,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 
 
-def plot_energy_spectra(energies: list[list[float]], old: list[int], new: list[int], step: int, path) -> Path:
-    """One panel per layer: energies sorted descending (log scale), kept states in colour."""
+def kept_mask(n_states: int, new: int, kept: list[int] | None = None) -> list[bool]:
+    """Which bars of a descending spectrum were kept: the recorded positions, or (runs written
+    before positions were recorded) the top ``new``."""
+    if kept is None:
+        return [j < new for j in range(n_states)]
+    kept = set(kept)
+    return [j in kept for j in range(n_states)]
+
+
+def plot_energy_spectra(
+    energies: list[list[float]], old: list[int], new: list[int], step: int, path, kept: list[list[int]] | None = None
+) -> Path:
+    """One panel per layer: energies sorted descending (log scale), kept states in colour
+    (``kept``: per layer, the positions in the sorted spectrum that were kept)."""
     k = len(energies)
     cols = min(k, 4)
     rows = -(-k // cols)
@@ -28,7 +40,7 @@ def plot_energy_spectra(energies: list[list[float]], old: list[int], new: list[i
             idx,
             [max(v, 1e-30) for v in e],
             width=1.0,
-            color=["tab:blue" if j < new[i] else "tab:gray" for j in range(len(e))],
+            color=["tab:blue" if k else "tab:gray" for k in kept_mask(len(e), new[i], kept[i] if kept else None)],
         )
         ax.set_yscale("log")
         ax.set_title(f"layer {i}: {old[i]} → {new[i]}", fontsize=9)
@@ -76,6 +88,7 @@ class PlotCallback:
             report.new_sizes,
             report.step,
             trainer.run_dir / "plots" / f"energy_step{report.step}.png",
+            kept=report.kept,
         )
 
     def on_end(self, trainer):

@@ -355,6 +355,7 @@ class Trainer:
                             new_sizes=report.new_sizes,
                             energy_kept=report.energy_kept,
                             energies=report.energies,
+                            kept=report.kept,
                             seconds=report.seconds,
                             optimizer=counts,
                             wall_time=time.time(),

@@ -8,6 +8,7 @@ import pytest
 
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
+from compressmamba.training.plots import kept_mask
 
 
 def _recipe(tmp_path, **red):
@@ -39,8 +40,21 @@ def test_mamba_lm_compresses_while_training_and_resumes(tmp_path):
     assert cuts[0]["optimizer"]["sliced"] == 4 and cuts[0]["optimizer"]["dropped"] == 0  # A_log, x_proj per layer
     assert (tmp_path / "run" / "plots" / "state_sizes.png").exists()
     assert (tmp_path / "run" / "plots" / "energy_step4.png").exists()
+    assert cuts[0]["kept"] == [list(range(6))] * 2  # largest selection: the top of each spectrum
     again = Trainer(recipe_from_dict(_recipe(tmp_path)), resume=tmp_path / "run")
     assert again.model.state_sizes == [3, 3] and again.model.config.state_sizes == [3, 3]
+
+
+def test_cut_records_which_states_were_kept_for_the_plot(tmp_path):
+    """With `smallest` selection the kept states are the bottom of the sorted spectrum: the cut
+    row records their positions and the plot colours those, not the top ones."""
+    recipe = _recipe(tmp_path, selection="smallest", attempts=[4])
+    recipe["train"]["steps"] = 6
+    Trainer(recipe_from_dict(recipe)).fit()
+    cut = next(r for r in read_metrics(Path(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "cut")
+    assert cut["new_sizes"] == [6, 6] and cut["kept"] == [list(range(6, 12))] * 2
+    assert kept_mask(12, 6, cut["kept"][0]) == [False] * 6 + [True] * 6
+    assert kept_mask(12, 6) == [True] * 6 + [False] * 6  # runs written without positions
 
 
 @pytest.mark.slow
