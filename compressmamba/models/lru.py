@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..reduction.lti import balanced_truncation, hankel_singular_values, lru_to_lti, lti_to_lru
 from ..registry import register_model
+from .common import masked_mean, per_layer_sizes
 from .protocol import tag_parameter
 
 _SSM_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im")
@@ -182,10 +183,7 @@ class LRUModel(nn.Module):
         h = self.encoder(x)
         for block in self.blocks:
             h = block(h)
-        if lengths is None:
-            return h.mean(1)
-        mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
-        return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return masked_mean(h, lengths)
 
     def forward(self, inputs, labels=None, inputs2=None, lengths=None, lengths2=None, **_) -> ModelOutput:
         a = self.encode(inputs, lengths)
@@ -216,8 +214,7 @@ def build_lru(
     **_info,
 ) -> LRUModel:
     """Build an LRU classifier; ``state_sizes`` (one per layer) overrides ``state_size``."""
-    if state_sizes is None:
-        state_sizes = list(state_size) if isinstance(state_size, (list, tuple)) else [int(state_size)] * n_layers
+    state_sizes = per_layer_sizes(state_size, state_sizes, n_layers)
     if d_input is not None and vocab_size is not None:
         vocab_size = None  # float features win
     return LRUModel(

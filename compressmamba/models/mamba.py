@@ -25,6 +25,7 @@ from ..kernels import (
     selective_state_update,
 )
 from ..registry import register_model
+from .common import masked_mean, per_layer_sizes
 from .protocol import tag_parameter
 
 
@@ -448,12 +449,7 @@ class MambaClassifier(nn.Module):
         for layer in self.layers:
             h = layer(h)
         h = self.norm_f(h)
-        if lengths is None:
-            pooled = h.mean(1)
-        else:
-            mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
-            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        logits = self.head(pooled).float()
+        logits = self.head(masked_mean(h, lengths)).float()
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return MambaClassifierOutput(loss=loss, logits=logits)
 
@@ -493,8 +489,7 @@ def build_mamba(
         raise ValueError("model 'mamba' has no dual-encoder head for retrieval pairs; use model.name=lru")
     if pretrained:
         return CompressMambaForCausalLM.from_pretrained(pretrained)
-    if state_sizes is None:
-        state_sizes = list(state_size) if isinstance(state_size, (list, tuple)) else [int(state_size)] * n_layers
+    state_sizes = per_layer_sizes(state_size, state_sizes, n_layers)
     cfg = CompressMambaConfig(
         vocab_size=vocab_size,
         hidden_size=d_model,
