@@ -238,16 +238,7 @@ class PostHocTruncation:
             trainer.state["n_cuts"] += 1
             trainer.optimizer = build_optimizer(trainer.model, trainer.recipe.optim)
             trainer._prepare()
-            trainer.metrics.write(
-                step=trainer.step,
-                kind="cut",
-                old_sizes=report.old_sizes,
-                new_sizes=report.new_sizes,
-                energy_kept=report.energy_kept,
-                seconds=report.seconds,
-                posthoc=True,
-                wall_time=time.time(),
-            )
+            trainer.metrics.write(step=trainer.step, **report.row(), posthoc=True, wall_time=time.time())
         trainer.state["best_val"] = None
         trainer._eval_and_track(after_cut=True)
         trainer.save()

@@ -29,6 +29,19 @@ class CutReport:
     def changed(self) -> bool:
         return self.old_sizes != self.new_sizes
 
+    def row(self) -> dict:
+        """The fields of this cut's metrics.jsonl row (with kind="cut"; the caller adds step,
+        wall time and its own fields)."""
+        return dict(
+            kind="cut",
+            old_sizes=self.old_sizes,
+            new_sizes=self.new_sizes,
+            energy_kept=self.energy_kept,
+            energies=self.energies,
+            kept=self.kept,
+            seconds=self.seconds,
+        )
+
 
 def _layer_names(model: nn.Module) -> dict[int, str]:
     return {id(m): name for name, m in model.named_modules()}

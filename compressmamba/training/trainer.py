@@ -348,18 +348,7 @@ class Trainer:
                     self.state["cut_time_s"] += report.seconds
                     if report.changed:
                         self.state["n_cuts"] += 1
-                        self.metrics.write(
-                            step=self.step,
-                            kind="cut",
-                            old_sizes=report.old_sizes,
-                            new_sizes=report.new_sizes,
-                            energy_kept=report.energy_kept,
-                            energies=report.energies,
-                            kept=report.kept,
-                            seconds=report.seconds,
-                            optimizer=counts,
-                            wall_time=time.time(),
-                        )
+                        self.metrics.write(step=self.step, **report.row(), optimizer=counts, wall_time=time.time())
                         if acc.is_main_process:
                             tqdm.write(
                                 f"step {self.step}: state sizes {report.old_sizes} -> {report.new_sizes} "
