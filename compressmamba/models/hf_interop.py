@@ -161,6 +161,25 @@ def convert_main(argv: list[str] | None = None) -> int:
     return main(["convert", *(sys.argv[1:] if argv is None else argv)])
 
 
+# the fields our config and transformers' MambaConfig share (state_size is per layer in ours)
+_SHARED_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "layer_norm_epsilon",
+    "expand",
+    "conv_kernel",
+    "use_bias",
+    "use_conv_bias",
+    "residual_in_fp32",
+    "time_step_rank",
+    "tie_word_embeddings",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+
 @torch.no_grad()
 def export_transformers(model: CompressMambaForCausalLM, out_dir: str | Path) -> Path:
     """Write a plain transformers ``MambaForCausalLM`` folder: every layer is zero-padded to the
@@ -169,23 +188,7 @@ def export_transformers(model: CompressMambaForCausalLM, out_dir: str | Path) ->
 
     c = model.config
     n_max = max(model.state_sizes)
-    hf_cfg = MambaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        state_size=n_max,
-        num_hidden_layers=c.num_hidden_layers,
-        layer_norm_epsilon=c.layer_norm_epsilon,
-        expand=c.expand,
-        conv_kernel=c.conv_kernel,
-        use_bias=c.use_bias,
-        use_conv_bias=c.use_conv_bias,
-        residual_in_fp32=c.residual_in_fp32,
-        time_step_rank=c.time_step_rank,
-        tie_word_embeddings=c.tie_word_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
-    )
+    hf_cfg = MambaConfig(state_size=n_max, **{k: getattr(c, k) for k in _SHARED_CONFIG_KEYS})
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     for i, mixer in enumerate(model.ssm_layers()):
         n, r = mixer.state_size, mixer.dt_rank
