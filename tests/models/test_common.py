@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from compressmamba.models.common import masked_mean, per_layer_sizes
 
 
