@@ -360,7 +360,10 @@ def _bwd_kernel(
         c = n_chunks - 1 - cc
         t0 = c * CHUNK
         t1 = tl.minimum(t0 + CHUNK, L)
-        # recompute the chunk's states h_t (t0 <= t < t1) from the state entering it
+        # recompute the chunk's states h_t (t0 <= t < t1) from the state entering it. The scratch
+        # is written and read back by the same thread as long as the store and the loads share a
+        # layout; the barriers make that a guarantee (one pair per chunk: negligible)
+        tl.debug_barrier()
         h = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
         u, raw, Bt, Ct, zz = _load_step(
             u_p, dt_p, z_p, b_ptrs, c_ptrs, t0, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, False
@@ -373,6 +376,7 @@ def _bwd_kernel(
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scr_base + (t - t0) * d * n, h, mask=mdn)
             u, raw, Bt, Ct, zz = nxt
+        tl.debug_barrier()
         # adjoint recurrence backwards through the chunk: h_t is carried, h_{t-1} loaded, and
         # step t-1's inputs are fetched while step t computes
         h_t = h
