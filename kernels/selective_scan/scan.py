@@ -229,7 +229,10 @@ def _fwd_kernel(
         s_cn,
     )
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    hck_base = hck_ptr + pid_b * tl.cdiv(L, CHUNK) * d * n + dn
+    # chunk states and scratch rows are padded to BLOCK_N (a compile-time stride: aligned,
+    # vectorisable tiles whatever n is); the inputs and outputs are never padded
+    dnp = offs_d[:, None] * BLOCK_N + offs_n[None, :]
+    hck_base = hck_ptr + pid_b * tl.cdiv(L, CHUNK) * d * BLOCK_N + dnp
     y_base = y_ptr + (pid_b * d + offs_d) * L
     u, raw, Bt, Ct, zz = _load_step(
         u_p, dt_p, z_p, b_ptrs, c_ptrs, 0, 0, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z
@@ -237,7 +240,7 @@ def _fwd_kernel(
     for t in range(0, L):
         if STORE_CHUNKS:
             if t % CHUNK == 0:
-                tl.store(hck_base + (t // CHUNK) * d * n, h, mask=mdn)
+                tl.store(hck_base + (t // CHUNK) * d * BLOCK_N, h, mask=mdn)
         # issue step t+1's loads now so their latency overlaps this step's arithmetic
         nxt = _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t + 1, 0, L, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z)
         dt = raw + bias
@@ -336,8 +339,9 @@ def _bwd_kernel(
         s_cn,
     )
     n_chunks = tl.cdiv(L, CHUNK)
-    hck_base = hck_ptr + pid_b * n_chunks * d * n + dn
-    scr_base = scratch_ptr + pid_b * CHUNK * d * n + dn
+    dnp = offs_d[:, None] * BLOCK_N + offs_n[None, :]  # padded rows (see the forward)
+    hck_base = hck_ptr + pid_b * n_chunks * d * BLOCK_N + dnp
+    scr_base = scratch_ptr + pid_b * CHUNK * d * BLOCK_N + dnp
     row = (pid_b * d + offs_d) * L  # rows of dy, du, ddt, dz (contiguous (b, d, L))
     if ATOMIC_BC:  # dB, dC (b, n_groups, n, L), accumulated by every channel block of the group
         bc = ((pid_b * n_groups + grp) * n + offs_n) * L
@@ -364,7 +368,7 @@ def _bwd_kernel(
         # is written and read back by the same thread as long as the store and the loads share a
         # layout; the barriers make that a guarantee (one pair per chunk: negligible)
         tl.debug_barrier()
-        h = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
+        h = tl.load(hck_base + c * d * BLOCK_N, mask=mdn, other=0.0)
         u, raw, Bt, Ct, zz = _load_step(
             u_p, dt_p, z_p, b_ptrs, c_ptrs, t0, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, False
         )
@@ -374,7 +378,7 @@ def _bwd_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            tl.store(scr_base + (t - t0) * d * n, h, mask=mdn)
+            tl.store(scr_base + (t - t0) * d * BLOCK_N, h, mask=mdn)
             u, raw, Bt, Ct, zz = nxt
         tl.debug_barrier()
         # adjoint recurrence backwards through the chunk: h_t is carried, h_{t-1} loaded, and
@@ -386,17 +390,17 @@ def _bwd_kernel(
         )
         dy = tl.load(dy_ptr + row + t, mask=md, other=0.0).to(tl.float32)
         if t > t0:
-            h_prev = tl.load(scr_base + (t - 1 - t0) * d * n, mask=mdn, other=0.0)
+            h_prev = tl.load(scr_base + (t - 1 - t0) * d * BLOCK_N, mask=mdn, other=0.0)
         else:
-            h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
+            h_prev = tl.load(hck_base + c * d * BLOCK_N, mask=mdn, other=0.0)
         for tt in range(t0, t1):
             t = t0 + t1 - 1 - tt
             nxt = _load_step(u_p, dt_p, z_p, b_ptrs, c_ptrs, t - 1, t0, t1, s_ul, s_tl, s_zl, s_bl, s_cl, md, mn, HAS_Z)
             n_dy = tl.load(dy_ptr + row + t - 1, mask=tl.where(t - 1 >= t0, md, False), other=0.0).to(tl.float32)
             if t - 1 > t0:
-                n_h_prev = tl.load(scr_base + (t - 2 - t0) * d * n, mask=mdn, other=0.0)
+                n_h_prev = tl.load(scr_base + (t - 2 - t0) * d * BLOCK_N, mask=mdn, other=0.0)
             else:
-                n_h_prev = tl.load(hck_base + c * d * n, mask=mdn, other=0.0)
+                n_h_prev = tl.load(hck_base + c * d * BLOCK_N, mask=mdn, other=0.0)
             dt = raw + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
@@ -511,7 +515,7 @@ def _launch_fwd(u, dt, A, B, C, D, z, bias, softplus, chunk, store_chunks):
     y = torch.empty(b, d, L, device=u.device, dtype=torch.float32)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     n_ck = triton.cdiv(L, chunk) if store_chunks else 0
-    hck = torch.empty(b, n_ck, d, n, device=u.device, dtype=torch.float32)
+    hck = torch.empty(b, n_ck, d, triton.next_power_of_2(n), device=u.device, dtype=torch.float32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
     args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), y, hck if store_chunks else last, last, L, d, n, cpg)
     args += (*u.stride(), *dt.stride(), *(z if z is not None else u).stride(), *Bn.stride(), *Cn.stride())
@@ -539,7 +543,7 @@ def _launch_bwd(u, dt, A, B, C, D, z, bias, softplus, chunk, hck, dy, dlast):
         dB, dC = torch.empty(b, nb, n, L, **f32), torch.empty(b, nb, n, L, **f32)
     else:
         dB, dC = torch.zeros(b, g, n, L, **f32), torch.zeros(b, g, n, L, **f32)
-    scratch = torch.empty(b, chunk, d, n, **f32)
+    scratch = torch.empty(b, chunk, d, triton.next_power_of_2(n), **f32)
     opt = lambda t: t if t is not None else u  # noqa: E731 — placeholder pointer, never read
     args = (u, dt, A, Bn, Cn, opt(D), opt(z), opt(bias), dy, opt(dlast), hck, scratch, du, ddt, dz, dA, dB, dC, dD)
     zs = (z if z is not None else u).stride()
@@ -630,8 +634,8 @@ def selective_scan_triton(
     check_int32_indexing(
         u=b * d * L,
         dB=b * max(g, nb) * n * L,  # atomics: (b, g, n, L); deterministic partials: (b, blocks, n, L)
-        chunk_states=b * triton.cdiv(L, chunk) * d * n,
-        scratch=b * chunk * d * n,
+        chunk_states=b * triton.cdiv(L, chunk) * d * triton.next_power_of_2(n),
+        scratch=b * chunk * d * triton.next_power_of_2(n),
     )
     # the chunk-entry states are only worth writing when a backward can follow
     inputs = (u, delta, A, B, C, D, z, delta_bias)
