@@ -38,7 +38,7 @@ def make_inputs(
 def run(fn, inp, softplus, last, **kw):
     out = fn(**inp, delta_softplus=softplus, return_last_state=last, **kw)
     y, h = out if last else (out, None)
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(y.dtype)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(y.device, y.dtype)
     loss = (y * gy).sum() + (h.sum() if h is not None else 0)
     names = [k for k, v in inp.items() if v is not None]
     grads = torch.autograd.grad(loss, [inp[k] for k in names])
