@@ -17,6 +17,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYTHONWARNINGS=ignore
 PY=${PYTHON:-python3}
 
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_session.sh: torch sees no CUDA device here; run it on a GPU machine (CPU tests: pytest -q)" >&2
+    exit 2
+fi
 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
