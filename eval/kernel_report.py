@@ -122,17 +122,18 @@ def _compile(fn: JITFunction, args: tuple, kwargs: dict, arch: int):
     """Compile as a launch would: Triton's binder specialises the arguments (alignment,
     divisibility by 16, integers equal to 1), then the source is compiled for ``arch``."""
     target = GPUTarget("cuda", arch, 32)
-    try:
+    try:  # Triton's launch internals (3.9): how a launch binds and specialises its arguments
         from triton.compiler import make_backend
         from triton.runtime.jit import create_function_from_signature
-    except ImportError as e:
+
+        backend = make_backend(target)
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
         raise RuntimeError(
-            f"kernel_report uses Triton's launch internals, not found in Triton {triton.__version__}"
+            f"kernel_report uses Triton's launch internals, which differ in Triton {triton.__version__}: {e!r}"
         ) from e
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 

@@ -26,6 +26,8 @@ print("ROWS=" + json.dumps([(label, w, r) for label, w, r in rows]))
 def test_kernels_compile_for_sm90_without_spills():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONWARNINGS="ignore")
     res = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600)
+    if "kernel_report uses Triton's launch internals" in res.stderr:
+        pytest.skip(f"triton {triton.__version__}: " + res.stderr.strip().splitlines()[-1][:200])
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout.split("ROWS=")[-1])
     labels = {label for label, _, _ in rows}
