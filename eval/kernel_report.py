@@ -150,9 +150,12 @@ def compile_report(fn: JITFunction, args: tuple, kwargs: dict, arch: int) -> dic
         if res.returncode:
             raise RuntimeError(f"ptxas failed ({res.returncode}): {res.stderr.strip()[:500]}")
         log = res.stderr
-        sass = subprocess.run(
-            [str(_ptxas().parent / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True, text=True
-        ).stdout
+        cuobjdump = _ptxas().parent / "cuobjdump"
+        sass = ""  # no loop statistics without cuobjdump
+        if cuobjdump.exists():
+            sass = subprocess.run(
+                [str(cuobjdump), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True, text=True
+            ).stdout
     num = lambda pat: int(m.group(1)) if (m := re.search(pat, log)) else 0  # noqa: E731
     return dict(
         registers=num(r"Used (\d+) registers"),
