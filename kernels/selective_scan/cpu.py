@@ -55,11 +55,36 @@ def _scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
 
 
 def _scan_reverse(a: Tensor, g: Tensor) -> Tensor:
-    """The adjoint recurrence G_t = g_t + a_{t+1} G_{t+1} along dim 1 (G_L = 0)."""
-    a_next = torch.empty_like(a)
-    a_next[:, :-1] = a[:, 1:]
-    a_next[:, -1] = 0
-    return _scan_forward(a_next.flip(1), g.flip(1)).flip(1)
+    """The adjoint recurrence G_t = g_t + a_{t+1} G_{t+1} along dim 1 (G_L = 0).
+
+    The blocked scan of :func:`_scan_forward` run from the end, without flipping copies: chunks
+    of T ≈ sqrt(L) are scanned backwards all at once, the chunk-start states are carried from the
+    last chunk to the first, and each chunk adds its carried-in state times the suffix product
+    of its decays."""
+    b, L = a.shape[:2]
+    rest = a.shape[2:]
+    T = math.isqrt(L - 1) + 1 if L > 1 else 1
+    n_chunks = -(-L // T)
+    pad = n_chunks * T - L
+    # decays into each step from the next one: c_t = a_{t+1}, and 0 after the last step (so the
+    # padding, zeros of g at the end, never reaches a real step)
+    c = a.new_zeros(b, n_chunks * T, *rest)
+    c[:, : L - 1] = a[:, 1:]
+    G = torch.cat([g, g.new_zeros(b, pad, *rest)], dim=1) if pad else g.clone()
+    c = c.reshape(b, n_chunks, T, *rest)
+    G = G.reshape(b, n_chunks, T, *rest)
+    for j in range(T - 2, -1, -1):  # (1) within-chunk scans from the end, all chunks together
+        G[:, :, j] += c[:, :, j] * G[:, :, j + 1]
+    if n_chunks > 1:
+        decay = c.clone()  # suffix products of the decays within each chunk
+        for j in range(T - 2, -1, -1):
+            decay[:, :, j] *= decay[:, :, j + 1]
+        carry = torch.zeros_like(G[:, :, 0])  # state entering each chunk from its right
+        for k in range(n_chunks - 2, -1, -1):  # (2) carry chunk-start states towards the front
+            carry[:, k] = decay[:, k + 1, 0] * carry[:, k + 1] + G[:, k + 1, 0]
+        G += decay * carry[:, :, None]  # (3)
+    G = G.reshape(b, n_chunks * T, *rest)
+    return G[:, :L] if pad else G
 
 
 class LinearScan(torch.autograd.Function):

@@ -5,7 +5,7 @@ from compressmamba.kernels import (
     selective_scan_fn,
     selective_scan_ref,
 )
-from compressmamba.kernels.selective_scan.cpu import linear_scan
+from compressmamba.kernels.selective_scan.cpu import _scan_forward, _scan_reverse, linear_scan
 
 from .scan_utils import make_inputs, reference, rel_err, run
 
@@ -79,3 +79,23 @@ def test_bad_inputs_name_argument_and_shapes():
         selective_scan_fn(**inp, backend="cuda")
     with pytest.raises(ValueError, match="delta"):
         selective_scan_fn(**{**inp, "delta": torch.randn(2, 6, 8)})
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 16, 17, 50, 65])
+def test_blocked_scans_match_a_loop_in_both_directions(L):
+    """The blocked forward and reverse scans (padding, several chunks, chunk carries) against a
+    plain float64 loop: h_t = a_t h_{t-1} + x_t and G_t = g_t + a_{t+1} G_{t+1}."""
+    g = torch.Generator().manual_seed(L)
+    a = torch.rand(2, L, 3, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(2, L, 3, 4, generator=g, dtype=torch.float64)
+    h0 = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    h, want_h = h0, []
+    for t in range(L):
+        h = a[:, t] * h + x[:, t]
+        want_h.append(h)
+    G, want_G = torch.zeros_like(h0), [None] * L
+    for t in reversed(range(L)):
+        G = x[:, t] + (a[:, t + 1] * G if t + 1 < L else 0)
+        want_G[t] = G
+    torch.testing.assert_close(_scan_forward(a, x, h0), torch.stack(want_h, 1))
+    torch.testing.assert_close(_scan_reverse(a, x), torch.stack(want_G, 1))
