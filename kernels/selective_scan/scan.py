@@ -22,8 +22,9 @@ power of two share one tuning. Per (channel, state) and step the forward costs o
 FMAs (A is pre-scaled by log2(e)); everything per channel (loads, softplus, D, z) is paid once for
 all N states. ``python -m compressmamba.eval.kernel_report`` shows registers and spills per tile.
 
-Layouts: chunk states hck (b, n_chunks, d, n) and scratch (b, CHUNK, d, n), so a program's
-(BLOCK_D, N) tile is contiguous when BLOCK_D channels are whole rows.
+Layouts: chunk states hck (b, n_chunks, d, BLOCK_N) and scratch (b, CHUNK, d, BLOCK_N), rows
+padded to the power of two BLOCK_N so a program's (BLOCK_D, BLOCK_N) tile is contiguous and
+aligned whatever n is; inputs and outputs are never padded.
 """
 
 from __future__ import annotations
