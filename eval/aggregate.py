@@ -264,10 +264,7 @@ def to_csv(rows: list[GroupRow], metric: str = "test_accuracy") -> str:
 def plot_accuracy_vs_state(rows: list[GroupRow], path: str | Path, metric: str = "test_accuracy") -> Path:
     """Score against final state size (per-layer mean), error bars = std over seeds; compressed
     recipes as circles, directly-trained ones as squares."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from compressmamba.training.plots import plt, save_figure  # matplotlib (Agg) only when plotting
 
     scale = 100.0 if _pct(metric) else 1.0
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -295,12 +292,7 @@ def plot_accuracy_vs_state(rows: list[GroupRow], path: str | Path, metric: str =
     ax.set_xlabel("final state size (mean over layers)")
     ax.set_ylabel(metric + (" (%)" if scale == 100 else ""))
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

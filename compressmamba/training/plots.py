@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 
 
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def kept_mask(n_states: int, new: int, kept: list[int] | None = None) -> list[bool]:
     """Which bars of a descending spectrum were kept: the recorded positions, or (runs written
     before positions were recorded) the top ``new``."""
@@ -46,12 +56,7 @@ def plot_energy_spectra(
         ax.set_title(f"layer {i}: {old[i]} → {new[i]}", fontsize=9)
         ax.set_xlabel("state (sorted)", fontsize=8)
     fig.suptitle(f"energy per state at step {step} (blue: kept)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_state_sizes(metrics_path, path) -> Path:
@@ -69,11 +74,7 @@ def plot_state_sizes(metrics_path, path) -> Path:
     ax.set_ylim(bottom=0)
     if len(sizes) <= 8:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class PlotCallback:
