@@ -12,11 +12,11 @@ A local folder or a hub id (downloaded with huggingface_hub when online) is acce
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from .. import compat
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM
 
 
@@ -34,7 +34,7 @@ def resolve(path_or_id: str | Path) -> Path:
         raise FileNotFoundError(f"{path_or_id!r} is neither a local folder nor a reachable hub id ({e})") from e
 
 
-_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "proxies")
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
 
 
 def read_config(path_or_id: str | Path, **hub_kwargs) -> dict | None:
@@ -45,19 +45,13 @@ def read_config(path_or_id: str | Path, **hub_kwargs) -> dict | None:
         f = p / hub_kwargs.get("subfolder", "") / "config.json"
         return json.loads(f.read_text()) if f.is_file() else None
     try:
-        from transformers.utils import cached_file
+        from huggingface_hub import hf_hub_download
 
         kw = {k: v for k, v in hub_kwargs.items() if k in _HUB_KWARGS}
-        f = cached_file(
-            str(path_or_id),
-            "config.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **kw,
-        )
-    except Exception:  # not a valid id, offline without cache
+        f = hf_hub_download(str(path_or_id), "config.json", **kw)
+    except Exception:  # not a valid id, no config.json, offline without cache
         return None
-    return json.loads(Path(f).read_text()) if f else None
+    return json.loads(Path(f).read_text())
 
 
 def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig:
@@ -149,16 +143,28 @@ def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> Compr
     model, info = super(CompressMambaForCausalLM, cls).from_pretrained(
         path_or_id, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
-    mismatched = [] if allow_mismatch else info["mismatched_keys"]
+    mismatched = {} if allow_mismatch else compat.mismatched_shapes(info)
+    if any(found is None for found in mismatched.values()):
+        mismatched.update(_stored_shapes(path_or_id, [k for k, v in mismatched.items() if v is None], **kwargs))
+    own = model.state_dict()
+    mismatched = [(k, found or ("?",), own[k].shape) for k, found in mismatched.items()]
     _raise_if_bad(str(path_or_id), info["missing_keys"], info["unexpected_keys"], mismatched)
     return (model, info) if want_info else model
 
 
-def convert_main(argv: list[str] | None = None) -> int:
-    """``compressmamba convert SRC DST [--to compressmamba|transformers]``."""
-    from ..cli import main
+def _stored_shapes(path_or_id, keys: list[str], **hub_kwargs) -> dict[str, tuple]:
+    """Shapes of ``keys`` as a safetensors checkpoint stores them (read from the file headers)."""
+    from safetensors import safe_open
 
-    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
+    root = resolve(path_or_id) / hub_kwargs.get("subfolder", "")
+    index = root / "model.safetensors.index.json"
+    files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {"model.safetensors"}
+    shapes = {}
+    for name in files:
+        if (root / name).is_file():
+            with safe_open(root / name, framework="pt") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in keys if k in f.keys()})
+    return shapes
 
 
 # the fields our config and transformers' MambaConfig share (state_size is per layer in ours)

@@ -19,7 +19,6 @@ from torch import Tensor
 from ..reduction.lti import balanced_truncation, hankel_singular_values, lru_to_lti, lti_to_lru
 from ..registry import register_model
 from .common import masked_mean, per_layer_sizes
-from .protocol import tag_parameter
 
 _SSM_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im")
 
@@ -46,6 +45,8 @@ class LRULayer(nn.Module):
 
     needs_calibration = False
     default_energy_method = "hankel"
+    # the paper's "ssm" group (lr × factor, no weight decay): all SSM parameters but C
+    ssm_params = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
 
     def __init__(self, d_model: int, state_size: int, r_min=0.9, r_max=0.999, max_phase=2 * math.pi):
         super().__init__()
@@ -75,11 +76,7 @@ class LRULayer(nn.Module):
         for name, t in tensors.items():
             dtype = ref.dtype if ref is not None else torch.get_default_dtype()
             device = ref.device if ref is not None else t.device
-            p = nn.Parameter(t.detach().to(device=device, dtype=dtype).contiguous())
-            # the paper's "ssm" group (lr × factor, no weight decay): all but C
-            if name not in ("C_re", "C_im"):
-                tag_parameter(p, no_weight_decay=True, ssm=True)
-            setattr(self, name, p)
+            setattr(self, name, nn.Parameter(t.detach().to(device=device, dtype=dtype).contiguous()))
         self.state_size = self.nu_log.shape[0]
 
     def lam(self) -> Tensor:

@@ -9,15 +9,16 @@ are; ``config.state_sizes`` holds each layer's N.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .. import compat
 from ..kernels import (
     causal_conv1d_fn,
     causal_conv1d_update,
@@ -26,10 +27,9 @@ from ..kernels import (
 )
 from ..registry import register_model
 from .common import masked_mean, per_layer_sizes
-from .protocol import tag_parameter
 
 
-class CompressMambaConfig(PretrainedConfig):
+class CompressMambaConfig(compat.PreTrainedConfig):
     """transformers' MambaConfig fields plus ``state_sizes`` (one N per layer).
 
     mamba-ssm's names are accepted as aliases (``d_model``, ``n_layer``, ``d_inner``, ``d_conv``,
@@ -138,6 +138,9 @@ class MambaMixer(nn.Module):
     needs_calibration = True
     # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
     default_energy_method = "output"
+    # optimizer groups (names relative to the layer; see models/protocol.py)
+    no_weight_decay_params = ("A_log", "D", "dt_proj.bias")
+    ssm_params = ("A_log",)
 
     def __init__(self, config: CompressMambaConfig, layer_idx: int):
         super().__init__()
@@ -149,29 +152,32 @@ class MambaMixer(nn.Module):
         self.conv1d = nn.Conv1d(i, i, k, groups=i, padding=k - 1, bias=config.use_conv_bias)
         self.x_proj = nn.Linear(i, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, i, bias=True)
-        self.A_log = tag_parameter(
-            nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(i, 1)),
-            no_weight_decay=True,
-            ssm=True,
-        )
-        self.D = tag_parameter(nn.Parameter(torch.ones(i)), no_weight_decay=True)
-        tag_parameter(self.dt_proj.bias, no_weight_decay=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(i, 1))
+        self.D = nn.Parameter(torch.ones(i))
         self.out_proj = nn.Linear(i, h, bias=config.use_bias)
         self.stats = None
 
-    def reset_parameters(self):
-        """mamba-ssm's initialisation of the SSM parameters."""
+    @torch.no_grad()
+    def reset_parameters(self, where=lambda t: True):
+        """mamba-ssm's initialisation of the SSM parameters (and out_proj's, rescaled by the
+        depth when ``rescale_prenorm_residual``), of each tensor for which ``where`` holds."""
         c, n = self.config, self.state_size
-        with torch.no_grad():
+        if where(self.dt_proj.weight):
             std = self.dt_rank**-0.5 * c.time_step_scale
             self.dt_proj.weight.uniform_(-std, std)
+        if where(self.dt_proj.bias):
             dt = torch.exp(
                 torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
                 + math.log(c.time_step_min)
             ).clamp(min=c.time_step_floor)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        if where(self.A_log):
             self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        if where(self.D):
             self.D.fill_(1.0)
+        if c.rescale_prenorm_residual and where(self.out_proj.weight):
+            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+            self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
 
     def ssm_inputs(self, hidden: Tensor):
         """hidden (b, l, H) → u, z (b, d, l), dt (b, d, l) before bias, B, C (b, n, l)."""
@@ -262,7 +268,7 @@ class MambaMixer(nn.Module):
         if keep.numel() == n and (keep == torch.arange(n, device=keep.device)).all():
             return {}
         rows = torch.cat([torch.arange(r, device=keep.device), r + keep, r + n + keep])
-        self.A_log = tag_parameter(nn.Parameter(self.A_log[:, keep].clone()), no_weight_decay=True, ssm=True)
+        self.A_log = nn.Parameter(self.A_log[:, keep].clone())
         self.x_proj.weight = nn.Parameter(self.x_proj.weight[rows].clone())
         self.x_proj.out_features = rows.numel()
         self.state_size = keep.numel()
@@ -289,11 +295,13 @@ class MambaCache:
         self.ssm = [s.index_select(0, beam_idx.to(s.device)) if s is not None else None for s in self.ssm]
 
 
-@dataclass
-class MambaLMOutput(ModelOutput):
-    loss: Tensor | None = None
-    logits: Tensor | None = None
-    cache_params: MambaCache | None = None
+# loss, logits and the recurrent cache, under the name this transformers generates with
+MambaLMOutput = make_dataclass(
+    "MambaLMOutput",
+    [("loss", Tensor | None, None), ("logits", Tensor | None, None), (compat.CACHE_NAME, MambaCache | None, None)],
+    bases=(ModelOutput,),
+    namespace={"__module__": __name__},
+)
 
 
 class MambaBlock(nn.Module):
@@ -331,22 +339,21 @@ class CompressMambaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        """Initialise what ``from_pretrained`` did not load (every tensor of a fresh model)."""
+        if not compat.needs_init(module):
+            return
         if isinstance(module, MambaMixer):
-            module.reset_parameters()
-            if self.config.rescale_prenorm_residual:
-                nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-                module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, RMSNorm):
+            module.reset_parameters(where=compat.needs_init)
+        elif isinstance(module, nn.Embedding) and compat.needs_init(module.weight):
+            module.weight.normal_(0.0, self.config.initializer_range)
+        elif isinstance(module, RMSNorm) and compat.needs_init(module.weight):
             module.weight.fill_(1.0)
 
 
-class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
+class CompressMambaForCausalLM(compat.RecurrentGenerationMixin, CompressMambaPreTrainedModel, GenerationMixin):
     """Mamba LM with per-layer state sizes; ``forward(input_ids, labels)`` → ``.loss``, ``.logits``."""
 
-    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+    _tied_weights_keys = compat.tied_weights_keys({"lm_head.weight": "backbone.embeddings.weight"})
 
     def __init__(self, config: CompressMambaConfig):
         super().__init__(config)
@@ -370,40 +377,47 @@ class CompressMambaForCausalLM(CompressMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.backbone.embeddings = value
 
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
     def forward(
         self,
         input_ids: Tensor,
         labels: Tensor | None = None,
-        cache_params: MambaCache | None = None,
+        cache: MambaCache | None = None,
         use_cache: bool | None = None,
+        cache_params: MambaCache | None = None,
         **kwargs,
     ) -> MambaLMOutput:
-        """input_ids (b, l) → logits (b, l, vocab); with ``cache_params`` the first call fills the
-        recurrent cache (prefill) and later calls take one token each."""
-        if cache_params is not None and cache_params.offset > 0 and input_ids.shape[1] != 1:
+        """input_ids (b, l) → logits (b, l, vocab); with a ``cache`` (``cache_params`` before
+        transformers 5.24, both accepted) the first call fills the recurrent cache (prefill) and
+        later calls take one token each. The output carries the cache as ``compat.CACHE_NAME``."""
+        cache = cache if cache is not None else cache_params
+        if cache is not None and cache.offset > 0 and input_ids.shape[1] != 1:
             raise ValueError(f"with a filled cache, input_ids must hold one new token, got {input_ids.shape[1]}")
-        h = self.backbone(input_ids, cache_params)
+        h = self.backbone(input_ids, cache)
         logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return MambaLMOutput(loss=loss, logits=logits, cache_params=cache_params)
+        return MambaLMOutput(loss=loss, logits=logits, **{compat.CACHE_NAME: cache})
 
-    # --- generation with a recurrent cache ---------------------------------------------------
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the cache is ours (per-layer N), made in prepare_inputs_for_generation
-
-    def prepare_inputs_for_generation(self, input_ids, cache_params=None, use_cache=True, **kwargs):
+    # --- generation with a recurrent cache (ours: one N per layer) ----------------------------
+    def prepare_inputs_for_generation(self, input_ids, use_cache=True, **kwargs):
+        """The prompt on the first call, then only the newest token: the cache holds the rest."""
         if use_cache is False:
             return {"input_ids": input_ids}
-        if cache_params is None:
-            cache_params = MambaCache(self.config.num_hidden_layers)
-        if cache_params.offset > 0:
+        cache = kwargs.get(compat.CACHE_NAME)
+        if cache is None:
+            cache = MambaCache(self.config.num_hidden_layers)
+        if cache.offset > 0:
             input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "cache_params": cache_params, "use_cache": True}
+        return {"input_ids": input_ids, compat.CACHE_NAME: cache, "use_cache": True}
 
     def ssm_layers(self) -> list[MambaMixer]:
         return [layer.mixer for layer in self.backbone.layers]

@@ -29,8 +29,11 @@ Each :class:`CompressibleLayer` offers
   coordinates: the trainer then drops that parameter's optimizer state (Adam restarts for it
   with its own bias correction; the learning-rate schedule and step count go on).
 
-Parameters carry tags that the optimizer groups are built from (never from tensor rank):
-``p._no_weight_decay = True`` and ``p._ssm = True`` (gets ``lr * ssm_lr_factor``).
+Optimizer groups come from names that each module declares (never from tensor rank, and never
+from attributes stuck on Parameter objects, which ``from_pretrained`` and ``truncate_`` drop):
+a module's class attributes ``no_weight_decay_params`` and ``ssm_params`` list parameter names
+relative to the module (``ssm_params`` get ``lr * ssm_lr_factor`` and no weight decay);
+:func:`declared_parameter_names` expands them to the model's full names.
 """
 
 from __future__ import annotations
@@ -64,10 +67,15 @@ class CompressibleModel(Protocol):
     def state_sizes(self) -> list[int]: ...
 
 
-def tag_parameter(p, *, no_weight_decay: bool = False, ssm: bool = False):
-    """Mark ``p`` for the optimizer-group builder; returns ``p`` for chaining."""
-    if no_weight_decay:
-        p._no_weight_decay = True
-    if ssm:
-        p._ssm = True
-    return p
+def declared_parameter_names(model, rule: str) -> set[str]:
+    """Full parameter names of ``model`` that its modules list under the class attribute ``rule``
+    (``"no_weight_decay_params"`` or ``"ssm_params"``). Raises ValueError for a declared name the
+    module does not have (a rule that silently matches nothing would change training)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        own = dict(module.named_parameters())
+        for name in getattr(type(module), rule, ()):
+            if name not in own:
+                raise ValueError(f"{type(module).__name__}.{rule} names {name!r}, which it has no parameter called")
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return names

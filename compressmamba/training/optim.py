@@ -18,20 +18,23 @@ import math
 import torch
 from torch import nn
 
+from ..models.protocol import declared_parameter_names
 from .config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Groups from tags: ``_ssm`` → lr × ssm_lr_factor, no weight decay; ``_no_weight_decay``
-    → no weight decay; everything else → lr, weight_decay. Biases and norm weights are not
-    decayed either (1-D tensors that are not tagged SSM parameters)."""
+    """Groups from the names the model's modules declare (models/protocol.py): ``ssm_params`` →
+    lr × ssm_lr_factor, no weight decay; ``no_weight_decay_params`` → no weight decay; everything
+    else → lr, weight_decay. Biases and norm weights (1-D tensors) are not decayed either."""
+    ssm = declared_parameter_names(model, "ssm_params")
+    no_decay = declared_parameter_names(model, "no_weight_decay_params")
     groups = {"decay": [], "no_decay": [], "ssm": []}
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if getattr(p, "_ssm", False):
+        if name in ssm:
             groups["ssm"].append(p)
-        elif getattr(p, "_no_weight_decay", False) or p.dim() < 2:
+        elif name in no_decay or p.dim() < 2:
             groups["no_decay"].append(p)
         else:
             groups["decay"].append(p)

@@ -3,6 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
 from compressmamba.models.mamba import CompressMambaForCausalLM, build_mamba
+from compressmamba.models.protocol import declared_parameter_names
 from compressmamba.reduction import select_states
 
 
@@ -66,7 +67,7 @@ def test_truncate_keep_all_is_identity_and_equals_zeroing():
         moment = torch.randn_like(w_before)
         torch.testing.assert_close(maps["x_proj.weight"](moment)[r : r + 4], moment[r + keep])
         assert maps["A_log"](torch.randn(32, 12)).shape == (32, 4)
-    assert mixer.A_log._ssm and mixer.A_log._no_weight_decay
+    assert "backbone.layers.1.mixer.A_log" in declared_parameter_names(m, "ssm_params")
 
 
 def test_per_layer_sizes_round_trip_save_load(tmp_path):
@@ -125,7 +126,7 @@ def test_decode_with_per_layer_sizes_equals_full_forward():
     torch.testing.assert_close(torch.cat([first, *steps], 1), full, rtol=1e-4, atol=1e-4)
 
 
-def test_init_follows_mamba_ssm_and_tags_parameters():
+def test_init_follows_mamba_ssm_and_declares_groups():
     torch.manual_seed(5)
     m = build_mamba(d_model=24, n_layers=3, state_sizes=[7, 3, 11], vocab_size=29)
     cfg = m.config
@@ -138,8 +139,10 @@ def test_init_follows_mamba_ssm_and_tags_parameters():
         bound = (1 / 48) ** 0.5 / 3**0.5  # kaiming-uniform bound 1/sqrt(fan_in), rescaled by sqrt(n_layers)
         w = mixer.out_proj.weight.abs().max()
         assert 0.8 * bound < w <= bound
-        assert mixer.A_log._ssm and mixer.A_log._no_weight_decay and mixer.D._no_weight_decay
-        assert mixer.dt_proj.bias._no_weight_decay and not hasattr(mixer.in_proj.weight, "_no_weight_decay")
+    pre = "backbone.layers.0.mixer."
+    assert declared_parameter_names(m, "ssm_params") >= {pre + "A_log"}
+    no_decay = declared_parameter_names(m, "no_weight_decay_params")
+    assert {pre + "A_log", pre + "D", pre + "dt_proj.bias"} <= no_decay and pre + "in_proj.weight" not in no_decay
     with pytest.raises(ValueError, match=r"keep must hold distinct indices in \[0, 3\), got \[0, 3\]"):
         m.ssm_layers()[1].truncate_(torch.tensor([0, 3]))
 

@@ -15,7 +15,7 @@ def test_groups_from_tags():
     assert {id(lru.nu_log), id(lru.B_re), id(lru.gamma_log)} <= ssm_ids and id(lru.C_re) not in ssm_ids
     assert by["ssm"]["lr"] == 0.1 * 0.25 and by["ssm"]["weight_decay"] == 0.0
     assert id(m.encoder.weight) in {id(p) for p in by["decay"]["params"]} and by["decay"]["weight_decay"] == 0.05
-    assert all(p.dim() < 2 or getattr(p, "_no_weight_decay", False) for p in by["no_decay"]["params"])
+    assert all(p.dim() < 2 for p in by["no_decay"]["params"])
 
 
 class Sliceable(nn.Module):
