@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
-    from . import compress
+    from . import compress, env
 
     compress.register(sub)
+    env.register(sub)
     from .eval import aggregate
 
     aggregate.register(sub)
