@@ -1,4 +1,5 @@
-"""Selective-scan and causal-conv kernels (installed as ``compressmamba.kernels``).
+"""Selective-scan (Mamba-1), SSD (Mamba-2) and causal-conv kernels (installed as
+``compressmamba.kernels``).
 
 Public ops dispatch by device: CPU tensors run the vectorised PyTorch scan, CUDA tensors the
 Triton kernels when present; ``backend=`` forces one. Each fast path has a same-signature
@@ -13,6 +14,7 @@ from .selective_scan import (
     selective_state_update,
     selective_state_update_ref,
 )
+from .ssd import ssd_scan_cpu, ssd_scan_fn, ssd_scan_ref, ssd_state_update, ssd_state_update_ref
 
 __all__ = [
     "causal_conv1d_fn",
@@ -23,4 +25,9 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "ssd_scan_cpu",
+    "ssd_scan_fn",
+    "ssd_scan_ref",
+    "ssd_state_update",
+    "ssd_state_update_ref",
 ]
