@@ -9,13 +9,12 @@ are; ``config.state_sizes`` holds each layer's N.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .. import compat
@@ -27,6 +26,7 @@ from ..kernels import (
 )
 from ..registry import register_model
 from .common import masked_mean, per_layer_sizes
+from .lm import RecurrentCache, RMSNorm, SSMForCausalLM, blocks, init_weights, register_auto
 
 
 class CompressMambaConfig(compat.PreTrainedConfig):
@@ -118,19 +118,6 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         )
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
 class MambaMixer(nn.Module):
     """in_proj → causal conv1d → SiLU → x_proj (dt, B, C) → dt_proj → selective scan (D skip,
     SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
@@ -192,7 +179,7 @@ class MambaMixer(nn.Module):
         assert dt.shape[-1] == l
         return u, z, dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
-    def forward(self, hidden: Tensor, cache: MambaCache | None = None) -> Tensor:
+    def forward(self, hidden: Tensor, cache: RecurrentCache | None = None) -> Tensor:
         if cache is not None and cache.offset > 0:
             return self.step(hidden, cache)
         u, z, dt, B, C = self.ssm_inputs(hidden)
@@ -208,12 +195,11 @@ class MambaMixer(nn.Module):
             u, dt, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True
         )
         x = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)[0]
-        k = self.conv1d.weight.shape[-1]
-        cache.conv[self.layer_idx] = F.pad(x, (max(0, k - x.shape[-1]), 0))[..., -k:].float().contiguous()
+        cache.keep_conv_inputs(self.layer_idx, x, self.conv1d.weight.shape[-1])
         cache.ssm[self.layer_idx] = last.float().contiguous()
         return self.out_proj(y.transpose(1, 2))
 
-    def step(self, hidden: Tensor, cache: MambaCache) -> Tensor:
+    def step(self, hidden: Tensor, cache: RecurrentCache) -> Tensor:
         """One decoding token: hidden (b, 1, H); the layer's conv and SSM states advance in place."""
         x, z = self.in_proj(hidden[:, 0]).chunk(2, dim=-1)
         u = causal_conv1d_update(x, cache.conv[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
@@ -278,88 +264,14 @@ class MambaMixer(nn.Module):
         return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
 
 
-class MambaCache:
-    """Recurrent decoding state: per layer a conv state (b, d_inner, d_conv) and an SSM state
-    (b, d_inner, N_layer), each layer with its own N."""
-
-    def __init__(self, n_layers: int):
-        self.conv: list[Tensor | None] = [None] * n_layers
-        self.ssm: list[Tensor | None] = [None] * n_layers
-        self.offset = 0  # tokens seen
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.offset
-
-    def reorder_cache(self, beam_idx: Tensor) -> None:
-        self.conv = [c.index_select(0, beam_idx.to(c.device)) if c is not None else None for c in self.conv]
-        self.ssm = [s.index_select(0, beam_idx.to(s.device)) if s is not None else None for s in self.ssm]
+MambaCache = RecurrentCache  # the name before Mamba-2 shared it
 
 
-# loss, logits and the recurrent cache, under the name this transformers generates with
-MambaLMOutput = make_dataclass(
-    "MambaLMOutput",
-    [("loss", Tensor | None, None), ("logits", Tensor | None, None), (compat.CACHE_NAME, MambaCache | None, None)],
-    bases=(ModelOutput,),
-    namespace={"__module__": __name__},
-)
+class CompressMambaForCausalLM(SSMForCausalLM):
+    """Mamba-1 LM with per-layer state sizes; ``forward(input_ids, labels)`` → ``.loss``, ``.logits``."""
 
-
-class MambaBlock(nn.Module):
-    def __init__(self, config: CompressMambaConfig, layer_idx: int):
-        super().__init__()
-        self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = MambaMixer(config, layer_idx)
-
-    def forward(self, x: Tensor, cache: MambaCache | None = None) -> Tensor:
-        residual = x.float() if self.residual_in_fp32 else x
-        return (residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), cache)).to(x.dtype)
-
-
-class MambaBackbone(nn.Module):
-    def __init__(self, config: CompressMambaConfig):
-        super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
-        self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-
-    def forward(self, input_ids: Tensor, cache: MambaCache | None = None) -> Tensor:
-        h = self.embeddings(input_ids)
-        for layer in self.layers:
-            h = layer(h, cache)
-        if cache is not None:
-            cache.offset += input_ids.shape[1]
-        return self.norm_f(h)
-
-
-class CompressMambaPreTrainedModel(PreTrainedModel):
     config_class = CompressMambaConfig
-    base_model_prefix = "backbone"
-    _no_split_modules = ["MambaBlock"]
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Initialise what ``from_pretrained`` did not load (every tensor of a fresh model)."""
-        if not compat.needs_init(module):
-            return
-        if isinstance(module, MambaMixer):
-            module.reset_parameters(where=compat.needs_init)
-        elif isinstance(module, nn.Embedding) and compat.needs_init(module.weight):
-            module.weight.normal_(0.0, self.config.initializer_range)
-        elif isinstance(module, RMSNorm) and compat.needs_init(module.weight):
-            module.weight.fill_(1.0)
-
-
-class CompressMambaForCausalLM(compat.RecurrentGenerationMixin, CompressMambaPreTrainedModel, GenerationMixin):
-    """Mamba LM with per-layer state sizes; ``forward(input_ids, labels)`` → ``.loss``, ``.logits``."""
-
-    _tied_weights_keys = compat.tied_weights_keys({"lm_head.weight": "backbone.embeddings.weight"})
-
-    def __init__(self, config: CompressMambaConfig):
-        super().__init__(config)
-        self.backbone = MambaBackbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    mixer_cls = MambaMixer
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -371,69 +283,8 @@ class CompressMambaForCausalLM(compat.RecurrentGenerationMixin, CompressMambaPre
 
         return hf_interop.load_pretrained(pretrained_model_name_or_path, *args, _cls=cls, **kwargs)
 
-    def get_input_embeddings(self):
-        return self.backbone.embeddings
 
-    def set_input_embeddings(self, value):
-        self.backbone.embeddings = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        labels: Tensor | None = None,
-        cache: MambaCache | None = None,
-        use_cache: bool | None = None,
-        cache_params: MambaCache | None = None,
-        **kwargs,
-    ) -> MambaLMOutput:
-        """input_ids (b, l) → logits (b, l, vocab); with a ``cache`` (``cache_params`` before
-        transformers 5.24, both accepted) the first call fills the recurrent cache (prefill) and
-        later calls take one token each. The output carries the cache as ``compat.CACHE_NAME``."""
-        cache = cache if cache is not None else cache_params
-        if cache is not None and cache.offset > 0 and input_ids.shape[1] != 1:
-            raise ValueError(f"with a filled cache, input_ids must hold one new token, got {input_ids.shape[1]}")
-        h = self.backbone(input_ids, cache)
-        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
-        return MambaLMOutput(loss=loss, logits=logits, **{compat.CACHE_NAME: cache})
-
-    # --- generation with a recurrent cache (ours: one N per layer) ----------------------------
-    def prepare_inputs_for_generation(self, input_ids, use_cache=True, **kwargs):
-        """The prompt on the first call, then only the newest token: the cache holds the rest."""
-        if use_cache is False:
-            return {"input_ids": input_ids}
-        cache = kwargs.get(compat.CACHE_NAME)
-        if cache is None:
-            cache = MambaCache(self.config.num_hidden_layers)
-        if cache.offset > 0:
-            input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, compat.CACHE_NAME: cache, "use_cache": True}
-
-    def ssm_layers(self) -> list[MambaMixer]:
-        return [layer.mixer for layer in self.backbone.layers]
-
-    @property
-    def state_sizes(self) -> list[int]:
-        return [m.state_size for m in self.ssm_layers()]
-
-
-try:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    AutoConfig.register("compressmamba", CompressMambaConfig)
-    AutoModelForCausalLM.register(CompressMambaConfig, CompressMambaForCausalLM)
-except ValueError:  # already registered (module reloaded)
-    pass
+register_auto("compressmamba", CompressMambaConfig, CompressMambaForCausalLM)
 
 
 @dataclass
@@ -452,11 +303,11 @@ class MambaClassifier(nn.Module):
         self.config = config
         h = config.hidden_size
         self.encoder = nn.Linear(d_input, h) if d_input else nn.Embedding(config.vocab_size, h)
-        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
+        self.layers = blocks(config, MambaMixer)
         self.norm_f = RMSNorm(h, config.layer_norm_epsilon)
         self.head = nn.Linear(h, n_classes)
         for m in self.modules():
-            CompressMambaPreTrainedModel._init_weights(self, m)
+            init_weights(m, config)
 
     def forward(self, inputs: Tensor, labels: Tensor | None = None, lengths: Tensor | None = None, **_):
         h = self.encoder(inputs)
