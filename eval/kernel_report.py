@@ -274,7 +274,7 @@ def main(argv=None):
             rows.append((label, w, r))
             cells = f"{r['registers']} | {r['spill_stores']} | {r['spill_loads']} | {r['shared']}"
             loop = "— | — | — | — | —"
-            if r["loop_instructions"] and {"BLOCK_D", "BLOCK_N"} <= call_kwargs.keys():  # Mamba-1 scan: a step per iteration
+            if r["loop_instructions"] and {"BLOCK_D", "BLOCK_N"} <= call_kwargs.keys():  # the Mamba-1 scan
                 per_thread = max(1, call_kwargs["BLOCK_D"] * call_kwargs["BLOCK_N"] // (32 * w))
                 per_el = r["step_instructions"] / per_thread
                 loop = f"{r['loop_instructions']} | {r['step_instructions']} | {per_el:.0f} | "
