@@ -7,9 +7,10 @@
 # Installs compressmamba without dependencies (the device image already has torch, triton,
 # transformers, accelerate, pytest, pyyaml, tqdm; no internet), then: the kernel tests natively
 # (TRITON_INTERPRET=0), the scan/conv benchmark in fp32 (the Triton scan at chunk 16, 32, 64) and
-# bf16 with the target checks, and the whole-model benchmark. Each step has its own time limit so
-# one slow step cannot eat the rest. The first call per (padded N, dtype) autotunes the scan (up to
-# a dozen configs each for forward and backward: a few minutes in all, cached on disk after).
+# bf16 with the target checks, the SSD (Mamba-2) benchmark, and the whole-model benchmark. Each
+# step has its own time limit so one slow step cannot eat the rest. The first call per (padded N,
+# dtype) autotunes the scan (up to a dozen configs each for forward and backward: a few minutes in
+# all, cached on disk after).
 # Copy the tables into docs/benchmarks.md with the device line from $OUT/device.txt.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -38,6 +39,9 @@ step() {  # step NAME SECONDS CMD...: run CMD with a limit, tee its output to $O
 step tests_kernels.log 300 $PY -m pytest -q -p no:cacheprovider tests/kernels
 step bench_scan_fp32.md 420 $PY -m compressmamba.eval.bench_scan --dtype fp32 --chunks 16,32,64
 step bench_scan_bf16.md 240 $PY -m compressmamba.eval.bench_scan --dtype bf16 --states 16,128 --no-conv
+# Mamba-2's SSD scan at the mamba2-130m layer (24 heads x 64, one group), Triton and the chunked
+# torch path on CUDA tensors
+step bench_ssd_fp32.md 240 $PY -m compressmamba.eval.bench_ssd --batch 8 --seqlen 2048 --backends triton,cpu
 # transformers' torch path keeps every step's (batch, 1536, N) state for its backward: at batch 8,
 # L 2048, N 128 that is ~77 GB over 24 layers, so the model comparison runs at batch 4, L 1024
 step bench_model.md 300 $PY -m compressmamba.eval.bench_model --device cuda --batch 4 --seqlen 1024 \

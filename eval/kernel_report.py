@@ -11,6 +11,7 @@ replaced by a recorder, and the recorded arguments go through Triton's own speci
     python -m compressmamba.eval.kernel_report                    # sm_90 (H100), N 4..128
     python -m compressmamba.eval.kernel_report --arch 80 --states 16,128 --warps 4
     python -m compressmamba.eval.kernel_report --launcher          # the warps the launchers pick
+    python -m compressmamba.eval.kernel_report --ssd --states 16,64,128   # the SSD (Mamba-2) kernels
 
 It needs the ptxas that ships inside the triton wheel (triton/backends/nvidia/bin), not CUDA,
 and runs the compiler in this process with ``TRITON_INTERPRET=0`` (set before the kernels are
@@ -33,6 +34,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from compressmamba.kernels.conv1d import kernel as conv  # noqa: E402
 from compressmamba.kernels.selective_scan import scan, step  # noqa: E402
+from compressmamba.kernels.ssd import scan as ssd_scan  # noqa: E402
+from compressmamba.kernels.ssd import step as ssd_step  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
@@ -110,11 +113,51 @@ def recorded_launches(n: int, dtype=torch.float32, b: int = 8, d: int = 1536, L:
     return [(labels[name], rec.fn, *rec.calls[0]) for name, rec in recorders.items()]
 
 
+SSD_KERNELS = {
+    "_chunk_outer_kernel": "ssd chunk states / dy outer",
+    "_pass_kernel": "ssd state passing",
+    "_chunk_out_kernel": "ssd chunk output",
+    "_chunk_bwd_kernel": "ssd chunk bwd",
+}
+
+
+def recorded_ssd_launches(n: int, dtype=torch.float32, b: int = 8, L: int = 2048, h: int = 24, p: int = 64):
+    """(label, JITFunction, args, kwargs) of every SSD kernel launch for one Mamba-2 layer of state
+    size n at the mamba2-130m shape (24 heads of 64 channels, one group), x, B and C slices of one
+    conv output as the mixer passes them, with the launchers' block and warps. The forward and the
+    backward each launch the chunk-outer and the passing kernel once; the backward's are recorded."""
+    targets = [(ssd_scan, name) for name in SSD_KERNELS] + [(ssd_step, "_step_kernel")]
+    saved = {(m, name): getattr(m, name) for m, name in targets}
+    recorders = {(m, name): _Recorder(getattr(m, name)) for m, name in targets}
+    try:
+        for (m, name), rec in recorders.items():
+            setattr(m, name, rec)
+        xBC = torch.empty(b, L, h * p + 2 * n, device="meta", dtype=dtype).requires_grad_()
+        x = xBC[..., : h * p].view(b, L, h, p)
+        B, C = xBC[..., h * p : h * p + n].view(b, L, 1, n), xBC[..., h * p + n :].view(b, L, 1, n)
+        f32 = lambda *shape: torch.empty(*shape, device="meta").requires_grad_()  # noqa: E731
+        dt, A, D, bias = f32(b, L, h), f32(h), f32(h), f32(h)
+        y, last = ssd_scan.ssd_scan_triton(x, dt, A, B, C, None, D, None, bias, None, True, True)
+        torch.autograd.grad(y.float().sum() + last.sum(), (xBC, dt, A, D, bias))
+        state = torch.empty(b, h, p, n, device="meta")
+        ssd_step.ssd_state_update_triton(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, None, bias, True)
+    finally:
+        for (m, name), fn in saved.items():
+            setattr(m, name, fn)
+    rows = []
+    for (_, name), rec in recorders.items():
+        label = SSD_KERNELS.get(name, "ssd decode step")
+        rows.append((f"{label} N={n}", rec.fn, *rec.calls[-1]))
+    return rows
+
+
 def launcher_warps(label: str, kwargs: dict) -> int:
     """The warps a launcher uses where it does not autotune (deterministic backward, decode step);
     the conv kernels autotune over 4 and 8 warps, 4 is reported."""
     if label.startswith("conv1d"):
         return 4
+    if label.startswith("ssd"):
+        return kwargs["num_warps"]
     return scan.fixed_warps(kwargs["BLOCK_D"], kwargs["BLOCK_N"])
 
 
@@ -207,6 +250,7 @@ def main(argv=None):
     p.add_argument("--warps", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--launcher", action="store_true", help="only the warps the launchers use without autotuning")
+    p.add_argument("--ssd", action="store_true", help="the SSD (Mamba-2) kernels instead (mamba2-130m layer shape)")
     args = p.parse_args(argv)
     print(f"Triton {triton.__version__}, sm_{args.arch}, inputs {args.dtype} (dim 1536 for BLOCK_D)")
     print(
@@ -216,19 +260,21 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    launches = [launch for n in args.states for launch in recorded_launches(n, dtype)]
+    record = recorded_ssd_launches if args.ssd else recorded_launches
+    launches = [launch for n in args.states for launch in record(n, dtype)]
     seen = set()
     for label, fn, call_args, call_kwargs in launches:
         if label in seen:  # the conv kernels do not depend on N
             continue
         seen.add(label)
-        tile = "x".join(str(call_kwargs[k]) for k in ("BLOCK_D", "BLOCK_N", "BLOCK_L") if k in call_kwargs)
+        keys = ("Q", "BLOCK_P", "BLOCK_D", "BLOCK_N", "BLOCK_L")
+        tile = "x".join(str(call_kwargs[k]) for k in keys if k in call_kwargs)
         for w in [launcher_warps(label, call_kwargs)] if args.launcher else args.warps:
             r = compile_report(fn, call_args, dict(call_kwargs, num_warps=w), args.arch)
             rows.append((label, w, r))
             cells = f"{r['registers']} | {r['spill_stores']} | {r['spill_loads']} | {r['shared']}"
             loop = "— | — | — | — | —"
-            if r["loop_instructions"] and "BLOCK_N" in call_kwargs:  # the scan kernels: one step per iteration
+            if r["loop_instructions"] and {"BLOCK_D", "BLOCK_N"} <= call_kwargs.keys():  # the Mamba-1 scan
                 per_thread = max(1, call_kwargs["BLOCK_D"] * call_kwargs["BLOCK_N"] // (32 * w))
                 per_el = r["step_instructions"] / per_thread
                 loop = f"{r['loop_instructions']} | {r['step_instructions']} | {per_el:.0f} | "

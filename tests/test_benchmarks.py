@@ -34,3 +34,13 @@ def test_bench_model_runs(capsys):
     )
     out = capsys.readouterr().out
     assert "transformers" in out
+
+
+def test_bench_ssd_prints_the_table(capsys):
+    from compressmamba.eval import bench_ssd
+
+    args = ["--device", "cpu", "--seqlen", "20", "--d-inner", "8", "--headdim", "4", "--chunk-size", "8"]
+    rows = bench_ssd.main(args + ["--states", "4,13", "--reps", "1", "--backends", "cpu,ref"])
+    out = capsys.readouterr().out
+    assert "| cpu | 13 |" in out and "| ref | 4 |" in out and "speed-up vs N=13" in out
+    assert len(rows) == 4 and all(r[2] > 0 and r[3] > 0 for r in rows)

@@ -109,8 +109,8 @@ def ssd_scan_fn(
     the PyTorch backends).
 
     Backends: CPU tensors -> ``cpu`` (the chunked PyTorch form, blocks of ``chunk_size`` steps);
-    CUDA tensors -> ``triton`` when importable (its own power-of-two block, scan.CHUNK: the result
-    does not depend on the block beyond rounding), else ``cpu``; ``ref`` is the step-by-step
+    CUDA tensors -> ``triton`` when importable (its own power-of-two block, ``scan.default_chunk(d_state)``:
+    the result does not depend on the block beyond rounding), else ``cpu``; ``ref`` is the step-by-step
     specification. ``backend="triton"`` also runs on CPU tensors under TRITON_INTERPRET=1.
     """
     if backend not in BACKENDS:
@@ -127,9 +127,9 @@ def ssd_scan_fn(
     if backend == "auto":
         backend = "triton" if x.is_cuda and _triton_available() else "cpu"
     if backend == "triton":
-        from .scan import CHUNK, ssd_scan_triton
+        from .scan import ssd_scan_triton
 
-        return ssd_scan_triton(x, dt, A, B, C, CHUNK, **kw)
+        return ssd_scan_triton(x, dt, A, B, C, None, **kw)
     if backend == "ref":
         return ssd_scan_ref(x, dt, A, B, C, chunk_size, **kw)
     return ssd_scan_cpu(x, dt, A, B, C, chunk_size, **kw)

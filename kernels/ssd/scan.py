@@ -19,7 +19,8 @@ L is the causal decay matrix exp(a_t − a_s) (t ≥ s). Every program holds who
 never padded in memory. B and C gradients are written per head and summed over a group's heads
 by PyTorch (deterministic, no atomics). Inputs may be fp32, fp16 or bf16; every product
 accumulates in fp32 (tl.dot with IEEE fp32 inputs: no TF32). Correct and simple first: no
-autotuning yet, fixed warps.
+autotuning yet, fixed warps, and chunks short enough that the backward's tiles stay in registers
+(``default_chunk``); not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ from .reference import process_dt, skip_and_gate
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_N = 256  # largest d_state: whole (Q, n) tiles live in registers
 MAX_P = 256  # largest headdim, for the same reason
-CHUNK = 64  # default steps per chunk (a power of two, 16..128: tl.dot needs 16 or more)
-NUM_WARPS = 4
+NUM_WARPS = 8  # of the chunk and passing kernels; the whole-chunk tiles spill with 4
+
+
+def default_chunk(n: int) -> int:
+    """Steps per chunk where the caller does not choose: the longest of 16, 32 for which the
+    backward compiles for sm_90 with (almost) no spills at 8 warps (eval/kernel_report.py --ssd:
+    none at padded N 16 and 64, 32 B at 32, 592 B at 128; chunks of 64 spill kilobytes)."""
+    return 32 if _pad2(n) <= 32 else 16
 
 
 def _pad2(v: int) -> int:
@@ -394,7 +401,7 @@ def ssd_scan_triton(
     A,
     B,
     C,
-    chunk_size: int = CHUNK,
+    chunk_size: int | None = None,
     D=None,
     z=None,
     dt_bias=None,
@@ -407,8 +414,8 @@ def ssd_scan_triton(
     Shapes: x, z (b, l, h, p) with p <= MAX_P; dt (b, l, h); A, dt_bias (h,); B, C (b, l, g, n)
     with g dividing h and 1 <= n <= MAX_N; D (h,) or (h, p); initial_states (b, h, p, n). x, B,
     C may be fp32, fp16 or bf16 and any strides; everything is computed in fp32. ``chunk_size``
-    is the kernels' block of steps, a power of two in 16..128 (the result does not depend on it
-    beyond rounding). Returns y (b, l, h, p) in x's dtype, and with ``return_final_states`` also
+    is the kernels' block of steps, a power of two in 16..128, by default ``default_chunk(n)``
+    (the result does not depend on it beyond rounding). Returns y (b, l, h, p) in x's dtype, and with ``return_final_states`` also
     the final state (b, h, p, n) in fp32. Shapes are checked by ``compressmamba.kernels.ssd_scan_fn``;
     this function checks only what the kernels themselves cannot do.
 
@@ -417,6 +424,7 @@ def ssd_scan_triton(
     """
     b, L, H, P = x.shape
     N = B.shape[-1]
+    chunk_size = default_chunk(N) if chunk_size is None else chunk_size
     if chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be a power of two in 16..128 for the Triton kernels, got {chunk_size!r}")
     if not 1 <= N <= MAX_N or not 1 <= P <= MAX_P:
@@ -434,4 +442,4 @@ def ssd_scan_triton(
     return (y, final) if return_final_states else y
 
 
-__all__ = ["CHUNK", "MAX_N", "MAX_P", "ssd_scan_triton"]
+__all__ = ["MAX_N", "MAX_P", "default_chunk", "ssd_scan_triton"]

@@ -133,7 +133,11 @@ def test_bad_input_is_refused_naming_the_argument():
         ("D", torch.randn(3), r"D has shape \(3,\), expected \(6,\) or \(6, 3\)"),
         ("z", inp["z"][..., :2], r"z has shape \(2, 5, 6, 2\), expected \(2, 5, 6, 3\) like x"),
         ("dt_bias", torch.randn(2), r"dt_bias has shape \(2,\), expected \(6,\)"),
-        ("initial_states", torch.randn(2, 6, 3, 5), r"initial_states has shape \(2, 6, 3, 5\), expected \(2, 6, 3, 4\)"),
+        (
+            "initial_states",
+            torch.randn(2, 6, 3, 5),
+            r"initial_states has shape \(2, 6, 3, 5\), expected \(2, 6, 3, 4\)",
+        ),
         ("dt", inp["dt"].long(), r"dt has dtype torch.int64, expected a floating-point tensor"),
     ]
     for name, value, msg in bad:

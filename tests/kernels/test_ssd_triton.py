@@ -16,6 +16,7 @@ LOW_PREC = 2e-2  # bf16/fp16 inputs (rounded once, then the same inputs in float
 # every buffer the launchers allocate starts as NaN (tests/kernels/conftest.py)
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
+ALL_OFF = dict(d_shape=None, has_z=False, has_bias=False, has_init=False, softplus=False, final=False)
 # (l, chunk, batch, h, g, p, n, flags). The interpreter is slow: N = 13, 47 (masked), 64, 128
 # each once, L never a multiple of the chunk but once, every optional input on and off somewhere.
 CASES = [
@@ -23,7 +24,7 @@ CASES = [
     (100, 32, 1, 6, 2, 12, 47, dict(d_shape="channel", has_z=False, has_init=False, softplus=False, final=True)),
     (48, 16, 1, 4, 1, 16, 64, dict(d_shape=None, has_bias=False, softplus=True, final=False)),
     (37, 32, 1, 2, 2, 8, 128, dict(d_shape="channel", has_init=True, softplus=True, final=True)),
-    (5, 16, 2, 2, 1, 3, 1, dict(d_shape="head", has_z=False, has_bias=False, has_init=False, softplus=False, final=False)),
+    (5, 16, 2, 2, 1, 3, 1, dict(ALL_OFF, d_shape="head")),
 ]
 
 
