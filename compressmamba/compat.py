@@ -29,6 +29,12 @@ PreTrainedConfig = getattr(transformers, "PreTrainedConfig", None) or transforme
 CACHE_NAME = "cache" if TRANSFORMERS >= Version("5.24") else "cache_params"
 
 
+def config_float(v) -> float:
+    """A float from config.json: 5.x writes inf/nan as ``{"__float__": "Infinity"}`` (and reads
+    it back itself); older releases hand that dict through as it is."""
+    return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
+
+
 def tied_weights_keys(tied: dict[str, str]) -> dict[str, str] | list[str]:
     """``{target: source}`` from 5.0; 4.x wants the list of targets (and ties through
     ``get_output_embeddings()``, which every tied model here defines)."""

@@ -20,7 +20,7 @@ MODELS: dict[str, Callable[..., Any]] = {}
 DATASETS: dict[str, Callable[..., Any]] = {}
 
 # Modules whose import registers builders; missing ones are skipped so partial installs work.
-_MODEL_MODULES = ("compressmamba.models.lru", "compressmamba.models.mamba")
+_MODEL_MODULES = ("compressmamba.models.lru", "compressmamba.models.mamba", "compressmamba.models.mamba2")
 _DATA_MODULES = (
     "compressmamba.data.mnist",
     "compressmamba.data.cifar",

@@ -1,6 +1,27 @@
-"""Models: the LRU and Mamba (importing this registers Mamba with transformers' Auto classes)."""
+"""Models: the LRU, Mamba-1 and Mamba-2 (importing this registers both Mambas with transformers'
+Auto classes)."""
 
 from .lru import LRULayer, LRUModel, build_lru
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM, build_mamba
+from .mamba2 import CompressMamba2Config, CompressMamba2ForCausalLM, build_mamba2
 
-__all__ = ["CompressMambaConfig", "CompressMambaForCausalLM", "LRULayer", "LRUModel", "build_lru", "build_mamba"]
+__all__ = [
+    "CompressMamba2Config",
+    "CompressMamba2ForCausalLM",
+    "CompressMambaConfig",
+    "CompressMambaForCausalLM",
+    "LRULayer",
+    "LRUModel",
+    "build_lru",
+    "build_mamba",
+    "build_mamba2",
+    "load_pretrained",
+]
+
+
+def load_pretrained(path_or_id, *args, **kwargs):
+    """Any supported checkpoint (Mamba-1 or Mamba-2; ours, transformers' or mamba-ssm's layout;
+    a folder or a hub id) as our model of its type. See :func:`hf_interop.load_pretrained`."""
+    from .hf_interop import load_pretrained as load
+
+    return load(path_or_id, *args, **kwargs)

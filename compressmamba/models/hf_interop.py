@@ -1,12 +1,14 @@
-"""Loading Mamba checkpoints of three layouts, and exporting to plain transformers.
+"""Loading Mamba-1 and Mamba-2 checkpoints of three layouts, and exporting to plain transformers.
 
-* ours (``model_type: compressmamba``, per-layer ``state_sizes``) and transformers'
-  ``MambaForCausalLM`` (``model_type: mamba``, e.g. state-spaces/mamba-130m-hf): same weight
-  names, loaded by ``CompressMambaForCausalLM.from_pretrained``;
-* mamba-ssm's ``MambaLMHeadModel`` (config.json with ``d_model``/``n_layer``/``ssm_cfg`` and
-  pytorch_model.bin with ``backbone.embedding.*`` keys, e.g. state-spaces/mamba-130m): keys and
-  config fields are translated here, vocabulary padded as mamba-ssm pads it.
-A local folder or a hub id (downloaded with huggingface_hub when online) is accepted.
+* ours (``model_type: compressmamba`` / ``compressmamba2``, per-layer ``state_sizes``) and
+  transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (``model_type: mamba`` / ``mamba2``,
+  e.g. state-spaces/mamba-130m-hf): same weight names, loaded through transformers;
+* mamba-ssm's ``MambaLMHeadModel`` (config.json with ``d_model``/``n_layer``/``ssm_cfg``, whose
+  ``layer`` is ``Mamba1`` or ``Mamba2``, and pytorch_model.bin with ``backbone.embedding.*`` keys,
+  e.g. state-spaces/mamba-130m, state-spaces/mamba2-130m): keys and config fields are translated
+  here, vocabulary padded as mamba-ssm pads it.
+:func:`load_pretrained` picks the family by the checkpoint's type. A local folder or a hub id
+(downloaded with huggingface_hub when online) is accepted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from pathlib import Path
 import torch
 
 from .. import compat
+from .lm import SSMForCausalLM
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM
+from .mamba2 import CompressMamba2Config, CompressMamba2ForCausalLM
+
+# model_type → our class; mamba-ssm configs carry no model_type but ssm_cfg.layer
+FAMILIES = {
+    "compressmamba": CompressMambaForCausalLM,
+    "mamba": CompressMambaForCausalLM,
+    "compressmamba2": CompressMamba2ForCausalLM,
+    "mamba2": CompressMamba2ForCausalLM,
+}
+_MAMBA_SSM_LAYERS = {"Mamba1": CompressMambaForCausalLM, "Mamba2": CompressMamba2ForCausalLM}
 
 
 def resolve(path_or_id: str | Path) -> Path:
@@ -54,29 +67,48 @@ def read_config(path_or_id: str | Path, **hub_kwargs) -> dict | None:
     return json.loads(Path(f).read_text())
 
 
-def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig:
+def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig | CompressMamba2Config:
     """mamba-ssm's MambaConfig (d_model, n_layer, ssm_cfg, pad_vocab_size_multiple...) → ours."""
-    ssm = cfg.get("ssm_cfg", {}) or {}
-    if ssm.get("layer", "Mamba1") not in ("Mamba1", None):
-        raise ValueError(f"only Mamba-1 checkpoints are supported, got ssm_cfg.layer={ssm.get('layer')!r}")
+    ssm = dict(cfg.get("ssm_cfg", {}) or {})
+    layer = ssm.pop("layer", "Mamba1") or "Mamba1"
+    if layer not in _MAMBA_SSM_LAYERS:
+        raise ValueError(f"ssm_cfg.layer={layer!r} is not supported; expected one of {sorted(_MAMBA_SSM_LAYERS)}")
     if not cfg.get("rms_norm", True):
         raise ValueError("rms_norm=False (LayerNorm blocks) is not supported; expected rms_norm=True")
     if cfg.get("attn_layer_idx"):
         raise ValueError(f"attn_layer_idx={cfg['attn_layer_idx']}: hybrid attention models are not supported")
-    return CompressMambaConfig(
+    if cfg.get("d_intermediate", 0):
+        raise ValueError(f"d_intermediate={cfg['d_intermediate']}: MLP blocks are not supported; expected 0")
+    shared = dict(
         vocab_size=cfg["vocab_size"],
         pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
         hidden_size=cfg["d_model"],
         num_hidden_layers=cfg["n_layer"],
-        state_size=ssm.get("d_state", 16),
         expand=ssm.get("expand", 2),
         conv_kernel=ssm.get("d_conv", 4),
-        time_step_rank=ssm.get("dt_rank", "auto"),
         use_bias=ssm.get("bias", False),
         use_conv_bias=ssm.get("conv_bias", True),
         residual_in_fp32=cfg.get("residual_in_fp32", True),
         tie_word_embeddings=cfg.get("tie_embeddings", True),
         layer_norm_epsilon=cfg.get("norm_epsilon", 1e-5),
+    )
+    if layer == "Mamba1":
+        return CompressMambaConfig(
+            state_size=ssm.get("d_state", 16), time_step_rank=ssm.get("dt_rank", "auto"), **shared
+        )
+    for key, want in (("D_has_hdim", False), ("rmsnorm", True), ("norm_before_gate", False), ("d_ssm", None)):
+        if ssm.get(key, want) != want:
+            raise ValueError(f"ssm_cfg.{key}={ssm[key]!r} is not supported; expected {want!r}")
+    return CompressMamba2Config(
+        state_size=ssm.get("d_state", 128),
+        head_dim=ssm.get("headdim", 64),
+        n_groups=ssm.get("ngroups", 1),
+        chunk_size=ssm.get("chunk_size", 256),
+        time_step_min=ssm.get("dt_min", 0.001),
+        time_step_max=ssm.get("dt_max", 0.1),
+        time_step_floor=ssm.get("dt_init_floor", 1e-4),
+        time_step_limit=ssm.get("dt_limit", (0.0, float("inf"))),
+        **shared,
     )
 
 
@@ -101,10 +133,10 @@ def _load_strict(model: torch.nn.Module, sd: dict, source: str) -> None:
     model.load_state_dict(sd, strict=not tied)
 
 
-def load_mamba_ssm(root: Path, cfg: dict) -> CompressMambaForCausalLM:
+def load_mamba_ssm(root: Path, cfg: dict) -> SSMForCausalLM:
     """A mamba-ssm ``MambaLMHeadModel`` folder (config.json + pytorch_model.bin or
-    model.safetensors) with ``backbone.embedding.*`` keys → our model (vocabulary padded as
-    mamba-ssm pads it)."""
+    model.safetensors) with ``backbone.embedding.*`` keys → our Mamba-1 or Mamba-2 model
+    (vocabulary padded as mamba-ssm pads it)."""
     config = _mamba_ssm_config(cfg)
     if (root / "pytorch_model.bin").is_file():
         sd = torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -115,32 +147,56 @@ def load_mamba_ssm(root: Path, cfg: dict) -> CompressMambaForCausalLM:
     else:
         raise FileNotFoundError(f"mamba-ssm checkpoint {root} has no pytorch_model.bin or model.safetensors")
     sd = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}
-    model = CompressMambaForCausalLM(config)
+    model = (CompressMambaForCausalLM if isinstance(config, CompressMambaConfig) else CompressMamba2ForCausalLM)(config)
     _load_strict(model, sd, str(root))
     return model.eval()
 
 
-def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> CompressMambaForCausalLM:
-    """Load any supported Mamba-1 checkpoint (ours, transformers', mamba-ssm's; folder or hub id)
-    as a :class:`CompressMambaForCausalLM`; ``kwargs`` go to transformers' ``from_pretrained``.
+def checkpoint_family(path_or_id, **hub_kwargs) -> tuple[type[SSMForCausalLM] | None, dict | None]:
+    """(our class for the checkpoint, its config.json) — (None, None) when no config is to be had
+    (transformers then reports the problem in its own words). Raises ValueError for a type we do
+    not read."""
+    cfg = read_config(path_or_id, **hub_kwargs)
+    if cfg is None:
+        return None, None
+    mtype = cfg.get("model_type")
+    if mtype is None and "d_model" in cfg and "n_layer" in cfg:
+        layer = (cfg.get("ssm_cfg") or {}).get("layer", "Mamba1") or "Mamba1"
+        return _MAMBA_SSM_LAYERS.get(layer, CompressMambaForCausalLM), cfg
+    if mtype not in FAMILIES:
+        raise ValueError(
+            f"{path_or_id}: unknown model type {mtype!r}; expected one of {sorted(FAMILIES)} "
+            "or a mamba-ssm config with d_model and n_layer"
+        )
+    return FAMILIES[mtype], cfg
 
-    Raises ValueError for an unknown model type or weights that do not fit the config."""
-    cls = _cls or CompressMambaForCausalLM
+
+def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> SSMForCausalLM:
+    """Load any supported checkpoint — Mamba-1 or Mamba-2; ours, transformers' or mamba-ssm's
+    layout; a folder or a hub id — as our model of its family (``_cls``, when a class's
+    ``from_pretrained`` calls, must be that family). ``kwargs`` go to transformers'
+    ``from_pretrained``.
+
+    Raises ValueError for an unknown model type, a checkpoint of the other family than ``_cls``,
+    or weights that do not fit the config (naming every key and both shapes)."""
+    cls = _cls
     if kwargs.get("config") is None:
-        cfg = read_config(path_or_id, **kwargs)
-        mtype = (cfg or {}).get("model_type")
-        if cfg is not None and mtype is None and "d_model" in cfg and "n_layer" in cfg:
+        family, cfg = checkpoint_family(path_or_id, **kwargs)
+        if family is not None and cls is not None and not issubclass(family, cls):
+            raise ValueError(
+                f"{path_or_id} is a {family.__name__} checkpoint (model type "
+                f"{cfg.get('model_type') or 'mamba-ssm ' + str((cfg.get('ssm_cfg') or {}).get('layer', 'Mamba1'))}); "
+                f"load it with {family.__name__}.from_pretrained or compressmamba.models.load_pretrained"
+            )
+        cls = cls or family
+        if cfg is not None and cfg.get("model_type") is None:
             model = load_mamba_ssm(resolve(path_or_id), cfg)
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
             return model.to(dtype) if isinstance(dtype, torch.dtype) else model
-        if cfg is not None and mtype not in ("compressmamba", "mamba"):
-            raise ValueError(
-                f"{path_or_id}: unknown model type {mtype!r}; expected compressmamba, mamba (transformers) "
-                "or a mamba-ssm config with d_model and n_layer"
-            )
+    cls = cls or CompressMambaForCausalLM
     want_info = kwargs.pop("output_loading_info", False)
     allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-    model, info = super(CompressMambaForCausalLM, cls).from_pretrained(
+    model, info = super(SSMForCausalLM, cls).from_pretrained(
         path_or_id, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
     mismatched = {} if allow_mismatch else compat.mismatched_shapes(info)
@@ -167,8 +223,8 @@ def _stored_shapes(path_or_id, keys: list[str], **hub_kwargs) -> dict[str, tuple
     return shapes
 
 
-# the fields our config and transformers' MambaConfig share (state_size is per layer in ours)
-_SHARED_CONFIG_KEYS = (
+# the config fields ours and transformers' share, per family (state_size is per layer in ours)
+_SHARED = (
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -184,29 +240,37 @@ _SHARED_CONFIG_KEYS = (
     "bos_token_id",
     "eos_token_id",
 )
+_SHARED_MAMBA2 = _SHARED + (
+    "num_heads",
+    "head_dim",
+    "n_groups",
+    "hidden_act",
+    "time_step_min",
+    "time_step_max",
+    "time_step_floor",
+    "time_step_limit",
+    "rescale_prenorm_residual",
+    "chunk_size",
+)
 
 
 @torch.no_grad()
-def export_transformers(model: CompressMambaForCausalLM, out_dir: str | Path) -> Path:
-    """Write a plain transformers ``MambaForCausalLM`` folder: every layer is zero-padded to the
-    largest state size (padded B rows are zero, so padded states stay at zero: outputs unchanged)."""
-    from transformers import MambaConfig, MambaForCausalLM
+def export_transformers(model: SSMForCausalLM, out_dir: str | Path) -> Path:
+    """Write a plain transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` folder: every layer
+    is zero-padded to the largest state size (each mixer's ``padded``: the padded states get zero
+    input weights, so they stay at zero and outputs are unchanged)."""
+    import transformers
 
+    if isinstance(model, CompressMamba2ForCausalLM):
+        hf_config, hf_model, keys = transformers.Mamba2Config, transformers.Mamba2ForCausalLM, _SHARED_MAMBA2
+    else:
+        hf_config, hf_model, keys = transformers.MambaConfig, transformers.MambaForCausalLM, _SHARED
     c = model.config
     n_max = max(model.state_sizes)
-    hf_cfg = MambaConfig(state_size=n_max, **{k: getattr(c, k) for k in _SHARED_CONFIG_KEYS})
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     for i, mixer in enumerate(model.ssm_layers()):
-        n, r = mixer.state_size, mixer.dt_rank
-        if n == n_max:
-            continue
-        pre = f"backbone.layers.{i}.mixer."
-        A = sd[pre + "A_log"]
-        sd[pre + "A_log"] = torch.cat([A, torch.zeros(A.shape[0], n_max - n, dtype=A.dtype)], dim=1)
-        W = sd[pre + "x_proj.weight"]
-        z = torch.zeros(n_max - n, W.shape[1], dtype=W.dtype)
-        sd[pre + "x_proj.weight"] = torch.cat([W[:r], W[r : r + n], z, W[r + n :], z], dim=0)
-    hf = MambaForCausalLM(hf_cfg)
+        sd.update({f"backbone.layers.{i}.mixer.{k}": v for k, v in mixer.padded(n_max).items()})
+    hf = hf_model(hf_config(state_size=n_max, **{k: getattr(c, k) for k in keys}))
     hf.load_state_dict(sd, strict=not c.tie_word_embeddings)
     out = Path(out_dir)
     hf.save_pretrained(out)

@@ -26,7 +26,16 @@ from ..kernels import (
 )
 from ..registry import register_model
 from .common import masked_mean, per_layer_sizes
-from .lm import RecurrentCache, RMSNorm, SSMForCausalLM, blocks, init_weights, register_auto
+from .lm import (
+    RecurrentCache,
+    RMSNorm,
+    SSMForCausalLM,
+    blocks,
+    init_weights,
+    layer_state_sizes,
+    padded_vocab,
+    register_auto,
+)
 
 
 class CompressMambaConfig(compat.PreTrainedConfig):
@@ -82,17 +91,11 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         num_hidden_layers = alias.get("num_hidden_layers", num_hidden_layers)
         intermediate_size = alias.get("intermediate_size", intermediate_size)
         time_step_rank = alias.get("time_step_rank", time_step_rank)
-        if int(pad_vocab_size_multiple) < 1:
-            raise ValueError(f"pad_vocab_size_multiple must be >= 1, got {pad_vocab_size_multiple}")
+        self.vocab_size = padded_vocab(vocab_size, pad_vocab_size_multiple)
         self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
-        self.vocab_size = -(-int(vocab_size) // self.pad_vocab_size_multiple) * self.pad_vocab_size_multiple
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.state_sizes = (
-            [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * num_hidden_layers
-        )
-        if len(self.state_sizes) != num_hidden_layers or min(self.state_sizes) < 1:
-            raise ValueError(f"state_sizes {self.state_sizes} must hold {num_hidden_layers} sizes >= 1")
+        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
         self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
         self.expand = expand
@@ -263,6 +266,17 @@ class MambaMixer(nn.Module):
         keep_c, rows_c = keep.cpu(), rows.cpu()
         return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
 
+    def padded(self, n_max: int) -> dict[str, Tensor]:
+        """A_log and x_proj zero-padded to ``n_max`` states (for export to one shared N): the
+        padded states' B rows are zero, so they never leave zero and the output is unchanged."""
+        n, r = self.state_size, self.dt_rank
+        A, W = self.A_log.detach(), self.x_proj.weight.detach()
+        zA, zW = A.new_zeros(A.shape[0], n_max - n), W.new_zeros(n_max - n, W.shape[1])
+        return {
+            "A_log": torch.cat([A, zA], dim=1),
+            "x_proj.weight": torch.cat([W[:r], W[r : r + n], zW, W[r + n :], zW], dim=0),
+        }
+
 
 MambaCache = RecurrentCache  # the name before Mamba-2 shared it
 
@@ -298,12 +312,12 @@ class MambaClassifier(nn.Module):
     (ids (B, L)), final RMSNorm, mean pooling over the valid positions, a linear head — the
     paper's Mamba rows on sCIFAR and IMDB. Same mixers, protocol and per-layer sizes as the LM."""
 
-    def __init__(self, config: CompressMambaConfig, n_classes: int, d_input: int | None = None):
+    def __init__(self, config, n_classes: int, d_input: int | None = None, mixer_cls: type[nn.Module] | None = None):
         super().__init__()
         self.config = config
         h = config.hidden_size
         self.encoder = nn.Linear(d_input, h) if d_input else nn.Embedding(config.vocab_size, h)
-        self.layers = blocks(config, MambaMixer)
+        self.layers = blocks(config, mixer_cls or MambaMixer)
         self.norm_f = RMSNorm(h, config.layer_norm_epsilon)
         self.head = nn.Linear(h, n_classes)
         for m in self.modules():

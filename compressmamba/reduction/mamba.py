@@ -143,8 +143,12 @@ def _means(stats: dict[str, Tensor], layer: str):
     return m
 
 
-def mamba_energy(stats: dict[str, Tensor], method: str = "hankel", layer: str = "?") -> Tensor:
-    """Per-state energy (n,) float64 by ``method`` in ENERGY_METHODS (see module docstring).
+def mamba_energy(
+    stats: dict[str, Tensor], method: str = "hankel", layer: str = "?", groups: int | None = None
+) -> Tensor:
+    """Per-state energy (n,) float64 by ``method`` in ENERGY_METHODS (see module docstring),
+    summed over all d channels; with ``groups`` = G, (G, n): state n of group g summed over that
+    group's d / G channels (Mamba-2, where each group's states are modes of their own).
 
     ``stats`` is ``MambaStats.as_dict()`` (or a sum of several); ``layer`` names the layer in
     errors. Raises ValueError for an unknown method, fewer than MIN_TOKENS calibration tokens,
@@ -158,13 +162,20 @@ def mamba_energy(stats: dict[str, Tensor], method: str = "hankel", layer: str = 
         raise ValueError(f"energy method must be one of {ENERGY_METHODS}, got {method!r}{hint}")
     m = _means(stats, layer)
     if method == "output":
-        return m["out2"].sum(0)
-    denom = (1 - m["decay"] ** 2).clamp_min(1e-12)
-    if method == "hankel":
-        P, Q = m["in2"] / denom, m["c2"] / denom
+        per_channel = m["out2"]
     else:
-        P, Q = m["dB"] ** 2 / denom, m["c"] ** 2 / denom
-    return torch.sqrt(P * Q).sum(0)
+        denom = (1 - m["decay"] ** 2).clamp_min(1e-12)
+        if method == "hankel":
+            P, Q = m["in2"] / denom, m["c2"] / denom
+        else:
+            P, Q = m["dB"] ** 2 / denom, m["c"] ** 2 / denom
+        per_channel = torch.sqrt(P * Q)
+    if groups is None:
+        return per_channel.sum(0)
+    d, n = per_channel.shape
+    if groups < 1 or d % groups:
+        raise ValueError(f"layer {layer}: groups={groups} must be >= 1 and divide the channels d={d}")
+    return per_channel.reshape(groups, d // groups, n).sum(1)
 
 
 def per_channel_hsv(stats: dict[str, Tensor], layer: str = "?") -> Tensor:

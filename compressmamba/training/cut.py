@@ -82,6 +82,13 @@ def _sorted_positions(order: torch.Tensor, keep: list[int]) -> list[int]:
     return sorted(position[torch.tensor(keep, dtype=torch.long)].tolist())
 
 
+def _flat(keep: list, n: int) -> list[int]:
+    """(G, r) per-group indices into G groups of n states → indices into the flattened G·n."""
+    if keep and isinstance(keep[0], list):
+        return [g * n + k for g, row in enumerate(keep) for k in row]
+    return keep
+
+
 def compression_event(
     model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator, generator: torch.Generator
 ) -> CutReport:
@@ -95,7 +102,7 @@ def compression_event(
     for layer, s in zip(layers, stats):
         method = cfg.method or getattr(layer, "default_energy_method", "hankel")
         e = layer.energy(s, method).detach().to(torch.float64).cpu()
-        e_sorted, order = torch.sort(e, descending=True)
+        e_sorted, order = torch.sort(e.flatten(), descending=True)  # (G, n) energies report as G·n states
         energies.append(e_sorted.tolist())
         orders.append(order)
         decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?")))
@@ -115,7 +122,7 @@ def compression_event(
         new_sizes=[layer.state_size for layer in layers],
         energy_kept=[d[3] for d in box[0]],
         energies=energies,
-        kept=[_sorted_positions(order, keep) for order, (_, _, keep, _) in zip(orders, box[0])],
+        kept=[_sorted_positions(order, _flat(keep, old)) for order, (old, _, keep, _) in zip(orders, box[0])],
         maps=maps,
         seconds=time.perf_counter() - t0,
     )

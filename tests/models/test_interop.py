@@ -95,8 +95,8 @@ def test_bad_transformers_checkpoint_names_key_and_shapes(tmp_path):
         AutoModelForCausalLM.from_pretrained(
             tmp_path / "unexpected", config=CompressMambaConfig.from_pretrained(tmp_path / "unexpected")
         )
-    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="mamba2"))
-    with pytest.raises(ValueError, match="unknown model type 'mamba2'"):
+    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="jamba"))
+    with pytest.raises(ValueError, match="unknown model type 'jamba'"):
         CompressMambaForCausalLM.from_pretrained(tmp_path / "missing")
 
 

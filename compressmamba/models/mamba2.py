@@ -1,0 +1,405 @@
+"""Mamba-2 (SSD) language model with one state size per layer (transformers-compatible weights).
+
+Weight names follow transformers' ``Mamba2ForCausalLM``: ``backbone.layers.{i}.mixer.{in_proj,
+conv1d, dt_bias, A_log, D, norm, out_proj}`` beside the shared ``backbone.embeddings``,
+``backbone.layers.{i}.norm``, ``backbone.norm_f`` and ``lm_head`` (models/lm.py).
+
+Per layer (DESIGN.md "Mamba-2"): in_proj(u) → z (D_in), xBC (D_in + 2·G·N), dt (H); depthwise
+causal conv over xBC, SiLU; x → H heads × P; B_t, C_t ∈ R^{G×N} (head h reads group h·G/H);
+Δ = softplus(dt + dt_bias) clamped to ``time_step_limit``; A = −exp(A_log) (H,);
+h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t; y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per
+group of D_in / G channels); out_proj.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import compat
+from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_state_update
+from ..registry import register_model
+from .common import per_layer_sizes
+from .lm import RecurrentCache, SSMForCausalLM, layer_state_sizes, padded_vocab, register_auto
+
+
+class CompressMamba2Config(compat.PreTrainedConfig):
+    """transformers' Mamba2Config fields plus ``state_sizes`` (one N per layer).
+
+    mamba-ssm's names are accepted as aliases (``d_model``, ``n_layer``, ``d_conv``, ``headdim``,
+    ``ngroups``, ``rms_norm_eps``); ``num_heads`` defaults to expand·hidden_size / head_dim."""
+
+    model_type = "compressmamba2"
+    attribute_map = {
+        "d_model": "hidden_size",
+        "n_layer": "num_hidden_layers",
+        "d_conv": "conv_kernel",
+        "headdim": "head_dim",
+        "ngroups": "n_groups",
+        "rms_norm_eps": "layer_norm_epsilon",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 50280,
+        hidden_size: int = 768,
+        state_size: int = 128,
+        state_sizes: list[int] | None = None,
+        num_hidden_layers: int = 24,
+        num_heads: int | None = None,
+        head_dim: int = 64,
+        expand: int = 2,
+        n_groups: int = 1,
+        conv_kernel: int = 4,
+        use_bias: bool = False,
+        use_conv_bias: bool = True,
+        hidden_act: str = "silu",
+        layer_norm_epsilon: float = 1e-5,
+        residual_in_fp32: bool = True,
+        initializer_range: float = 0.1,
+        time_step_rank: int | str = "auto",
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_floor: float = 1e-4,
+        time_step_limit=(0.0, float("inf")),
+        rescale_prenorm_residual: bool = False,
+        chunk_size: int = 256,
+        tie_word_embeddings: bool = True,
+        pad_vocab_size_multiple: int = 1,
+        pad_token_id: int = 0,
+        bos_token_id: int = 0,
+        eos_token_id: int = 0,
+        use_cache: bool = True,
+        **kwargs,
+    ):
+        alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
+        hidden_size = alias.get("hidden_size", hidden_size)
+        num_hidden_layers = alias.get("num_hidden_layers", num_hidden_layers)
+        head_dim = int(alias.get("head_dim", head_dim))
+        self.vocab_size = padded_vocab(vocab_size, pad_vocab_size_multiple)
+        self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
+        self.hidden_size, self.num_hidden_layers, self.expand, self.head_dim = (
+            hidden_size,
+            num_hidden_layers,
+            expand,
+            head_dim,
+        )
+        self.intermediate_size = int(expand * hidden_size)
+        self.num_heads = int(num_heads) if num_heads is not None else self.intermediate_size // head_dim
+        if self.num_heads * head_dim != self.intermediate_size:
+            raise ValueError(
+                f"num_heads * head_dim ({self.num_heads} * {head_dim}) must equal expand * hidden_size "
+                f"({self.intermediate_size})"
+            )
+        self.n_groups = int(alias.get("n_groups", n_groups))
+        if self.n_groups < 1 or self.num_heads % self.n_groups:
+            raise ValueError(f"n_groups={self.n_groups} must be >= 1 and divide num_heads={self.num_heads}")
+        if hidden_act != "silu":
+            raise ValueError(f"hidden_act must be 'silu' (Mamba-2's conv activation), got {hidden_act!r}")
+        self.hidden_act = hidden_act
+        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
+        self.state_size = max(self.state_sizes)
+        self.conv_kernel = alias.get("conv_kernel", conv_kernel)
+        self.use_bias, self.use_conv_bias = use_bias, use_conv_bias
+        self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
+        self.residual_in_fp32 = residual_in_fp32
+        self.initializer_range = initializer_range
+        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
+        self.time_step_min, self.time_step_max, self.time_step_floor = time_step_min, time_step_max, time_step_floor
+        self.time_step_limit = tuple(compat.config_float(v) for v in time_step_limit)
+        self.rescale_prenorm_residual = rescale_prenorm_residual
+        self.chunk_size = int(chunk_size)
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y · SiLU(z)) over groups of ``group_size`` channels (mamba-ssm's RMSNormGated with
+    norm_before_gate=False), computed in fp32."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        h = y.float() * F.silu(z.float())
+        g = h.unflatten(-1, (-1, self.group_size))
+        h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        return self.weight * h.to(y.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj → (z, xBC, dt); causal conv1d + SiLU over xBC; SSD scan (D skip); gated RMSNorm;
+    out_proj. Implements the compressible-layer protocol with G groups of N states: energies are
+    (G, N) and ``truncate_`` keeps the same count in every group."""
+
+    needs_calibration = True
+    default_energy_method = "output"
+    no_weight_decay_params = ("A_log", "D", "dt_bias")
+    ssm_params = ("A_log",)
+
+    def __init__(self, config: CompressMamba2Config, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        h, di, k = config.hidden_size, config.intermediate_size, config.conv_kernel
+        self.n_heads, self.head_dim, self.n_groups = config.num_heads, config.head_dim, config.n_groups
+        n = self.state_size = config.state_sizes[layer_idx]
+        self.d_inner = di
+        conv_dim = di + 2 * self.n_groups * n
+        self.in_proj = nn.Linear(h, di + conv_dim + self.n_heads, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, k, groups=conv_dim, padding=k - 1, bias=config.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(self.n_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.n_heads))
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = GatedRMSNorm(di, di // self.n_groups, config.layer_norm_epsilon)
+        self.out_proj = nn.Linear(di, h, bias=config.use_bias)
+        self.stats = None
+
+    @torch.no_grad()
+    def reset_parameters(self, where=lambda t: True):
+        """mamba-ssm's initialisation (Δ log-uniform in [dt_min, dt_max], A ∈ U[1, 16], D = 1,
+        out_proj rescaled by the depth when ``rescale_prenorm_residual``), of each tensor for
+        which ``where`` holds."""
+        c = self.config
+        if where(self.dt_bias):
+            dt = torch.exp(
+                torch.rand(self.n_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                + math.log(c.time_step_min)
+            ).clamp(min=c.time_step_floor)
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        if where(self.A_log):
+            self.A_log.copy_(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
+        if where(self.D):
+            self.D.fill_(1.0)
+        if where(self.norm.weight):
+            self.norm.weight.fill_(1.0)
+        if c.rescale_prenorm_residual and where(self.out_proj.weight):
+            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+            self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
+
+    def _split(self, zxbcdt: Tensor):
+        gn = self.n_groups * self.state_size
+        return torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * gn, self.n_heads], dim=-1)
+
+    def _ssm_args(self, xBC: Tensor, dt: Tensor):
+        """xBC (..., D_in + 2GN) after the conv, dt (..., H) → x (..., H, P), B, C (..., G, N), Δ (..., H)."""
+        gn = self.n_groups * self.state_size
+        x, B, C = torch.split(xBC, [self.d_inner, gn, gn], dim=-1)
+        delta = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.config.time_step_limit)
+        x = x.unflatten(-1, (self.n_heads, self.head_dim))
+        B, C = (t.unflatten(-1, (self.n_groups, self.state_size)) for t in (B, C))
+        return x, B, C, delta
+
+    def forward(self, hidden: Tensor, cache: RecurrentCache | None = None) -> Tensor:
+        """hidden (b, l, H_model) → (b, l, H_model); fills ``cache`` when given (prefill)."""
+        if cache is not None and cache.offset > 0:
+            return self.step(hidden, cache)
+        b, l, _ = hidden.shape
+        z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC_t = xBC.transpose(1, 2)
+        xBC = causal_conv1d_fn(xBC_t, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu").transpose(1, 2)
+        x, B, C, delta = self._ssm_args(xBC, dt)
+        A = -torch.exp(self.A_log.float())
+        if self.stats is not None:
+            self._accumulate(x, delta, A, B, C)
+        out = ssd_scan_fn(
+            x, delta, A, B, C, self.config.chunk_size, D=self.D.float(), return_final_states=cache is not None
+        )
+        if cache is not None:
+            out, last = out
+            cache.keep_conv_inputs(self.layer_idx, xBC_t, self.conv1d.weight.shape[-1])
+            cache.ssm[self.layer_idx] = last.float().contiguous()
+        return self.out_proj(self.norm(out.reshape(b, l, self.d_inner), z))
+
+    def step(self, hidden: Tensor, cache: RecurrentCache) -> Tensor:
+        """One decoding token: hidden (b, 1, H_model); the layer's conv and SSM states advance in place."""
+        z, xBC, dt = self._split(self.in_proj(hidden[:, 0]))
+        conv = cache.conv[self.layer_idx]
+        xBC = causal_conv1d_update(xBC, conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        x, B, C, delta = self._ssm_args(xBC, dt)
+        A = -torch.exp(self.A_log.float())
+        y = ssd_state_update(cache.ssm[self.layer_idx], x, delta, A, B, C, D=self.D.float())
+        return self.out_proj(self.norm(y.reshape(y.shape[0], self.d_inner), z)).unsqueeze(1)
+
+    # --- compressible-layer protocol -------------------------------------------------------
+    def _accumulate(self, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+        """Feed MambaStats its channel layout: channel (h, p) with step Δ[h], decay A[h] for every
+        state, and group h·G/H's B and C (exactly Mamba-1's statistics, grouped)."""
+        p, n = self.head_dim, self.state_size
+        u = x.flatten(-2).transpose(1, 2).float()  # (b, H·P, l)
+        d = delta.repeat_interleave(p, dim=-1).transpose(1, 2)
+        A_c = A.repeat_interleave(p)[:, None].expand(-1, n)
+        self.stats.update(u=u, delta=d, A=A_c, B=B.permute(0, 2, 3, 1).float(), C=C.permute(0, 2, 3, 1).float())
+
+    def start_stats(self):
+        from ..reduction.mamba import MambaStats
+
+        self.stats = MambaStats(self.d_inner, self.state_size)
+
+    def pop_stats(self) -> dict:
+        s, self.stats = self.stats, None
+        if s is None:
+            raise RuntimeError("pop_stats() without start_stats()")
+        return s.as_dict()
+
+    def energy(self, stats: dict | None, method: str = "output") -> Tensor:
+        """Per-state energies (G, N) float64."""
+        from ..reduction.mamba import mamba_energy
+
+        if stats is None:
+            raise ValueError(f"layer {self.layer_idx}: Mamba-2 energy needs calibration statistics")
+        return mamba_energy(stats, method, layer=f"layers.{self.layer_idx}", groups=self.n_groups)
+
+    def _check_keep(self, keep) -> Tensor:
+        g, n = self.n_groups, self.state_size
+        keep = torch.as_tensor(keep, dtype=torch.long, device=self.A_log.device)
+        keep = keep.reshape(1, -1) if keep.dim() == 1 and g == 1 else keep
+        bad = keep.dim() != 2 or keep.shape[0] != g or keep.shape[1] < 1
+        if not bad:
+            bad = keep.min() < 0 or keep.max() >= n or any(row.unique().numel() != row.numel() for row in keep)
+        if bad:
+            raise ValueError(
+                f"layer {self.layer_idx}: keep must be ({g}, r) distinct state indices in [0, {n}) per group, "
+                f"got {keep.tolist()}"
+            )
+        return torch.sort(keep, dim=1).values
+
+    def padded(self, n_max: int) -> dict[str, Tensor]:
+        """in_proj rows and conv1d channels with every group's B and C zero-padded to ``n_max``
+        states (for export to one shared N): padded states get B = SiLU(0) = 0, so they stay at
+        zero and the output is unchanged."""
+        g, n, di = self.n_groups, self.state_size, self.d_inner
+        out = {"in_proj.weight": _pad_groups(self.in_proj.weight.detach(), 2 * di, g, n, n_max)}
+        if self.in_proj.bias is not None:
+            out["in_proj.bias"] = _pad_groups(self.in_proj.bias.detach(), 2 * di, g, n, n_max)
+        out["conv1d.weight"] = _pad_groups(self.conv1d.weight.detach(), di, g, n, n_max)
+        if self.conv1d.bias is not None:
+            out["conv1d.bias"] = _pad_groups(self.conv1d.bias.detach(), di, g, n, n_max)
+        return out
+
+    @torch.no_grad()
+    def truncate_(self, keep) -> dict:
+        """Keep states ``keep`` ((G, r) indices, or (r,) when G = 1) of every group: slice their B
+        and C rows of in_proj and channels of conv1d together. Exact selection of modes (each
+        state of a group feeds only its own B, C channels); Adam moments are sliced likewise."""
+        keep = self._check_keep(keep)
+        g, n, di, r = self.n_groups, self.state_size, self.d_inner, keep.shape[1]
+        if r == n:
+            return {}
+        dev = keep.device
+        states = (keep + n * torch.arange(g, device=dev)[:, None]).flatten()  # into the G·N block
+        chans = torch.cat([torch.arange(di, device=dev), di + states, di + g * n + states])  # conv channels
+        rows = torch.cat(
+            [
+                torch.arange(di, device=dev),
+                di + chans,
+                torch.arange(2 * di + 2 * g * n, 2 * di + 2 * g * n + self.n_heads, device=dev),
+            ]
+        )
+        self.in_proj.weight = nn.Parameter(self.in_proj.weight[rows].clone())
+        maps = {"in_proj.weight": rows, "conv1d.weight": chans}
+        if self.in_proj.bias is not None:
+            self.in_proj.bias = nn.Parameter(self.in_proj.bias[rows].clone())
+            maps["in_proj.bias"] = rows
+        self.conv1d.weight = nn.Parameter(self.conv1d.weight[chans].clone())
+        if self.conv1d.bias is not None:
+            self.conv1d.bias = nn.Parameter(self.conv1d.bias[chans].clone())
+            maps["conv1d.bias"] = chans
+        self.in_proj.out_features = rows.numel()
+        self.conv1d.in_channels = self.conv1d.out_channels = self.conv1d.groups = chans.numel()
+        self.state_size = r
+        self.config.state_sizes[self.layer_idx] = r
+        self.config.state_size = max(self.config.state_sizes)
+        return {name: _rows(idx) for name, idx in maps.items()}
+
+
+def _pad_groups(t: Tensor, start: int, g: int, n: int, n_max: int) -> Tensor:
+    """Rows [start, start + 2·g·n) of ``t`` hold B then C, g groups of n: pad each group to n_max with zeros."""
+    bc = t[start : start + 2 * g * n].unflatten(0, (2 * g, n))
+    bc = torch.cat([bc, bc.new_zeros(2 * g, n_max - n, *bc.shape[2:])], dim=1).flatten(0, 1)
+    return torch.cat([t[:start], bc, t[start + 2 * g * n :]])
+
+
+def _rows(idx: Tensor):
+    """State map: an optimizer moment of the old tensor → its rows ``idx``."""
+    idx = idx.cpu()
+    return lambda t: t[idx.to(t.device)]
+
+
+class CompressMamba2ForCausalLM(SSMForCausalLM):
+    """Mamba-2 LM with per-layer state sizes; ``forward(input_ids, labels)`` → ``.loss``, ``.logits``."""
+
+    config_class = CompressMamba2Config
+    mixer_cls = Mamba2Mixer
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load ours, transformers' ``Mamba2ForCausalLM`` (model_type "mamba2") or mamba-ssm's
+        ``MambaLMHeadModel`` with ``ssm_cfg.layer = "Mamba2"``, from a folder or a hub id; strict
+        about keys and shapes as for Mamba-1."""
+        from . import hf_interop
+
+        return hf_interop.load_pretrained(pretrained_model_name_or_path, *args, _cls=cls, **kwargs)
+
+
+register_auto("compressmamba2", CompressMamba2Config, CompressMamba2ForCausalLM)
+
+
+@register_model("mamba2")
+def build_mamba2(
+    d_model: int = 256,
+    n_layers: int = 4,
+    state_size: int | list[int] = 64,
+    state_sizes: list[int] | None = None,
+    vocab_size: int = 256,
+    expand: int = 2,
+    head_dim: int = 32,
+    n_groups: int = 1,
+    d_conv: int = 4,
+    chunk_size: int = 64,
+    tie_word_embeddings: bool = True,
+    residual_in_fp32: bool = True,
+    pad_vocab_size_multiple: int = 1,
+    pretrained: str | None = None,
+    n_classes: int | None = None,
+    d_input: int | None = None,
+    pair: bool = False,
+    **_info,
+):
+    """Build a Mamba-2 LM from recipe keys (``state_size`` an int or one per layer; ``state_sizes``
+    overrides it). With ``n_classes`` (a classification dataset) it builds a MambaClassifier over
+    Mamba-2 mixers. Keys it does not know (data ``info``) are ignored."""
+    from .mamba import MambaClassifier
+
+    if pair:
+        raise ValueError("model 'mamba2' has no dual-encoder head for retrieval pairs; use model.name=lru")
+    if pretrained:
+        return CompressMamba2ForCausalLM.from_pretrained(pretrained)
+    cfg = CompressMamba2Config(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        state_sizes=per_layer_sizes(state_size, state_sizes, n_layers),
+        expand=expand,
+        head_dim=head_dim,
+        n_groups=n_groups,
+        conv_kernel=d_conv,
+        chunk_size=chunk_size,
+        tie_word_embeddings=tie_word_embeddings,
+        residual_in_fp32=residual_in_fp32,
+        pad_vocab_size_multiple=pad_vocab_size_multiple,
+    )
+    if n_classes is not None:
+        return MambaClassifier(cfg, n_classes, d_input=d_input, mixer_cls=Mamba2Mixer)
+    return CompressMamba2ForCausalLM(cfg)
