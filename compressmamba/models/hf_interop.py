@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .files import check_model_dir, guard_hub_id
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM
 
 
@@ -26,6 +27,7 @@ def resolve(path_or_id: str | Path) -> Path:
         return p
     if p.exists():
         raise ValueError(f"{p} is a file; give the folder that holds config.json and the weights")
+    guard_hub_id(str(path_or_id), {})  # fails fast offline (HF_HUB_OFFLINE, no network) when not cached
     try:
         from huggingface_hub import snapshot_download
 
@@ -132,6 +134,10 @@ def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> Compr
 
     Raises ValueError for an unknown model type or weights that do not fit the config."""
     cls = _cls or CompressMambaForCausalLM
+    if Path(path_or_id).expanduser().is_dir():  # whole files, or one line naming the broken one
+        check_model_dir(path_or_id, kwargs.get("subfolder", ""))
+    else:
+        kwargs = guard_hub_id(str(path_or_id), kwargs)
     if kwargs.get("config") is None:
         cfg = read_config(path_or_id, **kwargs)
         mtype = (cfg or {}).get("model_type")
