@@ -125,3 +125,20 @@ def test_classifier_loader_reports_broken_files_in_one_line(toy_recipe, tmp_path
     (out / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
         load_classifier(out)
+
+
+def test_mamba_classifier_run_writes_a_loadable_classifier(toy_recipe, tmp_path):
+    raw = apply_overrides(
+        toy_recipe,
+        ["train.steps=4", "train.report_to=[tensorboard]", "reduction.attempts=[2]", "reduction.fraction=0.5"],
+    )
+    raw["model"] = {"name": "mamba", "d_model": 8, "n_layers": 1, "state_size": 6}
+    tr = Trainer(recipe_from_dict(raw))
+    tr.fit()
+    clf = load_classifier(Path(raw["out_dir"]) / "model")
+    assert type(clf).__name__ == "MambaClassifier" and clf.state_sizes == tr.model.state_sizes == [3]
+    x = torch.randn(2, 24, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(inputs=x).logits, tr.model.eval()(inputs=x).logits)
+    scalars, _ = _event_data(Path(raw["out_dir"]) / "trackers")
+    assert scalars["cut/layer0/new"] == [(2, 3.0)]
