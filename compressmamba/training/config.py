@@ -323,12 +323,12 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
-    methods = ("hankel",) if model_name == "lru" else tuple(ENERGY_METHODS)
+    methods = {"lru": ("hankel",), "mamba": tuple(ENERGY_METHODS)}.get(model_name)  # others: checked at the cut
     _check(
-        red.method is None or red.method in methods,
+        red.method is None or methods is None or red.method in methods,
         "reduction.method",
         red.method,
-        f"null (the layer's default) or one of {list(methods)} for model {model_name!r}",
+        f"null (the layer's default) or one of {list(methods or ())} for model {model_name!r}",
     )
     if red.mode != "none" and red.attempts is None:
         _check(red.n_attempts >= 1, "reduction.n_attempts", red.n_attempts, f">= 1 in reduction.mode {red.mode!r}")

@@ -87,3 +87,11 @@ def log_image(accelerator, name: str, png: str | Path, step: int) -> None:
             tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
         else:
             tracker.log_images({name: [image]}, step=step)
+
+
+def finish(accelerator) -> None:
+    """Close the trackers (flushing their files). Not ``accelerator.end_training()``: that also
+    destroys the process group, which a caller may still need (several seeds in one launch)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []

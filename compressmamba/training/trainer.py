@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..registry import build_data, build_model
 from . import tracking
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
 from .data import StepBatches, shard_batches
@@ -117,26 +117,32 @@ class Trainer:
         self.attempts = attempt_steps(recipe.reduction, t.steps)
         self._stream = None  # training micro-batches, opened by fit() at the current step
         self._fit_start, self._time_base = None, self.state["train_time_s"]
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        # on resume, rows written after the checkpoint (by the run that died) are superseded
-        self.metrics = MetricsWriter(
-            self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
-            append=self.ckpt is not None,
-            keep_until_step=self.step if self.ckpt else None,
-        )
-        if trackers:
-            acc.init_trackers(_tracker_project(recipe.name), config=tracking.flat_config(recipe.to_dict()))
-        if changes:
-            self.state["recipe_changes"].append({"step": self.step, "changes": changes})
-            self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
+        self._open_outputs(trackers, changes)
         if self.ckpt:
             set_rng_state(self.ckpt["rng"])
         if recipe.baseline:  # knowledge distillation or Hankel-nuclear-norm regularisation
             from .baselines import attach_baseline
 
             attach_baseline(self)
+
+    def _open_outputs(self, trackers: list[str], changes: list[dict]) -> None:
+        """config.yaml, metrics.jsonl (cut back to the checkpoint's step on resume: the rows the
+        dead run wrote after it are written again), the trackers, and the record of a recipe change."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
+            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
+        self.metrics = MetricsWriter(
+            self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
+            append=self.ckpt is not None,
+            keep_until_step=self.step if self.ckpt else None,
+        )
+        if trackers:
+            acc.init_trackers(_tracker_project(self.recipe.name), config=tracking.flat_config(self.recipe.to_dict()))
+        if changes:
+            self.state["recipe_changes"].append({"step": self.step, "changes": changes})
+            self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
 
     def _check_recipe_change(self, allow: bool) -> list[dict]:
         """The differences between this recipe and the checkpoint's that change the run's meaning:
@@ -319,6 +325,7 @@ class Trainer:
             if snap is not None and self._score(val) < snap["score"] - red.pragmatic_tolerance:
                 self._restore(snap)
                 self.state["cutting_stopped"] = True
+                self.pragmatic_snapshot = None  # cutting has stopped: no later checkpoint needs it
                 self._log(
                     step=self.step,
                     kind="rollback",
@@ -470,8 +477,7 @@ class Trainer:
             if hasattr(cb, "on_end"):
                 cb.on_end(self)
         self._export_model()
-        if self.accelerator.trackers:
-            self.accelerator.end_training()
+        tracking.finish(self.accelerator)
         if acc.is_main_process and t.progress:
             self._print_summary(summary)
         return summary

@@ -49,7 +49,13 @@ def scripted_scores(monkeypatch):
 
 
 def _recipe(toy_recipe, out, mode):
-    over = ["train.steps=20", "train.checkpoint_every=3", "train.log_every=1", f"out_dir={out}"]
+    over = [
+        "train.steps=20",
+        "train.checkpoint_every=3",
+        "train.log_every=1",
+        "reduction.plots=false",
+        f"out_dir={out}",
+    ]
     return apply_overrides(toy_recipe, over + _MODES[mode])
 
 
