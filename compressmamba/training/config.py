@@ -208,12 +208,9 @@ def builder_keys(kind: str, name: str) -> list[str] | None:
     """The recipe keys the registered ``kind`` ("model" or "data") builder ``name`` accepts: its
     named parameters, less those the trainer passes itself. None when it names none (a builder
     of ``**kwargs`` only: nothing to check against)."""
-    from .. import registry
+    from ..registry import dataset_builder, model_builder
 
-    table, modules = (
-        (registry.MODELS, registry._MODEL_MODULES) if kind == "model" else (registry.DATASETS, registry._DATA_MODULES)
-    )
-    fn = registry._lookup(table, modules, "model" if kind == "model" else "dataset", name)
+    fn = model_builder(name) if kind == "model" else dataset_builder(name)
     params = inspect.signature(fn).parameters.values()
     named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     passed = _TRAINER_MODEL_KEYS if kind == "model" else _TRAINER_DATA_KEYS
