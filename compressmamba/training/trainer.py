@@ -300,7 +300,7 @@ class Trainer:
         what = "loss" if flags[1] > 0 else "gradients"
         raise FloatingPointError(
             f"{what} not finite at step {step} (lr {lr:.3g}) with finite inputs: lower optim.lr or set "
-            f"optim.grad_clip. {self._resume_hint()}"
+            f"optim.grad_clip (a resume then needs --allow-recipe-change). {self._resume_hint()}"
         )
 
     def _resume_hint(self) -> str:
