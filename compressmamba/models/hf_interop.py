@@ -27,11 +27,11 @@ def resolve(path_or_id: str | Path) -> Path:
         return p
     if p.exists():
         raise ValueError(f"{p} is a file; give the folder that holds config.json and the weights")
-    guard_hub_id(str(path_or_id), {})  # fails fast offline (HF_HUB_OFFLINE, no network) when not cached
+    offline = guard_hub_id(str(path_or_id), {}).get("local_files_only", False)  # fails fast if offline, uncached
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path_or_id)))
+        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
     except Exception as e:  # offline, unknown id
         raise FileNotFoundError(f"{path_or_id!r} is neither a local folder nor a reachable hub id ({e})") from e
 
