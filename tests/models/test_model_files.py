@@ -91,3 +91,13 @@ def test_cached_hub_id_offline_reads_the_cache_only(monkeypatch):
 def test_a_missing_path_is_not_taken_for_a_hub_id(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a local folder"):
         load_pretrained(tmp_path / "nowhere" / "model")
+
+
+def test_resolve_of_an_uncached_hub_id_offline_fails_in_seconds(monkeypatch):
+    from compressmamba.models.hf_interop import resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
+        resolve("someone/no-such-mamba")
+    assert time.time() - t0 < 5
