@@ -19,7 +19,7 @@ def _cmd_train(args) -> int:
         recipe = load_recipe(args.recipe, overrides)
         if seed is not None and len(seeds) > 1 and not any(o.startswith("out_dir=") for o in args.overrides):
             recipe.out_dir = None  # one folder per seed
-        trainer = Trainer(recipe, resume=args.resume)
+        trainer = Trainer(recipe, resume=args.resume, allow_recipe_change=args.allow_recipe_change)
         summary = trainer.fit()
         if trainer.accelerator.is_main_process and not recipe.train.progress:
             print(json.dumps(summary, indent=2))
@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="path to a recipe YAML file")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
     t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
+    t.add_argument(
+        "--allow-recipe-change",
+        action="store_true",
+        help="with --resume: continue under a recipe that differs from the checkpoint's (e.g. more train.steps); "
+        "the change is recorded in metrics.jsonl",
+    )
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
@@ -87,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     n = _requested_cpu_processes()
     if n > 1:
         return _spawn_cpu_workers(n, argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # options and key=value overrides in any order (`train RECIPE --resume DIR key=value`)
+    if extra and args.command == "train" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides, extra = [*args.overrides, *extra], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

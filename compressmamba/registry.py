@@ -77,6 +77,16 @@ def _lookup(table: dict, modules, kind: str, name: str):
     return table[name]
 
 
+def model_builder(name: str) -> Callable[..., Any]:
+    """The builder registered as model ``name`` (ValueError listing the known ones)."""
+    return _lookup(MODELS, _MODEL_MODULES, "model", name)
+
+
+def dataset_builder(name: str) -> Callable[..., Any]:
+    """The builder registered as dataset ``name`` (ValueError listing the known ones)."""
+    return _lookup(DATASETS, _DATA_MODULES, "dataset", name)
+
+
 def build_model(cfg: dict, **extra):
     """Build the model named by ``cfg["name"]`` from the rest of ``cfg`` (and ``extra``)."""
     cfg = dict(cfg)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import compat
+from .files import check_model_dir, guard_hub_id
 from .lm import SSMForCausalLM
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM
 from .mamba2 import CompressMamba2Config, CompressMamba2ForCausalLM
@@ -39,10 +40,11 @@ def resolve(path_or_id: str | Path) -> Path:
         return p
     if p.exists():
         raise ValueError(f"{p} is a file; give the folder that holds config.json and the weights")
+    offline = guard_hub_id(str(path_or_id), {}).get("local_files_only", False)  # fails fast if offline, uncached
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path_or_id)))
+        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
     except Exception as e:  # offline, unknown id
         raise FileNotFoundError(f"{path_or_id!r} is neither a local folder nor a reachable hub id ({e})") from e
 
@@ -180,6 +182,10 @@ def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> SSMFo
     Raises ValueError for an unknown model type, a checkpoint of the other family than ``_cls``,
     or weights that do not fit the config (naming every key and both shapes)."""
     cls = _cls
+    if Path(path_or_id).expanduser().is_dir():  # whole files, or one line naming the broken one
+        check_model_dir(path_or_id, kwargs.get("subfolder", ""))
+    else:
+        kwargs = guard_hub_id(str(path_or_id), kwargs)
     if kwargs.get("config") is None:
         family, cfg = checkpoint_family(path_or_id, **kwargs)
         if family is not None and cls is not None and not issubclass(family, cls):

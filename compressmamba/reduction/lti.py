@@ -11,6 +11,7 @@ does. This is sound for the real output too: the real system's transfer function
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -153,12 +154,18 @@ def balanced_truncation(
     Keeps the leading ``rank`` balanced coordinates, or exactly the balanced coordinates ``keep``
     (indices into σ sorted descending; used by the selection ablations). Returns
     (A_r (r, r), B_r (r, p), C_r (q, r)) complex128 with ‖G − G_r‖_∞ ≤ 2 Σ_{discarded} σ.
+
+    A kept coordinate with zero Hankel energy (σ = 0 to round-off: an unobservable or
+    uncontrollable direction, e.g. C = 0) has no balanced form; it is kept as a silent state
+    (B and C rows zero, a pole of the original system), which contributes nothing to G, as the
+    coordinate does not.
     """
     lam, B, C = _check_system(lam, B, C, layer)
     n = lam.shape[0]
     if keep is None:
-        if rank is None or not (1 <= int(rank) < n):
-            raise ValueError(f"{_where(layer)}rank must be in [1, {n - 1}], got {rank}")
+        ok = isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and 1 <= rank < n
+        if not ok:
+            raise ValueError(f"{_where(layer)}rank must be an integer in [1, {n - 1}], got {rank!r}")
         keep = torch.arange(int(rank))
     else:
         keep = torch.as_tensor(keep, dtype=torch.long)
@@ -173,9 +180,37 @@ def balanced_truncation(
         raise ValueError(f"method must be 'sqrtm' or 'chol', got {method!r}")
     if not torch.isfinite(sigma).all():
         raise ValueError(f"{_where(layer)}Hankel singular values are not finite")
-    Tr, Tinv_r = T[:, keep], Tinv[keep, :]
-    A_r = (Tinv_r * lam[None, :]) @ Tr
-    return A_r, Tinv_r @ B, C @ Tr
+    null = _zero_energy(sigma)[keep]
+    if not null.any():
+        Tr, Tinv_r = T[:, keep], Tinv[keep, :]
+        return (Tinv_r * lam[None, :]) @ Tr, Tinv_r @ B, C @ Tr
+    return _with_silent_states(lam, B, C, P, Q, T, Tinv, keep, null)
+
+
+def _zero_energy(sigma: Tensor) -> Tensor:
+    """Which σ are zero to round-off (bool (n,)): all of them when the system's Hankel energy is
+    zero, else those below n·eps·σ_max, whose balancing transform would divide by ~0."""
+    top = sigma.max() if sigma.numel() else sigma.new_zeros(())
+    return sigma <= top * sigma.numel() * torch.finfo(torch.float64).eps
+
+
+def _with_silent_states(lam, B, C, P, Q, T, Tinv, keep, null) -> tuple[Tensor, Tensor, Tensor]:
+    """The reduced system for ``keep`` where the positions ``null`` have zero energy: balanced
+    coordinates for the others, silent states (zero B row and C column) for those, with the
+    poles of the original modes of least modal energy P_ii·Q_ii."""
+    r, good = keep.numel(), keep[~null]
+    pos_good, pos_null = (~null).nonzero().flatten(), null.nonzero().flatten()
+    A_r = torch.zeros(r, r, dtype=_C)
+    B_r = torch.zeros(r, B.shape[1], dtype=_C)
+    C_r = torch.zeros(C.shape[0], r, dtype=_C)
+    if good.numel():
+        Tg, Tinv_g = T[:, good], Tinv[good, :]
+        A_r[pos_good[:, None], pos_good[None, :]] = (Tinv_g * lam[None, :]) @ Tg
+        B_r[pos_good] = Tinv_g @ B
+        C_r[:, pos_good] = C @ Tg
+    quiet = torch.argsort((P.diagonal() * Q.diagonal()).real.abs())[: pos_null.numel()]
+    A_r[pos_null, pos_null] = lam[quiet]
+    return A_r, B_r, C_r
 
 
 def transfer_function(A, B, C, z) -> Tensor:

@@ -1,55 +1,102 @@
-"""Checkpoints: atomic writes (temp file, then rename) that record every layer's state size."""
+"""Checkpoints: atomic writes (temp file, then rename) that record every layer's state size.
+
+A training checkpoint holds only tensors and plain Python values (dict, list, str, int, float,
+bool, None): RNG states are stored as tensors and lists, so it loads with
+``torch.load(weights_only=True)`` and a file that carries any other pickled object is refused
+before anything in it runs.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import tempfile
+import re
+import secrets
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+FORMAT = "compressmamba-checkpoint-2"
 
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then os.replace: a crash mid-write
-    leaves the previous file intact."""
+
+def _stale_temps(path: Path) -> list[Path]:
+    return [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync, then os.replace: a crash
+    mid-write leaves the previous file intact. The file gets the permissions the user's umask
+    gives (like ``open``), and temp files left by an earlier killed write are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for old in _stale_temps(path):
+        old.unlink(missing_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def rng_state() -> dict:
+    """Every RNG's state as tensors and plain values (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(path, *, model, optimizer, step: int, state_sizes, trainer_state: dict, recipe: dict) -> None:
+def save_checkpoint(
+    path,
+    *,
+    model,
+    optimizer,
+    step: int,
+    state_sizes,
+    trainer_state: dict,
+    recipe: dict,
+    pragmatic_snapshot: dict | None = None,
+) -> None:
+    """Write a training checkpoint; ``pragmatic_snapshot`` (score, sizes, model and optimizer
+    state) is the rollback point of the pragmatic schedule, so a resumed run rolls back where
+    the uninterrupted one would."""
     atomic_save(
         {
-            "format": "compressmamba-checkpoint-1",
+            "format": FORMAT,
             "step": step,
             "state_sizes": list(state_sizes),
             "model": model.state_dict(),
@@ -57,18 +104,53 @@ def save_checkpoint(path, *, model, optimizer, step: int, state_sizes, trainer_s
             "rng": rng_state(),
             "trainer": trainer_state,
             "recipe": recipe,
+            "pragmatic_snapshot": pragmatic_snapshot,
         },
         path,
     )
 
 
-def load_checkpoint(path) -> dict:
+def checkpoint_path(path) -> Path:
+    """RUN_DIR → RUN_DIR/checkpoints/last.pt; a file path is returned as is."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    return path
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)``: tensors and plain values only. A file that
+    carries other pickled objects (which could run code) or that is truncated or corrupt raises
+    one ValueError naming the file and the problem; nothing in the file runs."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        raise ValueError(f"{what} {path} is corrupt or truncated: not a torch zip archive ({size} bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        obj = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"{what} {path} holds pickled Python objects{obj} that could run code: refused, nothing was loaded; "
+            "only tensors and plain values are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} {path} is corrupt or truncated: {first}") from None
+
+
+def load_checkpoint(path) -> dict:
+    """Load a training checkpoint (a run folder or a ``.pt`` file) safely; see
+    :func:`safe_torch_load`. Raises FileNotFoundError or a one-line ValueError."""
+    path = checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (expected RUN_DIR/checkpoints/last.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "compressmamba-checkpoint-1":
-        raise ValueError(f"{path} is not a compressmamba training checkpoint")
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a compressmamba training checkpoint (format {fmt!r}, expected {FORMAT!r})")
+    missing = [k for k in ("step", "state_sizes", "model", "optimizer", "rng", "trainer", "recipe") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: missing {missing}")
     return ckpt

@@ -1,14 +1,18 @@
 """Recipes: YAML files with fixed sections, dotted command-line overrides, validation.
 
 A recipe has top-level ``name``, ``seed``, ``task``, ``out_dir`` and the sections ``model``,
-``data`` (free-form: the builder's keyword arguments, plus ``name``), and ``optim``, ``train``,
-``reduction`` (fixed keys below; an unknown key is rejected with the list of valid ones).
+``data`` (the registered builder's keyword arguments, plus ``name``), and ``optim``, ``train``,
+``reduction`` (fixed keys below). An unknown key in any section is rejected with the list of
+valid ones (for ``model`` and ``data``: the builder's named parameters), and every value is
+checked against its range.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     num_workers: int = 0  # DataLoader worker processes building training batches (0: in-process)
     progress: bool = True
+    report_to: str | list[str] | None = None  # Accelerate trackers: tensorboard, wandb, mlflow, comet_ml, trackio ...
 
 
 @dataclass
@@ -61,6 +66,24 @@ class ReductionConfig:
 
 
 _TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction", "baseline")
+TASKS = ("classification", "lm")
+# keys the trainer passes to the builders itself (from the dataset's info, the checkpoint, the seed)
+_TRAINER_MODEL_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len", "state_sizes")
+_TRAINER_DATA_KEYS = ("seed",)
+# Keys a resume may change without changing what the run computes (where it writes, how often it
+# logs or checkpoints, progress bars, workers that build the same batches, trackers, plots).
+HARMLESS_KEYS = frozenset(
+    {
+        "name",
+        "out_dir",
+        "train.progress",
+        "train.num_workers",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.report_to",
+        "reduction.plots",
+    }
+)
 _SECTIONS = {"optim": OptimConfig, "train": TrainConfig, "reduction": ReductionConfig}
 
 
@@ -140,6 +163,12 @@ def _coerce(v, annotation: str, where: str):
     return v
 
 
+def _seed(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"seed = {v!r}: expected a non-negative integer")
+    return int(v)
+
+
 def recipe_from_dict(raw: dict) -> Recipe:
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
@@ -149,7 +178,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
             raise ValueError(f"recipe section '{sec}' must be a mapping with a 'name'")
     r = Recipe(
         name=str(raw.get("name", "run")),
-        seed=int(raw.get("seed", 0)),
+        seed=_seed(raw.get("seed", 0)),
         task=raw.get("task"),
         out_dir=raw.get("out_dir"),
         model=dict(raw["model"]),
@@ -175,22 +204,102 @@ def _check(ok: bool, what: str, value, expected: str):
         raise ValueError(f"{what} = {value!r}: expected {expected}")
 
 
-def validate(r: Recipe) -> None:
-    o, t, red = r.optim, r.train, r.reduction
-    if r.baseline:
-        from .baselines import parse_baseline
+def builder_keys(kind: str, name: str) -> list[str] | None:
+    """The recipe keys the registered ``kind`` ("model" or "data") builder ``name`` accepts: its
+    named parameters, less those the trainer passes itself. None when it names none (a builder
+    of ``**kwargs`` only: nothing to check against)."""
+    from ..registry import dataset_builder, model_builder
 
-        parse_baseline(r.baseline)
+    fn = model_builder(name) if kind == "model" else dataset_builder(name)
+    params = inspect.signature(fn).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    passed = _TRAINER_MODEL_KEYS if kind == "model" else _TRAINER_DATA_KEYS
+    return [k for k in named if k not in passed] or None
+
+
+def _check_builder_section(section: str, values: dict) -> None:
+    """Every key of the ``model`` / ``data`` section must be a parameter of its builder."""
+    valid = builder_keys(section, values["name"])
+    if valid is None:
+        return
+    unknown = sorted(set(values) - {"name"} - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in recipe section '{section}' ({section} {values['name']!r}); "
+            f"valid keys: {valid}"
+        )
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+
+def _check_model(m: dict) -> None:
+    for key in ("n_layers", "d_model"):
+        if key in m:
+            _check(_positive_int(m[key]), f"model.{key}", m[key], "a positive integer")
+    for key in ("state_size", "state_sizes"):
+        v = m.get(key)
+        if v is not None:
+            ok = _positive_int(v) or (isinstance(v, list) and v and all(_positive_int(x) for x in v))
+            _check(ok, f"model.{key}", v, "a positive integer or a list of positive integers (one per layer)")
+
+
+def _check_optim(o: OptimConfig) -> None:
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "a positive number")
     _check(o.schedule in ("constant", "cosine"), "optim.schedule", o.schedule, "'constant' or 'cosine'")
     _check(0 <= o.warmup_frac < 1, "optim.warmup_frac", o.warmup_frac, "a fraction in [0, 1)")
+    _check(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0 or null")
     _check(o.ssm_lr_factor > 0, "optim.ssm_lr_factor", o.ssm_lr_factor, "> 0")
+    _check(o.weight_decay >= 0 and math.isfinite(o.weight_decay), "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a fraction in [0, 1]")
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        list(o.betas),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    )
+    _check(
+        o.grad_clip is None or (o.grad_clip >= 0 and math.isfinite(o.grad_clip)),
+        "optim.grad_clip",
+        o.grad_clip,
+        "a gradient-norm bound >= 0 (0 or null: no clipping)",
+    )
+
+
+def _check_train(t: TrainConfig) -> None:
     _check(t.steps >= 1, "train.steps", t.steps, ">= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
+    _check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")
+    _check(t.eval_batches is None or t.eval_batches >= 1, "train.eval_batches", t.eval_batches, ">= 1 or null (all)")
+    _check(
+        t.eval_batch_size is None or t.eval_batch_size >= 1,
+        "train.eval_batch_size",
+        t.eval_batch_size,
+        ">= 1 or null (train.batch_size)",
+    )
+    _check(
+        t.checkpoint_every is None or t.checkpoint_every >= 1,
+        "train.checkpoint_every",
+        t.checkpoint_every,
+        ">= 1 or null (train.eval_every)",
+    )
+    names = [t.report_to] if isinstance(t.report_to, str) else t.report_to
+    _check(
+        names is None or (isinstance(names, list) and all(isinstance(x, str) and x for x in names)),
+        "train.report_to",
+        t.report_to,
+        "a tracker name (tensorboard, wandb, mlflow, comet_ml, trackio, ...) or a list of them",
+    )
     _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")
     _check(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
+
+
+def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
+    from ..reduction.mamba import ENERGY_METHODS
+
     _check(
         red.mode in ("tolerance", "fixed", "pragmatic", "none"),
         "reduction.mode",
@@ -208,10 +317,72 @@ def validate(r: Recipe) -> None:
     _check(0 < red.gate <= 1, "reduction.gate", red.gate, "in (0, 1]")
     _check(0 < red.window <= 1, "reduction.window", red.window, "a fraction of train.steps in (0, 1]")
     _check(red.calib_batches >= 1, "reduction.calib_batches", red.calib_batches, ">= 1")
+    _check(
+        red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
+    )
+    methods = {"lru": ("hankel",), "mamba": tuple(ENERGY_METHODS)}.get(model_name)  # others: checked at the cut
+    _check(
+        red.method is None or methods is None or red.method in methods,
+        "reduction.method",
+        red.method,
+        f"null (the layer's default) or one of {list(methods or ())} for model {model_name!r}",
+    )
+    if red.mode != "none" and red.attempts is None:
+        _check(red.n_attempts >= 1, "reduction.n_attempts", red.n_attempts, f">= 1 in reduction.mode {red.mode!r}")
     if red.attempts is not None:
         _check(
-            all(isinstance(s, int) and 1 <= s <= t.steps for s in red.attempts),
+            isinstance(red.attempts, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= steps for s in red.attempts),
             "reduction.attempts",
             red.attempts,
-            f"a list of steps in [1, {t.steps}]",
+            f"a list of steps in [1, {steps}]",
         )
+
+
+def validate(r: Recipe) -> None:
+    """Every key and value of ``r``: ValueError naming the key, the value and what was expected."""
+    if r.baseline:
+        from .baselines import parse_baseline
+
+        parse_baseline(r.baseline)
+    _check(r.task is None or r.task in TASKS, "task", r.task, f"null (from the dataset) or one of {list(TASKS)}")
+    _check_builder_section("model", r.model)
+    _check_builder_section("data", r.data)
+    _check_model(r.model)
+    _check_optim(r.optim)
+    _check_train(r.train)
+    _check_reduction(r.reduction, r.model["name"], r.train.steps)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def recipe_differences(old: dict, new: dict) -> list[dict]:
+    """The keys (dotted) whose values differ between two recipe mappings, outside
+    :data:`HARMLESS_KEYS`: ``[{"key", "old", "new"}]``. ``old`` (a checkpoint's recipe, maybe
+    from an older version) is first filled with today's defaults."""
+    try:
+        old = recipe_from_dict(old).to_dict()
+    except (ValueError, TypeError):
+        pass
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if key not in HARMLESS_KEYS and _norm(va) != _norm(vb):
+            diffs.append({"key": key, "old": va, "new": vb})
+    return diffs
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v

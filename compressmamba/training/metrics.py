@@ -18,12 +18,19 @@ def _clean(v):
 
 
 class MetricsWriter:
-    def __init__(self, path: str | Path | None, append: bool = False):
+    """Appends one JSON row per call. ``append=False`` starts an empty file; with
+    ``keep_until_step`` (a resume) the rows after that step, written by the run that died after
+    its checkpoint and about to be written again, are dropped first: one row per step and kind."""
+
+    def __init__(self, path: str | Path | None, append: bool = False, keep_until_step: int | None = None):
         self.path = Path(path) if path else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not append:
                 self.path.write_text("")
+            elif keep_until_step is not None and self.path.is_file():
+                kept = [line for line in self.path.read_text().splitlines() if _row_at_most(line, keep_until_step)]
+                _atomic_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, **row) -> None:
         if self.path:
@@ -31,12 +38,25 @@ class MetricsWriter:
                 f.write(json.dumps(_clean(row)) + "\n")
 
 
+def _row_at_most(line: str, step: int) -> bool:
+    """A complete row at or before ``step`` (a line cut short by a kill is dropped)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("step", 0) <= step
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def _atomic_text(path: Path, text: str) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2))
-    tmp.replace(path)
+    """Write ``obj`` as indented JSON atomically (NaN/inf become null)."""
+    _atomic_text(Path(path), json.dumps(_clean(obj), indent=2))

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .metrics import read_metrics  # noqa: E402
+from .tracking import log_image  # noqa: E402
 
 
 def save_figure(fig, path, dpi: int = 110) -> Path:
@@ -78,12 +79,13 @@ def plot_state_sizes(metrics_path, path) -> Path:
 
 
 class PlotCallback:
-    """Trainer callback: a spectrum PNG per cut and an updated state-size PNG (main process)."""
+    """Trainer callback: a spectrum PNG per cut (also sent to the trackers that take images) and
+    an updated state-size PNG (main process)."""
 
     def on_cut(self, trainer, report):
         if not trainer.accelerator.is_main_process:
             return
-        plot_energy_spectra(
+        png = plot_energy_spectra(
             report.energies,
             report.old_sizes,
             report.new_sizes,
@@ -91,6 +93,7 @@ class PlotCallback:
             trainer.run_dir / "plots" / f"energy_step{report.step}.png",
             kept=report.kept,
         )
+        log_image(trainer.accelerator, "energy_spectrum", png, report.step)
 
     def on_end(self, trainer):
         if trainer.accelerator.is_main_process:

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..registry import build_data, build_model
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import Recipe, recipe_from_dict
+from . import tracking
+from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
+from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
 from .data import StepBatches, shard_batches
 from .metrics import MetricsWriter, write_json
@@ -42,7 +43,12 @@ def param_hash(model: torch.nn.Module) -> str:
 
 class Trainer:
     """Train ``recipe``; ``extra_loss(model, batch, output) -> Tensor`` adds a loss term
-    (distillation, regularisers); ``callbacks`` get ``on_cut(trainer, report)``."""
+    (distillation, regularisers); ``callbacks`` get ``on_cut(trainer, report)``.
+
+    ``resume`` (a run folder or checkpoint file) continues a run; a recipe that differs from the
+    checkpoint's in a key that changes the run (anything outside :data:`config.HARMLESS_KEYS`)
+    is refused unless ``allow_recipe_change`` (e.g. to extend ``train.steps``), and then recorded
+    in metrics.jsonl and the trainer state."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class Trainer:
         extra_loss: Callable | None = None,
         callbacks: list | None = None,
         accelerator=None,
+        allow_recipe_change: bool = False,
     ):
         self.recipe = recipe
         self.extra_loss = extra_loss
@@ -63,11 +70,20 @@ class Trainer:
         t = recipe.train
         # Several ranks and no GPU: run them on the CPU (gloo), e.g. under torchrun.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = accelerator or Accelerator(mixed_precision=t.mixed_precision, cpu=cpu)
-        acc = self.accelerator
-        set_seed(recipe.seed)
         self.run_dir = recipe.run_dir()
         self.ckpt = load_checkpoint(resume) if resume else None
+        changes = self._check_recipe_change(allow_recipe_change)
+        trackers = tracking.tracker_names(t.report_to)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=t.mixed_precision,
+            cpu=cpu,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "trackers")
+            ),
+        )
+        acc = self.accelerator
+        set_seed(recipe.seed)
         self.data = build_data(recipe.data, seed=recipe.seed)
         self.task = recipe.task or self.data.info.get("task", "classification")
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
@@ -84,31 +100,69 @@ class Trainer:
             "cutting_stopped": False,
             "attempts_done": [],
             "initial_state_sizes": self.model.state_sizes,
+            "recipe_changes": [],
         }
+        self.pragmatic_snapshot = None  # the pragmatic schedule's rollback point
         if self.ckpt:
             self.model.load_state_dict(self.ckpt["model"])
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.step = self.ckpt["step"]
             self.state.update(self.ckpt["trainer"])
+            self.pragmatic_snapshot = self.ckpt.get("pragmatic_snapshot")
+        self._saved_step = self.step if self.ckpt else None
         self._prepare()
         self.batches = StepBatches(
             self.data.train, t.batch_size, recipe.seed, acc.process_index, acc.num_processes, t.grad_accum
         )
         self.attempts = attempt_steps(recipe.reduction, t.steps)
         self._stream = None  # training micro-batches, opened by fit() at the current step
-        self.pragmatic_snapshot = None
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        self.metrics = MetricsWriter(
-            self.run_dir / "metrics.jsonl" if acc.is_main_process else None, append=self.ckpt is not None
-        )
+        self._fit_start, self._time_base = None, self.state["train_time_s"]
+        self._open_outputs(trackers, changes)
         if self.ckpt:
             set_rng_state(self.ckpt["rng"])
         if recipe.baseline:  # knowledge distillation or Hankel-nuclear-norm regularisation
             from .baselines import attach_baseline
 
             attach_baseline(self)
+
+    def _open_outputs(self, trackers: list[str], changes: list[dict]) -> None:
+        """config.yaml, metrics.jsonl (cut back to the checkpoint's step on resume: the rows the
+        dead run wrote after it are written again), the trackers, and the record of a recipe change."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
+            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
+        self.metrics = MetricsWriter(
+            self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
+            append=self.ckpt is not None,
+            keep_until_step=self.step if self.ckpt else None,
+        )
+        if trackers:
+            acc.init_trackers(_tracker_project(self.recipe.name), config=tracking.flat_config(self.recipe.to_dict()))
+        if changes:
+            self.state["recipe_changes"].append({"step": self.step, "changes": changes})
+            self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
+
+    def _check_recipe_change(self, allow: bool) -> list[dict]:
+        """The differences between this recipe and the checkpoint's that change the run's meaning:
+        refused (naming each key) unless ``allow``; returned for the record."""
+        if not self.ckpt:
+            return []
+        changes = recipe_differences(self.ckpt["recipe"], self.recipe.to_dict())
+        if changes and not allow:
+            listed = "; ".join(f"{c['key']}: {c['old']!r} -> {c['new']!r}" for c in changes)
+            raise ValueError(
+                f"the recipe differs from the checkpoint's in keys that change the run: {listed}. "
+                "Resume with the run's own recipe (its config.yaml), or pass --allow-recipe-change "
+                "(Trainer(allow_recipe_change=True)) to continue under the new values; the change is recorded"
+            )
+        return changes
+
+    def _log(self, **row) -> None:
+        """One metrics.jsonl row, also sent to the trackers (``train.report_to``)."""
+        self.metrics.write(**row)
+        tracking.log_row(self.accelerator, row)
 
     # --- model / optimizer lifecycle ----------------------------------------------------------
     def _build_model(self, state_sizes=None):
@@ -169,7 +223,7 @@ class Trainer:
 
     def _eval_and_track(self, after_cut: bool = False) -> dict:
         val = self.evaluate("val")
-        self.metrics.write(
+        self._log(
             step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
         )
         best = self.state["best_val"]
@@ -179,7 +233,7 @@ class Trainer:
             if self.data.test is not None:
                 test = self.evaluate("test")
                 self.state["test_at_best"] = test
-                self.metrics.write(
+                self._log(
                     step=self.step,
                     kind="eval",
                     split="test",
@@ -194,9 +248,11 @@ class Trainer:
         acc, t = self.accelerator, self.recipe.train
         lr = set_lr(self.opt, self.step, t.steps, self.recipe.optim)
         total_loss, n_tokens = 0.0, 0
+        bad_inputs = []
         for micro in range(t.grad_accum):
             raw = next(self._stream) if self._stream is not None else self.batches.batch(self.step, micro)
             batch = {k: v.to(acc.device) for k, v in raw.items()}
+            bad_inputs += [k for k, v in batch.items() if v.is_floating_point() and not torch.isfinite(v).all()]
             sync = micro == t.grad_accum - 1
             ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else _null()
             with ctx:
@@ -209,20 +265,51 @@ class Trainer:
             total_loss += loss.detach().float().item() / t.grad_accum
             first = batch.get("input_ids", batch.get("inputs"))
             n_tokens += first.shape[0] * (first.shape[1] if first.dim() > 1 else 1)
-        bad = torch.tensor([0.0 if math.isfinite(total_loss) else 1.0], device=acc.device)
-        if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            raise FloatingPointError(
-                f"loss is not finite at step {self.step + 1} (lr {lr:.3g}); lower optim.lr or set "
-                f"train.grad_clip, and resume from the last checkpoint in {self.run_dir / 'checkpoints'}"
-            )
+        grad_norm = None
         if self.recipe.optim.grad_clip:
-            acc.clip_grad_norm_(self.wrapped.parameters(), self.recipe.optim.grad_clip)
+            grad_norm = acc.clip_grad_norm_(self.wrapped.parameters(), self.recipe.optim.grad_clip)
+        self._check_finite(bad_inputs, total_loss, grad_norm, lr)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return total_loss, n_tokens, lr
+
+    def _check_finite(self, bad_inputs: list[str], loss: float, grad_norm, lr: float) -> None:
+        """FloatingPointError (on every rank) when a batch, the loss or the gradients are not
+        finite, saying which, and where to resume from. fp16 runs leave inf gradients to the
+        loss scaler, which skips those steps."""
+        acc = self.accelerator
+        if grad_norm is None and self.recipe.train.mixed_precision != "fp16":
+            grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        grads_ok = self.recipe.train.mixed_precision == "fp16" or bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        flags = torch.tensor(
+            [float(bool(bad_inputs)), float(not math.isfinite(loss)), float(not grads_ok)], device=acc.device
+        )
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, reduction="sum")
+        if not flags.any():
+            return
+        step = self.step + 1
+        if flags[0] > 0:
+            where = f" ({', '.join(sorted(set(bad_inputs)))})" if bad_inputs else " (on another rank)"
+            raise FloatingPointError(
+                f"the training batch at step {step} holds NaN or inf{where}: the data is at fault, not the "
+                f"learning rate; clean the dataset (a resumed run replays the same batch). {self._resume_hint()}"
+            )
+        what = "loss" if flags[1] > 0 else "gradients"
+        raise FloatingPointError(
+            f"{what} not finite at step {step} (lr {lr:.3g}) with finite inputs: lower optim.lr or set "
+            f"optim.grad_clip (a resume then needs --allow-recipe-change). {self._resume_hint()}"
+        )
+
+    def _resume_hint(self) -> str:
+        ck = checkpoint_path(self.run_dir)
+        if self._saved_step is not None and ck.is_file():
+            return (
+                f"The last checkpoint (step {self._saved_step}) is in {ck.parent}: resume with --resume {self.run_dir}."
+            )
+        return "No checkpoint has been written yet: restart the run."
 
     def _calib_batches(self):
         acc = self.accelerator
@@ -238,7 +325,8 @@ class Trainer:
             if snap is not None and self._score(val) < snap["score"] - red.pragmatic_tolerance:
                 self._restore(snap)
                 self.state["cutting_stopped"] = True
-                self.metrics.write(
+                self.pragmatic_snapshot = None  # cutting has stopped: no later checkpoint needs it
+                self._log(
                     step=self.step,
                     kind="rollback",
                     to_sizes=snap["sizes"],
@@ -274,7 +362,13 @@ class Trainer:
         self.optimizer.load_state_dict(snap["optimizer"])
         self._prepare()
 
+    def _sync_time(self) -> None:
+        """Keep ``train_time_s`` current: time before this fit() plus time in it."""
+        if self._fit_start is not None:
+            self.state["train_time_s"] = self._time_base + (time.time() - self._fit_start)
+
     def save(self):
+        self._sync_time()
         if self.accelerator.is_main_process:
             save_checkpoint(
                 self.run_dir / "checkpoints" / "last.pt",
@@ -284,7 +378,9 @@ class Trainer:
                 state_sizes=self.model.state_sizes,
                 trainer_state=self.state,
                 recipe=self.recipe.to_dict(),
+                pragmatic_snapshot=self.pragmatic_snapshot,
             )
+        self._saved_step = self.step
         self.accelerator.wait_for_everyone()
 
     def _log_rank_hash(self, what: str):
@@ -312,7 +408,8 @@ class Trainer:
             desc=self.recipe.name,
             dynamic_ncols=True,
         )
-        t_start, window_t, window_samples, window_tokens = time.time(), time.time(), 0, 0
+        self._fit_start, self._time_base = time.time(), self.state["train_time_s"]
+        window_t, window_samples, window_tokens = time.time(), 0, 0
         last_val = {}
         self.wrapped.train()
         self._stream = self.batches.stream(self.step, t.steps, t.num_workers)
@@ -322,7 +419,7 @@ class Trainer:
             window_tokens += n_tok * acc.num_processes
             if self.step % t.log_every == 0 or self.step == t.steps:
                 dt = max(time.time() - window_t, 1e-9)
-                self.metrics.write(
+                self._log(
                     step=self.step,
                     kind="train",
                     loss=loss,
@@ -348,7 +445,7 @@ class Trainer:
                     self.state["cut_time_s"] += report.seconds
                     if report.changed:
                         self.state["n_cuts"] += 1
-                        self.metrics.write(step=self.step, **report.row(), optimizer=counts, wall_time=time.time())
+                        self._log(step=self.step, **report.row(), optimizer=counts, wall_time=time.time())
                         if acc.is_main_process:
                             tqdm.write(
                                 f"step {self.step}: state sizes {report.old_sizes} -> {report.new_sizes} "
@@ -372,16 +469,33 @@ class Trainer:
             bar.set_postfix(post, refresh=False)
             bar.update(1)
         bar.close()
-        self.state["train_time_s"] += time.time() - t_start
         self.save()
+        self._fit_start = None
         self._log_rank_hash("end")
         summary = self._summary()
         for cb in self.callbacks:
             if hasattr(cb, "on_end"):
                 cb.on_end(self)
+        self._export_model()
+        tracking.finish(self.accelerator)
         if acc.is_main_process and t.progress:
             self._print_summary(summary)
         return summary
+
+    def _export_model(self) -> None:
+        """RUN_DIR/model/: the final model (training/export.py), main process."""
+        if self.accelerator.is_main_process:
+            from .export import save_final_model
+
+            info = {k: v for k, v in self.data.info.items() if k in _MODEL_INFO_KEYS}
+            save_final_model(
+                self.model,
+                self.run_dir,
+                model_cfg=self.recipe.model,
+                info=info,
+                tokenizer=self.recipe.data.get("tokenizer") if self.task == "lm" else None,
+            )
+        self.accelerator.wait_for_everyone()
 
     def _print_summary(self, s: dict) -> None:
         lines = [
@@ -450,6 +564,11 @@ def _clone_state(sd):
     return sd
 
 
+def _tracker_project(name: str) -> str:
+    """A tracker project / run name from a recipe name ("smnist/demo" → "smnist-demo")."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
+
+
 def _fmt_sizes(sizes: list[int]) -> str:
     return (
         ",".join(map(str, sizes))
@@ -459,6 +578,7 @@ def _fmt_sizes(sizes: list[int]) -> str:
 
 
 def train(recipe: Recipe | dict, resume=None, **kw) -> dict:
+    """Train a recipe (a :class:`Recipe` or its mapping) and return the run's summary."""
     if isinstance(recipe, dict):
         recipe = recipe_from_dict(recipe)
     return Trainer(recipe, resume=resume, **kw).fit()

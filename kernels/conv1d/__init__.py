@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..backend_checks import check_triton_device, empty_like_graph
+
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """Readable specification: out[:, c, t] = Σ_k w[c, k] x[:, c, t − (w − 1) + k] + bias[c]."""
@@ -59,6 +61,10 @@ def causal_conv1d_fn(
     _check(x, weight, bias, activation)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        check_triton_device(x, "causal_conv1d_fn")
+    if x.numel() == 0:  # batch, dim or seqlen 0
+        return empty_like_graph(x.shape, x.dtype, x, weight, bias)
     w = weight.shape[1]
     silu = activation in ("silu", "swish")
     if backend == "auto" and x.is_cuda:

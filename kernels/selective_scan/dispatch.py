@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
+from ..backend_checks import check_triton_device, empty_like_graph
 from .cpu import selective_scan_cpu
 from .reference import selective_scan_ref, selective_state_update_ref
 
@@ -105,6 +108,10 @@ def selective_scan_fn(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if backend == "triton":
+        check_triton_device(u, "selective_scan_fn")
+    if u.numel() == 0:  # batch, dim or seqlen 0: nothing to scan
+        return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "cpu"
@@ -119,6 +126,18 @@ def selective_scan_fn(
     return selective_scan_cpu(*args)
 
 
+def _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state):
+    """The outputs for inputs with a zero-sized batch, dim or seqlen: y (b, d, L) in u's dtype;
+    the last state (b, d, n) is zero (no step was taken), in the compute dtype."""
+    b, d, _ = u.shape
+    ins = (u, delta, A, B, C, D, z, delta_bias)
+    y = empty_like_graph(u.shape, u.dtype, *ins)
+    if not return_last_state:
+        return y
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return y, empty_like_graph((b, d, A.shape[1]), ct, *ins)
+
+
 def selective_state_update(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, backend: str = "auto"
 ):
@@ -129,6 +148,8 @@ def selective_state_update(
     check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        check_triton_device(state, "selective_state_update")
     if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
         from .step import selective_state_update_triton
 

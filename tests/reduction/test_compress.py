@@ -38,7 +38,10 @@ def test_post_hoc_compression_equals_zeroing_the_low_energy_states():
 
 
 def test_compress_rejects_another_architecture(tmp_path):
-    ck = {"format": "compressmamba-checkpoint-1", "recipe": {"model": {"name": "lru"}}, "model": {}, "state_sizes": [4]}
+    from compressmamba.training.checkpoint import FORMAT
+
+    ck = {"format": FORMAT, "recipe": {"model": {"name": "lru"}}, "model": {}, "state_sizes": [4]}
+    ck.update(step=1, optimizer={}, rng={}, trainer={})
     (tmp_path / "checkpoints").mkdir()
     torch.save(ck, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(ValueError, match="checkpoint of a 'lru' model; compress expects a Mamba"):

@@ -1,0 +1,109 @@
+"""Checks before loading a model: a local folder's files are whole, a hub id is reachable.
+
+Both raise one line that names the file (or the id) and what is wrong, instead of a
+deserialiser's traceback or a minute of connection retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_safetensors(path: Path) -> None:
+    """ValueError unless ``path`` holds a complete safetensors file (header parses, and the file
+    is as long as the header says)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is corrupt or truncated: {size} bytes, no safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise ValueError(f"{path} is corrupt or truncated: header of {n} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} is corrupt: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is corrupt: the safetensors header is not a mapping")
+    tensors = [v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    end = max((v.get("data_offsets", [0, 0])[1] for v in tensors), default=0)
+    if size < 8 + n + end:
+        raise ValueError(f"{path} is truncated: {size} bytes, the header describes {8 + n + end}")
+
+
+def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
+    """A local model folder: config.json is a JSON mapping, a weights file exists and is whole.
+    Raises FileNotFoundError or ValueError, one line naming the file."""
+    root = Path(folder).expanduser() / subfolder
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"model folder {root} has no config.json")
+    try:
+        parsed = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg} is not valid JSON ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{cfg} is not a JSON mapping of config fields")
+    if parsed.get("model_type") not in (None, "compressmamba", "mamba", "compressmamba2", "mamba2"):
+        return  # not a Mamba: the loader says so, whatever the weights
+    found = [root / w for w in _WEIGHTS if (root / w).is_file()]
+    if not found:
+        raise FileNotFoundError(f"model folder {root} has no weights file (expected one of {list(_WEIGHTS)})")
+    weights = found[0]
+    if weights.name == "model.safetensors":
+        check_safetensors(weights)
+    elif weights.name == "pytorch_model.bin" and not zipfile.is_zipfile(weights):
+        raise ValueError(f"{weights} is corrupt or truncated: not a torch zip archive")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(repo_id: str, revision: str | None, cache_dir) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision), str)
+
+
+def guard_hub_id(path_or_id: str, hub_kwargs: dict) -> dict:
+    """Before downloading ``path_or_id`` (not a local folder): a path-like name that does not
+    exist, or a hub id that is neither reachable nor cached, fails now, saying which; offline with
+    a cached copy, ``local_files_only`` is set so that nothing waits on the network. Returns the
+    (possibly updated) keyword arguments."""
+    name = str(path_or_id)
+    if not _HUB_ID.match(name) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name!r} is not a local folder (and not a hub id of the form org/name)")
+    if hub_kwargs.get("local_files_only"):
+        return hub_kwargs
+    offline = hub_offline() or not _hub_reachable()
+    if not offline:
+        return hub_kwargs
+    if _cached(name, hub_kwargs.get("revision"), hub_kwargs.get("cache_dir")):
+        return {**hub_kwargs, "local_files_only": True}
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached (no network)"
+    raise FileNotFoundError(
+        f"{name!r} is not a local folder and not in the Hugging Face cache, and {why}: "
+        "download it while online (huggingface-cli download) or give a local folder"
+    )

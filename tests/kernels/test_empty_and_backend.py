@@ -1,0 +1,68 @@
+"""Kernels on empty inputs (L = 0, batch = 0, dim = 0) and a Triton request on the CPU in words."""
+
+import pytest
+import torch
+from compressmamba.kernels import selective_scan_fn, selective_state_update
+from compressmamba.kernels.conv1d import causal_conv1d_fn
+
+
+def _scan_inputs(b, d, L, n=5, groups=None, dtype=torch.float32):
+    g = torch.Generator().manual_seed(b * 100 + d * 10 + L)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    bc = (b, groups, n, L) if groups else (b, n, L)
+    A = (-torch.rand(d, n, generator=g) - 0.1).requires_grad_()
+    return dict(u=r(b, d, L), delta=r(b, d, L), A=A, B=r(*bc), C=r(*bc), D=r(d), z=r(b, d, L), delta_bias=r(d))
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "ref"])
+@pytest.mark.parametrize("shape", [(2, 6, 0), (0, 6, 9), (2, 0, 9), (0, 0, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scan_on_empty_inputs_returns_empty_outputs_and_zero_gradients(backend, shape, dtype):
+    b, d, L = shape
+    x = _scan_inputs(b, d, L, dtype=dtype)
+    y, last = selective_scan_fn(**x, delta_softplus=True, return_last_state=True, backend=backend)
+    assert y.shape == (b, d, L) and y.dtype == dtype
+    assert last.shape == (b, d, 5) and last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert (last == 0).all()  # no step taken: the initial (zero) state
+    (y.float().sum() + last.sum()).backward()
+    for k, t in x.items():
+        assert t.grad is not None and t.grad.shape == t.shape and (t.grad == 0).all(), k
+
+
+def test_grouped_scan_with_zero_length():
+    x = _scan_inputs(2, 6, 0, groups=2)
+    assert selective_scan_fn(**x).shape == (2, 6, 0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "ref"])
+@pytest.mark.parametrize("shape", [(2, 6, 0), (0, 6, 9), (2, 0, 9)])
+def test_conv1d_on_empty_inputs_returns_empty_outputs(backend, shape):
+    b, d, L = shape
+    x = torch.randn(b, d, L, requires_grad=True)
+    w = torch.randn(d, 4, requires_grad=True)
+    y = causal_conv1d_fn(x, w, torch.randn(d), activation="silu", backend=backend)
+    assert y.shape == (b, d, L)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape and (w.grad == 0).all()
+
+
+def test_empty_scan_matches_the_reference_on_the_non_empty_neighbour():
+    """The empty path must not leak into real shapes: L = 1 still goes through the kernel."""
+    x = {k: v.detach() for k, v in _scan_inputs(2, 6, 1, dtype=torch.float64).items()}
+    y = selective_scan_fn(**x, backend="cpu")
+    torch.testing.assert_close(y, selective_scan_fn(**x, backend="ref"))
+    assert y.abs().sum() > 0
+
+
+def test_triton_on_cpu_tensors_without_the_interpreter_says_so(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = {k: v.detach() for k, v in _scan_inputs(1, 4, 3).items()}
+    with pytest.raises(ValueError, match=r"backend='triton' got tensors on cpu.*CUDA.*TRITON_INTERPRET=1"):
+        selective_scan_fn(**x, backend="triton")
+    state = torch.zeros(1, 4, 5)
+    with pytest.raises(ValueError, match=r"selective_state_update: backend='triton' got tensors on cpu"):
+        selective_state_update(
+            state, x["u"][..., 0], x["delta"][..., 0], x["A"], x["B"][..., 0], x["C"][..., 0], backend="triton"
+        )
+    with pytest.raises(ValueError, match=r"causal_conv1d_fn: backend='triton' got tensors on cpu"):
+        causal_conv1d_fn(torch.randn(1, 4, 3), torch.randn(4, 4), backend="triton")

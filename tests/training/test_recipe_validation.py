@@ -1,0 +1,95 @@
+"""Recipes: every key checked against its section or builder, every value against its range."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from compressmamba.cli import main
+from compressmamba.training import recipe_from_dict
+from compressmamba.training.config import apply_overrides
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("model.state_sise=8", "state_sise"),
+        ("data.pol=3", "pol"),
+    ],
+)
+def test_typos_in_model_and_data_are_rejected_with_the_valid_keys(toy_recipe, override, named):
+    with pytest.raises(ValueError, match=rf"unknown key\(s\) \['{named}'\].*valid keys: \[.*") as e:
+        recipe_from_dict(apply_overrides(toy_recipe, [override]))
+    section = override.split(".")[0]
+    assert f"section '{section}'" in str(e.value)
+    if section == "model":
+        assert "'state_size'" in str(e.value) and "'n_layers'" in str(e.value)
+
+
+def test_mamba_and_real_dataset_keys_are_checked_too(toy_recipe):
+    raw = apply_overrides(toy_recipe, ["model.name=mamba", "model.dropout=0.1"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dropout'\].*model 'mamba'"):
+        recipe_from_dict(raw)
+    raw = apply_overrides(toy_recipe, ["data.name=smnist", "data.pol=3"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pol'\].*dataset|unknown key\(s\) \['pol'\]"):
+        recipe_from_dict(raw)
+    recipe_from_dict(apply_overrides(toy_recipe, ["data.name=smnist", "data.pool=3"]))
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.grad_clip=-1", "optim.grad_clip"),
+        ("train.eval_batches=0", "train.eval_batches"),
+        ("train.log_every=0", "train.log_every"),
+        ("reduction.attempts=null & reduction.n_attempts=0", "reduction.n_attempts"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("optim.betas=[0.9, 1.0]", "optim.betas"),
+        ("optim.betas=[-0.1, 0.9]", "optim.betas"),
+        ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
+        ("optim.min_lr_ratio=-0.1", "optim.min_lr_ratio"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps"),
+        ("optim.weight_decay=-0.01", "optim.weight_decay"),
+        ("train.checkpoint_every=-1", "train.checkpoint_every"),
+        ("reduction.pragmatic_tolerance=-0.1", "reduction.pragmatic_tolerance"),
+        ("seed=1.5", "seed"),
+        ("seed=abc", "seed"),
+        ("task=regression", "task"),
+        ("model.n_layers=0", "model.n_layers"),
+        ("model.d_model=-4", "model.d_model"),
+        ("reduction.method=hankle", "reduction.method"),
+        ("reduction.method=output", "reduction.method"),  # the LRU has Hankel singular values only
+        ("train.report_to=[1, 2]", "train.report_to"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key_and_the_range(toy_recipe, override, key):
+    raw = apply_overrides(toy_recipe, override.split(" & "))
+    with pytest.raises(ValueError, match="^" + re.escape(key) + " = .*: expected"):
+        recipe_from_dict(raw)
+
+
+def test_n_attempts_only_matters_when_cutting(toy_recipe):
+    recipe_from_dict(apply_overrides(toy_recipe, ["reduction.mode=none", "reduction.n_attempts=0"]))
+    recipe_from_dict(apply_overrides(toy_recipe, ["optim.grad_clip=0", "train.report_to=tensorboard"]))
+    recipe_from_dict(apply_overrides(toy_recipe, ["train.report_to=[tensorboard, wandb]"]))
+
+
+def test_train_accepts_options_and_overrides_in_any_order(toy_recipe, tmp_path, capsys):
+    raw = apply_overrides(
+        toy_recipe, ["reduction.mode=none", "reduction.attempts=null", "train.steps=4", "train.eval_every=2"]
+    )
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = raw["out_dir"]
+    assert main(["train", str(path), "train.log_every=2"]) == 0
+    # an override after --resume that changes the run is refused, naming the key ...
+    assert main(["train", str(path), "--resume", run, "train.steps=6"]) == 2
+    assert "train.steps: 4 -> 6" in capsys.readouterr().err
+    # ... and accepted when asked for, with options before and after the overrides
+    assert (
+        main(["train", str(path), "train.steps=6", "--resume", run, "train.log_every=3", "--allow-recipe-change"]) == 0
+    )
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
+    with pytest.raises(SystemExit):
+        main(["train", str(path), "--resume", run, "--no-such-option"])
