@@ -23,7 +23,7 @@ def _load_any(src: str):
 
         ck = load_checkpoint(p)
         cfg = dict(ck["recipe"]["model"])
-        if cfg.get("name") != "mamba":
+        if cfg.get("name") not in ("mamba", "mamba2"):
             raise ValueError(f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a Mamba")
         cfg["vocab_size"] = ck["model"]["backbone.embeddings.weight"].shape[0]
         model = build_model(cfg, state_sizes=ck["state_sizes"])

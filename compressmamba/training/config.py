@@ -320,7 +320,8 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
-    methods = {"lru": ("hankel",), "mamba": tuple(ENERGY_METHODS)}.get(model_name)  # others: checked at the cut
+    mamba = tuple(ENERGY_METHODS)
+    methods = {"lru": ("hankel",), "mamba": mamba, "mamba2": mamba}.get(model_name)  # others: checked at the cut
     _check(
         red.method is None or methods is None or red.method in methods,
         "reduction.method",

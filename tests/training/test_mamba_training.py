@@ -10,13 +10,20 @@ from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
 from compressmamba.training.plots import kept_mask
 
+MODELS = {
+    "mamba": {"name": "mamba", "d_model": 16, "n_layers": 2, "state_size": 12},
+    "mamba2": {"name": "mamba2", "d_model": 16, "n_layers": 2, "state_size": 12, "head_dim": 8, "n_groups": 2},
+}
+# parameters a cut slices per layer: A_log, x_proj (Mamba-1); in_proj, conv1d weight and bias (Mamba-2)
+SLICED = {"mamba": 4, "mamba2": 6}
 
-def _recipe(tmp_path, **red):
+
+def _recipe(tmp_path, model="mamba", **red):
     return {
         "name": "lm-tiny",
         "seed": 0,
         "out_dir": str(tmp_path / "run"),
-        "model": {"name": "mamba", "d_model": 16, "n_layers": 2, "state_size": 12},
+        "model": dict(MODELS[model]),
         "data": {"name": "text_lm", "corpus": "python_stdlib", "max_bytes": 60_000, "seq_len": 32},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.1},
         "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "eval_batches": 2, "progress": False},
@@ -31,17 +38,21 @@ def _recipe(tmp_path, **red):
     }
 
 
-def test_mamba_lm_compresses_while_training_and_resumes(tmp_path):
-    tr = Trainer(recipe_from_dict(_recipe(tmp_path)))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_mamba_lm_compresses_while_training_and_resumes(tmp_path, model):
+    tr = Trainer(recipe_from_dict(_recipe(tmp_path, model)))
     s = tr.fit()
     assert s["initial_state_sizes"] == [12, 12] and s["final_state_sizes"] == [3, 3]
     assert s["val_perplexity"] is not None and s["val_perplexity"] < 256
     cuts = [r for r in read_metrics(Path(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "cut"]
-    assert cuts[0]["optimizer"]["sliced"] == 4 and cuts[0]["optimizer"]["dropped"] == 0  # A_log, x_proj per layer
+    assert cuts[0]["optimizer"]["sliced"] == SLICED[model] and cuts[0]["optimizer"]["dropped"] == 0
     assert (tmp_path / "run" / "plots" / "state_sizes.png").exists()
     assert (tmp_path / "run" / "plots" / "energy_step4.png").exists()
-    assert cuts[0]["kept"] == [list(range(6))] * 2  # largest selection: the top of each spectrum
-    again = Trainer(recipe_from_dict(_recipe(tmp_path)), resume=tmp_path / "run")
+    if model == "mamba":
+        assert cuts[0]["kept"] == [list(range(6))] * 2  # largest selection: the top of each spectrum
+    else:  # 2 groups of 12 reported as 24 states: 6 kept per group, 12 in all
+        assert [len(k) for k in cuts[0]["kept"]] == [12, 12] and len(cuts[0]["energies"][0]) == 24
+    again = Trainer(recipe_from_dict(_recipe(tmp_path, model)), resume=tmp_path / "run")
     assert again.model.state_sizes == [3, 3] and again.model.config.state_sizes == [3, 3]
 
 
@@ -58,12 +69,13 @@ def test_cut_records_which_states_were_kept_for_the_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_mamba_ddp_two_processes_identical_cuts(tmp_path):
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(
         "name: ddp-lm\nseed: 2\n"
         f"out_dir: {tmp_path / 'run'}\n"
-        "model: {name: mamba, d_model: 16, n_layers: 2, state_size: 12}\n"
+        f"model: {json.dumps(MODELS[model])}\n"
         "data: {name: text_lm, corpus: python_stdlib, max_bytes: 60000, seq_len: 32}\n"
         "optim: {lr: 0.003}\n"
         "train: {steps: 8, batch_size: 4, eval_every: 4, eval_batches: 2, progress: false}\n"
