@@ -20,6 +20,9 @@ MODELS: dict[str, Callable[..., Any]] = {}
 DATASETS: dict[str, Callable[..., Any]] = {}
 
 # Modules whose import registers builders; missing ones are skipped so partial installs work.
+# the dataset facts (DataSplits.info) a model builder takes beside its recipe keys
+MODEL_INFO_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len")
+
 _MODEL_MODULES = ("compressmamba.models.lru", "compressmamba.models.mamba", "compressmamba.models.mamba2")
 _DATA_MODULES = (
     "compressmamba.data.mnist",

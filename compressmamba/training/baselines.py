@@ -23,58 +23,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import DistillConfig, parse_baseline
+
 _C = torch.complex128
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = ""
-    temperature: float = 2.0
-    alpha: float = 0.5
-
-
-@dataclass
-class HNNConfig:
-    lam: float = 1e-4
-    tau: float = 0.05  # post-hoc truncation: fraction of Hankel energy each layer may discard
-    calib_batches: int = 2
-
-
-_BASELINES = {"distill": DistillConfig, "hnn": HNNConfig}
-
-
-def parse_baseline(cfg: dict) -> DistillConfig | HNNConfig:
-    """Validate a recipe's ``baseline:`` mapping; unknown names or keys raise ValueError."""
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in _BASELINES:
-        raise ValueError(f"baseline.name = {name!r}: expected one of {sorted(_BASELINES)}")
-    cls = _BASELINES[name]
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in recipe section 'baseline' ({name}); valid keys: {valid}")
-    out = cls(**{k: (float(v) if isinstance(getattr(cls(), k), float) else v) for k, v in cfg.items()})
-    if isinstance(out, DistillConfig):
-        if not out.teacher:
-            raise ValueError("baseline.teacher = '': expected the run folder of a trained teacher")
-        if out.temperature <= 0:
-            raise ValueError(f"baseline.temperature = {out.temperature!r}: expected > 0")
-        if not 0 <= out.alpha <= 1:
-            raise ValueError(f"baseline.alpha = {out.alpha!r}: expected a weight in [0, 1]")
-    else:
-        if out.lam < 0:
-            raise ValueError(f"baseline.lam = {out.lam!r}: expected >= 0")
-        if not 0 <= out.tau < 1:
-            raise ValueError(f"baseline.tau = {out.tau!r}: expected a fraction in [0, 1)")
-    return out
 
 
 # --- knowledge distillation --------------------------------------------------------------------
@@ -123,9 +81,8 @@ class DistillationLoss:
 def load_teacher(run_dir: str | Path, info: dict, device) -> tuple[torch.nn.Module, float]:
     """Build the teacher from a finished run folder. Returns (model in eval mode, the teacher's
     cost in seconds: its ``train_time_s`` plus its own teacher's, if it was distilled)."""
-    from ..registry import build_model
+    from ..registry import MODEL_INFO_KEYS, build_model
     from .checkpoint import load_checkpoint
-    from .trainer import _MODEL_INFO_KEYS
 
     run = Path(run_dir)
     summary_path = run / "summary.json"
@@ -133,7 +90,7 @@ def load_teacher(run_dir: str | Path, info: dict, device) -> tuple[torch.nn.Modu
         raise FileNotFoundError(f"baseline.teacher = {str(run)!r}: expected a finished run with {summary_path}")
     summary = json.loads(summary_path.read_text())
     ckpt = load_checkpoint(run)
-    keys = {k: v for k, v in info.items() if k in _MODEL_INFO_KEYS}
+    keys = {k: v for k, v in info.items() if k in MODEL_INFO_KEYS}
     teacher = build_model(ckpt["recipe"]["model"], **keys, state_sizes=ckpt["state_sizes"])
     teacher.load_state_dict(ckpt["model"])
     cost = float(summary.get("train_time_s") or 0.0) + float(summary.get("teacher_train_time_s") or 0.0)
@@ -191,7 +148,7 @@ def _update_summary(trainer, regenerate: bool = False, **extra) -> dict:
 
     path = trainer.run_dir / "summary.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    new = trainer._summary() if regenerate else dict(old)
+    new = trainer.summary() if regenerate else dict(old)
     for k, v in old.items():
         new.setdefault(k, v)
     new.update(extra)
@@ -232,15 +189,16 @@ class PostHocTruncation:
         before_val = trainer.state["val_at_best"]
         t0 = time.time()
         rng = torch.Generator().manual_seed(trainer.recipe.seed)  # only used by selection "random"
-        report = compression_event(trainer.model, red, trainer.step, trainer._calib_batches(), trainer.accelerator, rng)
+        report = compression_event(
+            trainer.model, red, trainer.step, trainer.calibration_batches(), trainer.accelerator, rng
+        )
         trainer.state["cut_time_s"] += report.seconds
         if report.changed:
             trainer.state["n_cuts"] += 1
-            trainer.optimizer = build_optimizer(trainer.model, trainer.recipe.optim)
-            trainer._prepare()
+            trainer.set_optimizer(build_optimizer(trainer.model, trainer.recipe.optim))
             trainer.metrics.write(step=trainer.step, **report.row(), posthoc=True, wall_time=time.time())
         trainer.state["best_val"] = None
-        trainer._eval_and_track(after_cut=True)
+        trainer.evaluate_and_track(after_cut=True)
         trainer.save()
         _update_summary(
             trainer,

@@ -340,11 +340,54 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
         )
 
 
+# --- the paper's baselines (training/baselines.py implements them) -------------------------
+@dataclass
+class DistillConfig:
+    teacher: str = ""
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+@dataclass
+class HNNConfig:
+    lam: float = 1e-4
+    tau: float = 0.05  # post-hoc truncation: fraction of Hankel energy each layer may discard
+    calib_batches: int = 2
+
+
+_BASELINES = {"distill": DistillConfig, "hnn": HNNConfig}
+
+
+def parse_baseline(cfg: dict) -> DistillConfig | HNNConfig:
+    """Validate a recipe's ``baseline:`` mapping; unknown names or keys raise ValueError."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in _BASELINES:
+        raise ValueError(f"baseline.name = {name!r}: expected one of {sorted(_BASELINES)}")
+    cls = _BASELINES[name]
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in recipe section 'baseline' ({name}); valid keys: {valid}")
+    out = cls(**{k: (float(v) if isinstance(getattr(cls(), k), float) else v) for k, v in cfg.items()})
+    if isinstance(out, DistillConfig):
+        if not out.teacher:
+            raise ValueError("baseline.teacher = '': expected the run folder of a trained teacher")
+        if out.temperature <= 0:
+            raise ValueError(f"baseline.temperature = {out.temperature!r}: expected > 0")
+        if not 0 <= out.alpha <= 1:
+            raise ValueError(f"baseline.alpha = {out.alpha!r}: expected a weight in [0, 1]")
+    else:
+        if out.lam < 0:
+            raise ValueError(f"baseline.lam = {out.lam!r}: expected >= 0")
+        if not 0 <= out.tau < 1:
+            raise ValueError(f"baseline.tau = {out.tau!r}: expected a fraction in [0, 1)")
+    return out
+
+
 def validate(r: Recipe) -> None:
     """Every key and value of ``r``: ValueError naming the key, the value and what was expected."""
     if r.baseline:
-        from .baselines import parse_baseline
-
         parse_baseline(r.baseline)
     _check(r.task is None or r.task in TASKS, "task", r.task, f"null (from the dataset) or one of {list(TASKS)}")
     _check_builder_section("model", r.model)

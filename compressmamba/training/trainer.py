@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..registry import build_data, build_model
+from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import tracking
 from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_differences, recipe_from_dict
@@ -29,8 +29,6 @@ from .data import StepBatches, shard_batches
 from .metrics import MetricsWriter, write_json
 from .optim import build_optimizer, carry_optimizer_state, set_lr, snapshot_state
 from .schedule import attempt_steps
-
-_MODEL_INFO_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len")
 
 
 def param_hash(model: torch.nn.Module) -> str:
@@ -166,7 +164,7 @@ class Trainer:
 
     # --- model / optimizer lifecycle ----------------------------------------------------------
     def _build_model(self, state_sizes=None):
-        info = {k: v for k, v in self.data.info.items() if k in _MODEL_INFO_KEYS}
+        info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
         extra = {"state_sizes": list(state_sizes)} if state_sizes is not None else {}
         return build_model(self.recipe.model, **info, **extra)
 
@@ -174,6 +172,13 @@ class Trainer:
         acc = self.accelerator
         acc.free_memory()
         self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+
+    def set_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Train on with ``optimizer`` (after a cut changed the parameters): re-prepared with
+        the model for Accelerate; the learning-rate schedule and step count go on."""
+        self.optimizer = optimizer
+        self._prepare()
+        set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim)
 
     @property
     def unwrapped(self):
@@ -221,7 +226,7 @@ class Trainer:
     def _score(self, res: dict) -> float:
         return res["accuracy"] if "accuracy" in res else -res["loss"]
 
-    def _eval_and_track(self, after_cut: bool = False) -> dict:
+    def evaluate_and_track(self, after_cut: bool = False) -> dict:
         val = self.evaluate("val")
         self._log(
             step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
@@ -311,7 +316,8 @@ class Trainer:
             )
         return "No checkpoint has been written yet: restart the run."
 
-    def _calib_batches(self):
+    def calibration_batches(self):
+        """The calibration batches of a cut at the current step (the same on resume)."""
         acc = self.accelerator
         for i in range(self.recipe.reduction.calib_batches):
             b = self.batches.batch((self.step + i) % (self.batches.steps_per_epoch * 1000), 0)
@@ -344,13 +350,11 @@ class Trainer:
         before = snapshot_state(self.model, self.optimizer)
         # random selection: seeded by (seed, step), so a resumed run draws what it would have drawn
         rng = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + self.step)
-        report = compression_event(self.model, red, self.step, self._calib_batches(), self.accelerator, rng)
+        report = compression_event(self.model, red, self.step, self.calibration_batches(), self.accelerator, rng)
         if report.changed:
             new_opt = build_optimizer(self.model, self.recipe.optim)
             counts = carry_optimizer_state(self.model, new_opt, before, report.maps)
-            self.optimizer = new_opt
-            self._prepare()
-            set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim)
+            self.set_optimizer(new_opt)
         else:
             counts = {}
         return report, counts
@@ -431,7 +435,7 @@ class Trainer:
                 )
                 window_t, window_samples, window_tokens = time.time(), 0, 0
             if self.step % t.eval_every == 0 or self.step == t.steps:
-                last_val = self._eval_and_track()
+                last_val = self.evaluate_and_track()
                 window_t = time.time()  # throughput counts training steps only
             if (
                 self.step in self.attempts
@@ -453,7 +457,7 @@ class Trainer:
                             )
                         for cb in self.callbacks:
                             cb.on_cut(self, report)
-                        last_val = self._eval_and_track(after_cut=True)
+                        last_val = self.evaluate_and_track(after_cut=True)
                         self._log_rank_hash("cut")
                         self.save()
                 window_t = time.time()
@@ -472,7 +476,7 @@ class Trainer:
         self.save()
         self._fit_start = None
         self._log_rank_hash("end")
-        summary = self._summary()
+        summary = self.summary()
         for cb in self.callbacks:
             if hasattr(cb, "on_end"):
                 cb.on_end(self)
@@ -487,7 +491,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             from .export import save_final_model
 
-            info = {k: v for k, v in self.data.info.items() if k in _MODEL_INFO_KEYS}
+            info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
             save_final_model(
                 self.model,
                 self.run_dir,
@@ -520,7 +524,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         return [r for r in read_metrics(path) if r.get("kind") == kind] if path.exists() else []
 
-    def _summary(self) -> dict:
+    def summary(self) -> dict:
         s = self.state
         summary = {
             "recipe": self.recipe.name,

@@ -14,8 +14,8 @@ from compressmamba.training.baselines import (
     distillation_kl,
     hankel_nuclear_norm,
     lru_lti_differentiable,
-    parse_baseline,
 )
+from compressmamba.training.config import parse_baseline
 from compressmamba.training.metrics import read_metrics
 
 

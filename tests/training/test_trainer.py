@@ -43,10 +43,10 @@ def test_reporting_rule_test_at_best_val_after_last_cut(toy_recipe):
     )
     tests = iter([{"loss": 0, "accuracy": a} for a in (0.91, 0.51, 0.61, 0.0)])
     tr.evaluate = lambda split: next(seq) if split == "val" else next(tests)
-    tr._eval_and_track()  # best 0.9, test 0.91
-    tr._eval_and_track(after_cut=True)  # a cut resets: best 0.5, test 0.51
-    tr._eval_and_track()  # improves: 0.6 -> test 0.61
-    tr._eval_and_track()  # worse: test stays
+    tr.evaluate_and_track()  # best 0.9, test 0.91
+    tr.evaluate_and_track(after_cut=True)  # a cut resets: best 0.5, test 0.51
+    tr.evaluate_and_track()  # improves: 0.6 -> test 0.61
+    tr.evaluate_and_track()  # worse: test stays
     assert tr.state["test_at_best"]["accuracy"] == 0.61 and tr.state["val_at_best"]["accuracy"] == 0.6
 
 
