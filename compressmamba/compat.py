@@ -41,6 +41,11 @@ def tied_weights_keys(tied: dict[str, str]) -> dict[str, str] | list[str]:
     return dict(tied) if _V5 else list(tied)
 
 
+# transformers' Mamba2ForCausalLM declares its tied embeddings from 5.0; 4.x refuses to save a
+# tied one (shared tensors), so an export there writes lm_head as an untied copy.
+MAMBA2_SAVES_TIED = _V5
+
+
 def needs_init(obj) -> bool:
     """False for a tensor or module that ``from_pretrained`` has already loaded. 5.x marks each
     loaded tensor (and 5.0 runs ``_init_weights`` again after loading); 4.x marks whole loaded

@@ -276,8 +276,12 @@ def export_transformers(model: SSMForCausalLM, out_dir: str | Path) -> Path:
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     for i, mixer in enumerate(model.ssm_layers()):
         sd.update({f"backbone.layers.{i}.mixer.{k}": v for k, v in mixer.padded(n_max).items()})
-    hf = hf_model(hf_config(state_size=n_max, **{k: getattr(c, k) for k in keys}))
-    hf.load_state_dict(sd, strict=not c.tie_word_embeddings)
+    fields = {k: getattr(c, k) for k in keys}
+    if hf_model is transformers.Mamba2ForCausalLM and c.tie_word_embeddings and not compat.MAMBA2_SAVES_TIED:
+        fields["tie_word_embeddings"] = False  # an equal, untied copy: outputs unchanged
+        sd["lm_head.weight"] = sd["backbone.embeddings.weight"].clone()
+    hf = hf_model(hf_config(state_size=n_max, **fields))
+    hf.load_state_dict(sd, strict=not hf.config.tie_word_embeddings)
     out = Path(out_dir)
     hf.save_pretrained(out)
     return out
