@@ -144,7 +144,11 @@ def _csv(path: Path, col: str) -> Iterator[bytes]:
     from pyarrow import csv
 
     # the text column as binary: invalid UTF-8 is repaired (and counted) by the encoder, not fatal here
-    reader = csv.open_csv(path, convert_options=csv.ConvertOptions(column_types={col: pa.binary()}))
+    reader = csv.open_csv(
+        path,
+        parse_options=csv.ParseOptions(newlines_in_values=True),
+        convert_options=csv.ConvertOptions(column_types={col: pa.binary()}),
+    )
     _column(reader.schema.names, col, str(path))
     yield from _arrow_batches(reader, col)
 
@@ -188,7 +192,8 @@ class DiskDatasetSource:
                 raise ValueError(f"data.split {self.split!r} is not in {self.path} (has {sorted(ds)})")
             ds = ds[self.split]
         _column(ds.column_names, self.text_column, str(self.path))
-        yield from _arrow_batches(ds.data.to_batches(max_chunksize=_BATCH_ROWS), self.text_column)
+        batches = ds.select_columns([self.text_column]).with_format("arrow").iter(batch_size=_BATCH_ROWS)
+        yield from _arrow_batches(batches, self.text_column)
 
 
 class HubSource:

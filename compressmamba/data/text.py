@@ -162,10 +162,11 @@ def text_lm(
     caps the store; ``cache_dir`` (default :func:`.store.default_cache_dir`) holds the store;
     ``num_proc`` tokenizer processes build it. Items: ``input_ids`` and ``labels`` (seq_len + 1,)
     long. ``info``: ``task`` "lm", ``vocab_size``, ``seq_len``, ``tokenizer`` (a :class:`Tokenizer`,
-    for decoding samples), ``store`` (the store's folder).
+    for decoding samples), ``store`` (the store's folder), ``store_built`` (whether this call built
+    it), ``manifest`` and ``split`` (the store's and the split's JSON records).
     """
     _check_args(seq_len, val_fraction, max_bytes, max_tokens, seed, num_proc)
-    store, tok, _ = prepare_store(
+    store, tok, built = prepare_store(
         corpus=corpus,
         files=files,
         dataset=dataset,
@@ -181,7 +182,8 @@ def text_lm(
     )
     if store.n_docs < 2:
         raise ValueError(f"need at least 2 documents to split train/validation, got {store.n_docs} in {store.path}")
-    train_runs, val_runs, _ = store.split(float(val_fraction), seed)
+    train_runs, val_runs, split_info = store.split(float(val_fraction), seed)
     rows = lambda runs, side: PackedRows(store.path / "tokens.bin", store.dtype, store.n_tokens, runs, seq_len, side)
-    info = {"task": "lm", "vocab_size": tok.vocab_size, "seq_len": seq_len, "tokenizer": tok, "store": str(store.path)}
+    info = {"task": "lm", "vocab_size": tok.vocab_size, "seq_len": seq_len, "tokenizer": tok}
+    info.update(store=str(store.path), store_built=built, manifest=store.manifest, split=split_info)
     return DataSplits(rows(train_runs, "train"), rows(val_runs, "validation"), None, info)
