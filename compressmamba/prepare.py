@@ -27,9 +27,11 @@ def _cmd_prepare(args) -> int:
     print(f"  bytes: source {c['source_bytes']:,}, store {store_bytes:,}")
     print(f"  rows of {info['seq_len']} + 1 tokens: train {len(data.train):,}, validation {len(data.val):,}")
     if c["replaced_invalid_utf8"] or c["empty_documents"]:
-        print(f"  repaired {c['replaced_invalid_utf8']:,} invalid UTF-8 sequences; {c['empty_documents']:,} empty documents")
+        bad, empty = c["replaced_invalid_utf8"], c["empty_documents"]
+        print(f"  repaired {bad:,} invalid UTF-8 sequences; {empty:,} empty documents")
     if info["store_built"]:
-        print(f"  tokenized in {m['build_seconds']:.2f} s ({c['source_bytes'] / 1e6 / max(m['build_seconds'], 1e-9):.1f} MB/s)")
+        secs = m["build_seconds"]
+        print(f"  tokenized in {secs:.2f} s ({c['source_bytes'] / 1e6 / max(secs, 1e-9):.1f} MB/s)")
     return 0
 
 

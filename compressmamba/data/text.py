@@ -40,7 +40,12 @@ class PackedRows(Dataset):
     """
 
     def __init__(self, tokens_path: Path, dtype: np.dtype, n_tokens: int, runs: np.ndarray, seq_len: int, side: str):
-        self.tokens_path, self.dtype, self.n_tokens, self.seq_len = Path(tokens_path), np.dtype(dtype), n_tokens, seq_len
+        self.tokens_path, self.dtype, self.n_tokens, self.seq_len = (
+            Path(tokens_path),
+            np.dtype(dtype),
+            n_tokens,
+            seq_len,
+        )
         self.runs = np.ascontiguousarray(runs, dtype=np.int64)
         self.length = int(self.runs[-1, 0] + self.runs[-1, 2]) if len(self.runs) else 0  # tokens in the stream
         self.n = (self.length - 1) // seq_len if self.length else 0

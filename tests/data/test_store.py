@@ -130,7 +130,9 @@ def test_large_vocabulary_stores_uint32(tmp_path):
     ids = [rng.integers(65_000, 70_000, size=50) for _ in range(3)]
     for k, row in enumerate(ids):
         (tmp_path / f"d{k}.txt").write_text(" ".join(f"w{i}" for i in row))
-    store, _, _ = prepare_store(files=str(tmp_path / "*.txt"), tokenizer=str(tmp_path / "tokenizer.json"), cache_dir=tmp_path)
+    store, _, _ = prepare_store(
+        files=str(tmp_path / "*.txt"), tokenizer=str(tmp_path / "tokenizer.json"), cache_dir=tmp_path
+    )
     assert store.dtype == np.uint32
     assert [d.tolist() for d in _doc_list(store)] == [(row + 2).tolist() + [0] for row in ids]  # ids above 65535 intact
 
@@ -205,7 +207,9 @@ def test_interrupted_build_never_looks_finished(tmp_path):
     store_mod.encode_chunk = dies_on_second_chunk
     try:
         with pytest.raises(KeyboardInterrupt):
-            store_mod.open_or_build(*_source_tok_inputs(**kw), max_bytes=None, max_tokens=None, num_proc=1, chunk_bytes=2000)
+            store_mod.open_or_build(
+                *_source_tok_inputs(**kw), max_bytes=None, max_tokens=None, num_proc=1, chunk_bytes=2000
+            )
     finally:
         store_mod.encode_chunk = real
     cache = tmp_path / "cache" / "tokens"
@@ -218,7 +222,9 @@ def test_interrupted_build_never_looks_finished(tmp_path):
     dead = {"host": __import__("socket").gethostname(), "pid": _dead_pid(), "started": 0}
     (folder.parent / f"{folder.name}.lock").write_text(json.dumps(dead))
     logs = []
-    s, built = store_mod.open_or_build(src, tok, inputs, root, max_bytes=None, max_tokens=None, num_proc=1, log=logs.append)
+    s, built = store_mod.open_or_build(
+        src, tok, inputs, root, max_bytes=None, max_tokens=None, num_proc=1, log=logs.append
+    )
     assert built and "stale build lock" in logs[0] and sorted(p.name for p in root.iterdir()) == [folder.name]
     assert s.n_docs == 8
 
@@ -283,7 +289,9 @@ def test_two_processes_build_once_and_parallel_workers_match(tmp_path, bpe_path)
     out = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert out[0][0] == out[1][0] and sorted(o[1] for o in out) == [False, True]
-    one, _, _ = prepare_store(files=str(tmp_path / "txt/*.txt"), tokenizer=str(bpe_path), cache_dir=tmp_path / "one", num_proc=1)
+    one, _, _ = prepare_store(
+        files=str(tmp_path / "txt/*.txt"), tokenizer=str(bpe_path), cache_dir=tmp_path / "one", num_proc=1
+    )
     race = store_mod.TokenStore(tmp_path / "race" / one.path.name, one.manifest)
     assert np.array_equal(_tokens(one), _tokens(race)) and np.array_equal(one.doc_ends, race.doc_ends)
 
@@ -298,7 +306,7 @@ def test_parallel_encoding_keeps_order_and_bounds_chunks_in_flight(tmp_path):
             yield [d], len(d)
 
     tok = Tokenizer("byte")
-    for (ids, lengths, _, _), _ in store_mod._encoded(chunks(), tok, np.dtype(np.uint16), 2):
+    for (ids, _lengths, _, _), _ in store_mod._encoded(chunks(), tok, np.dtype(np.uint16), 2):
         done.append(len(done))
         assert len(pulled) - len(done) <= 4  # at most 2 · num_proc chunks ahead of the writer
         assert bytes(ids[:-1].astype(np.uint8)) == docs[done[-1]]
@@ -362,7 +370,9 @@ def test_sources_jsonl_json_csv_arrow_and_save_to_disk(tmp_path):
     import pyarrow as pa
 
     texts = [t[:800] for t in _stdlib_texts(6)]
-    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts[:2])) + "\n\n")
+    (tmp_path / "a.jsonl").write_text(
+        "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts[:2])) + "\n\n"
+    )
     (tmp_path / "b.json").write_text(json.dumps([{"text": texts[2]}]))
     ds = datasets.Dataset.from_dict({"text": texts[3:5], "n": [1, 2]})
     ds.to_csv(str(tmp_path / "c.csv"), index=False)
@@ -396,9 +406,8 @@ def test_hub_dataset_is_streamed(tmp_path, monkeypatch):
     kw = {"dataset": "org/corpus", "dataset_config": "en", "revision": "abc123", "cache_dir": tmp_path}
     s, _, built = prepare_store(**kw)
     assert built and calls == [("org/corpus", "en", "train", "abc123", True)]
-    assert s.manifest["inputs"]["source"] == {
-        "kind": "hub", "name": "org/corpus", "config": "en", "revision": "abc123", "split": "train", "text_column": "text"
-    }  # fmt: skip
+    src = {"kind": "hub", "name": "org/corpus", "config": "en", "revision": "abc123", "split": "train"}
+    assert s.manifest["inputs"]["source"] == {**src, "text_column": "text"}
     assert [bytes(d[:-1].astype(np.uint8)).decode() for d in _doc_list(s)] == texts
     prepare_store(**kw)
     assert len(calls) == 1  # reused without streaming again
