@@ -480,3 +480,32 @@ def test_packed_batches_depend_on_seed_and_step_and_ranks_are_disjoint(tmp_path)
     resumed = list(again.stream(5, 7))  # a resumed run sees the batches it would have seen
     assert all((x["input_ids"] == r0.batch(s)["input_ids"]).all() for x, s in zip(resumed, (5, 6)))
     assert os.path.getsize(os.path.join(d.info["store"], "tokens.bin")) == 2 * d.info["manifest"]["counts"]["tokens"]
+
+
+def test_feistel_permutation_is_a_bijection_without_materialising():
+    from compressmamba.training.data import feistel_permute
+
+    for n in (1, 2, 3, 97, 1000, 4097, (1 << 16) + 3):
+        p = feistel_permute(np.arange(n), n, key=12345)
+        assert np.array_equal(np.sort(p), np.arange(n)), n
+        assert np.array_equal(feistel_permute(np.arange(n), n, key=12345), p)  # deterministic
+        if n > 3:
+            q = feistel_permute(np.arange(n), n, key=12346)
+            assert not np.array_equal(p, q) and not np.array_equal(p, np.arange(n))
+    with pytest.raises(IndexError):
+        feistel_permute(np.array([5]), 5, key=0)
+
+
+def test_step_batches_of_a_huge_dataset_draw_rows_lazily(monkeypatch):
+    """Above MATERIALISE_MAX rows StepBatches indexes a keyed bijection: one epoch visits every
+    row once, ranks are disjoint, and a batch depends only on (seed, step)."""
+    from compressmamba.training import data as tdata
+
+    monkeypatch.setattr(tdata, "MATERIALISE_MAX", 0)
+    ds = list(range(1003))
+    r = [tdata.StepBatches(ds, 5, 9, rank, 2, micro=2) for rank in (0, 1)]
+    seen = [i for step in range(r[0].steps_per_epoch) for b in r for m in (0, 1) for i in b.indices(step, m)]
+    assert len(seen) == len(set(seen)) == r[0].steps_per_epoch * 20
+    assert r[0]._perm is None  # nothing n-long was built
+    fresh = tdata.StepBatches(ds, 5, 9, 0, 2, micro=2)
+    assert fresh.indices(7, 1) == r[0].indices(7, 1) and fresh.indices(7, 1) != r[0].indices(7 + 50, 1)
