@@ -1,4 +1,4 @@
-"""Language-model data: packed rows of a memory-mapped token store (see :mod:`.store`).
+"""Language-model data: packed rows of a token store read by offset (see :mod:`.store`).
 
 Corpora: ``corpus: python_stdlib`` (the running interpreter's own standard-library sources: real
 text that always exists), ``files: [paths or globs]`` (.txt, .jsonl/.json, .parquet, .csv, .arrow;
@@ -8,7 +8,7 @@ tokenizer folder, or a hub name. The corpus is tokenized once into the store (bu
 or ahead of time by ``compressmamba prepare-data``); a run then reads no raw text. Documents are
 split into train/validation by document (seeded); each side is its documents in source order,
 each followed by the end-of-text separator, cut into packed rows of ``seq_len + 1`` tokens read
-from the memory map by offset: items ``{"input_ids", "labels"}`` (labels == input_ids; the model
+from the token file by offset: items ``{"input_ids", "labels"}`` (labels == input_ids; the model
 shifts).
 """
 
@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..registry import DataSplits, register_dataset
 from .sources import make_source, python_stdlib_files
 from .store import TokenStore, default_cache_dir, open_or_build
-from .tokenize import Tokenizer
+from .tokenize import Tokenizer, token_dtype
 
 __all__ = ["PackedRows", "Tokenizer", "prepare_store", "python_stdlib_files", "text_lm"]
 
@@ -35,18 +35,20 @@ class PackedRows(Dataset):
 
     The side's stream is the concatenation of ``runs`` (R, 3) int64 rows (virtual start, start in
     the token file, length); row i is stream positions ``[i·seq_len, (i+1)·seq_len + 1)``, read
-    from the memory-mapped ``tokens`` by offset. Items: ``input_ids`` (seq_len + 1,) long and
-    ``labels`` (the same tensor). Pickles as the file's path (DataLoader workers reopen the map).
+    from the token file by offset. Items: ``input_ids`` (seq_len + 1,) long and ``labels`` (the
+    same tensor). Pickles as the file's path (DataLoader workers reopen it).
+
+    Rows are read with ``os.pread`` rather than through a memory map: on kernels that keep the
+    page cache in large folios, every fault maps a whole folio (hundreds of KB for a 4 KB row),
+    so a mapped store's resident size creeps towards the file's size over a run. ``pread``
+    copies only the row, and the page cache stays shared by every rank either way.
     """
 
     def __init__(self, tokens_path: Path, dtype: np.dtype, n_tokens: int, runs: np.ndarray, seq_len: int, side: str):
-        self.tokens_path, self.dtype, self.n_tokens, self.seq_len = (
-            Path(tokens_path),
-            np.dtype(dtype),
-            n_tokens,
-            seq_len,
-        )
+        self.tokens_path, self.dtype = Path(tokens_path), np.dtype(dtype)
+        self.n_tokens, self.seq_len = n_tokens, seq_len
         self.runs = np.ascontiguousarray(runs, dtype=np.int64)
+        self._vstart = np.ascontiguousarray(self.runs[:, 0])  # searched once per row: keep it contiguous
         self.length = int(self.runs[-1, 0] + self.runs[-1, 2]) if len(self.runs) else 0  # tokens in the stream
         self.n = (self.length - 1) // seq_len if self.length else 0
         if self.n < 1:
@@ -54,16 +56,30 @@ class PackedRows(Dataset):
                 f"the {side} split has {self.length} tokens, fewer than one sequence of seq_len {seq_len} + 1 "
                 "(lower data.seq_len, change data.val_fraction or add text)"
             )
-        self._tokens = None
+        self._fd, self._pid = None, None
 
     def __getstate__(self):
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_fd": None, "_pid": None}
 
-    @property
-    def tokens(self) -> np.memmap:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.tokens_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
-        return self._tokens
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+    def _tokens(self, start: int, n: int) -> np.ndarray:
+        """``n`` tokens of the file from token ``start``."""
+        if not hasattr(os, "pread"):  # no pread (Windows): read through a map
+            return np.memmap(self.tokens_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))[start : start + n]
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.tokens_path, os.O_RDONLY), os.getpid()
+        size = self.dtype.itemsize
+        raw = os.pread(self._fd, n * size, start * size)
+        if len(raw) != n * size:
+            have = os.fstat(self._fd).st_size
+            raise OSError(
+                f"{self.tokens_path} holds {have} bytes, a row needs bytes up to {(start + n) * size}: "
+                "the token store was truncated after it was opened"
+            )
+        return np.frombuffer(raw, dtype=self.dtype)
 
     def __len__(self):
         return self.n
@@ -73,12 +89,12 @@ class PackedRows(Dataset):
         if not 0 <= start <= stop <= self.length:
             raise IndexError(f"stream slice [{start}, {stop}) outside [0, {self.length}]")
         out = np.empty(stop - start, dtype=np.int64)
-        j = int(np.searchsorted(self.runs[:, 0], start, side="right")) - 1
+        j = int(np.searchsorted(self._vstart, start, side="right")) - 1
         pos = start
         while pos < stop:
-            v0, f0, n = self.runs[j]
+            v0, f0, n = (int(x) for x in self.runs[j])
             take = min(v0 + n - pos, stop - pos)
-            out[pos - start : pos - start + take] = self.tokens[f0 + pos - v0 : f0 + pos - v0 + take]
+            out[pos - start : pos - start + take] = self._tokens(f0 + pos - v0, take)
             pos += take
             j += 1
         return out
@@ -125,6 +141,7 @@ def prepare_store(
     system builds; the others wait). Returns (store, tokenizer, built_here)."""
     source = make_source(corpus, files, dataset, dataset_config, revision, split, text_column)
     tok = Tokenizer(tokenizer)
+    token_dtype(tok.vocab_size)  # a vocabulary beyond uint32 fails here, before any work
     inputs = {
         "source": source.describe(),
         "tokenizer": tok.identity(),

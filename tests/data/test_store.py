@@ -118,6 +118,21 @@ def test_token_dtype_and_a_vocabulary_beyond_uint32(tmp_path):
         token_dtype((1 << 32) + 1)
 
 
+def test_a_vocabulary_beyond_uint32_is_refused_before_building(tmp_path, monkeypatch):
+    from compressmamba.data import text
+
+    class Huge(Tokenizer):
+        def __init__(self, spec):
+            super().__init__("byte")
+            self.vocab_size = (1 << 32) + 1
+
+    monkeypatch.setattr(text, "Tokenizer", Huge)
+    (tmp_path / "a.txt").write_text("text " * 10)
+    with pytest.raises(ValueError, match="4294967297 ids does not fit uint32"):
+        prepare_store(files=str(tmp_path / "a.txt"), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def test_large_vocabulary_stores_uint32(tmp_path):
     from tokenizers import Tokenizer as HFTok
     from tokenizers import models, pre_tokenizers

@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import numpy as np
@@ -194,3 +195,19 @@ def test_rows_across_document_runs_match_a_reference_stream(tmp_path):
             assert np.array_equal(rows[i]["input_ids"].numpy(), ref[9 * i : 9 * i + 10]), i
         lo, hi = sorted(rng.integers(0, len(ref), size=2))
         assert np.array_equal(rows.read(int(lo), int(hi)), ref[lo:hi])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_reading_rows_maps_nothing_and_a_truncated_file_is_named(tmp_path):
+    """Rows are copied with pread: the token file is never mapped into the process, so its
+    resident size does not grow with the rows read (a map's does: whole page-cache folios)."""
+    d = text_lm(corpus="python_stdlib", max_bytes=300_000, seq_len=32, cache_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    rows = [d.train[int(i)]["input_ids"] for i in rng.integers(0, len(d.train), size=200)]
+    assert all(r.shape == (33,) for r in rows)
+    assert "tokens.bin" not in open("/proc/self/smaps").read()
+    tokens = os.path.join(d.info["store"], "tokens.bin")
+    with open(tokens, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(OSError, match="tokens.bin holds 1000 bytes"):
+        d.train[len(d.train) - 1]
