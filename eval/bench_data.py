@@ -101,8 +101,9 @@ def train_bpe(out: Path, vocab_size: int = 8192, mb: float = 8.0) -> Path:
 _RUSAGE = (
     "import resource, subprocess, sys, time, json; t = time.time(); "
     "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "ru = resource.getrusage(resource.RUSAGE_CHILDREN); "
     "print(json.dumps({'rc': r.returncode, 'wall': time.time() - t, 'start': t, "
-    "'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
+    "'rss_mb': ru.ru_maxrss / 1024, 'cpu': ru.ru_utime + ru.ru_stime, "
     "'out': r.stdout[-2000:], 'err': r.stderr[-2000:]}))"
 )
 
@@ -137,7 +138,8 @@ def bench_prepare(work: Path, mb: float, workers: list[int], env: dict) -> None:
     shards, nbytes = write_corpus(work / f"corpus{mb:g}", mb)
     bpe = train_bpe(work / "bpe" / "tokenizer.json")
     print(f"\n### prepare: {nbytes / 1e6:.1f} MB of text in {len(shards)} JSONL shards\n")
-    print("| tokenizer | workers | seconds | MB/s | tokens | tokens/s | peak RSS MB |\n|---|---|---|---|---|---|---|")
+    print("| tokenizer | workers | seconds | MB/s | tokens | tokens/s | CPU s (all processes) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, tok in (("byte", "byte"), ("BPE 8192", str(bpe))):
         for w in workers:
             cache = work / "cache-prepare"
@@ -148,7 +150,7 @@ def bench_prepare(work: Path, mb: float, workers: list[int], env: dict) -> None:
             c, secs = m["counts"], m["build_seconds"]
             print(
                 f"| {name} | {w} | {secs:.1f} | {c['source_bytes'] / 1e6 / secs:.1f} | {c['tokens']:,} "
-                f"| {c['tokens'] / secs / 1e6:.2f} M | {r['rss_mb']:.0f} |"
+                f"| {c['tokens'] / secs / 1e6:.2f} M | {r['cpu']:.0f} | {r['rss_mb']:.0f} |"
             )
             shutil.rmtree(cache, ignore_errors=True)
 
@@ -208,6 +210,8 @@ def bench_first_step(work: Path, mb: float, env: dict) -> None:
     opened = time.perf_counter() - t0
     print(f"\n### from `compressmamba train` to the first step, reused store of {mb:g} MB\n")
     print(f"text_lm on the reused store (fingerprint, checks, memory maps): {opened * 1e3:.0f} ms\n")
+    imports = measured([sys.executable, "-c", "import compressmamba.cli as c; c.build_parser()"], env)
+    print(f"importing the command line (torch, transformers, accelerate): {imports['wall']:.1f} s\n")
     print("| run | seconds to first step | whole command s |\n|---|---|---|")
     for k in range(2):
         run_dir = work / f"first{k}"

@@ -48,7 +48,7 @@ SPLIT_RULE = "blocks65536"  # the split rule's name, recorded in split.json
 SPLIT_BLOCK = 65536  # documents per split block: memory of a split is bounded by the block
 STALE_S = 120.0  # a build lock not refreshed for this long is taken over
 HEARTBEAT_S = 10.0
-CHUNK_BYTES = 4 << 20  # text per encode task: the build's memory is a few of these per worker
+CHUNK_BYTES = 1 << 20  # text per encode task: the build's memory is a few of these per worker
 
 
 def default_cache_dir() -> Path:
