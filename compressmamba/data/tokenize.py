@@ -84,7 +84,11 @@ class Tokenizer:
                 raise FileNotFoundError(f"data.tokenizer: expected a tokenizer file at {path}")
             from tokenizers import Tokenizer as HFTok
 
-            self._set_backend(HFTok.from_file(str(path)), None, "tokenizer.json")
+            try:
+                backend = HFTok.from_file(str(path))
+            except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+                raise ValueError(f"data.tokenizer: {path} is not a tokenizers JSON file ({e})") from None
+            self._set_backend(backend, None, "tokenizer.json")
             self.sha256 = _sha256_files([path])
         else:
             self._from_hf(spec, "hub")

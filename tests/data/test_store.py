@@ -111,6 +111,12 @@ def test_tokenizer_without_end_of_text_is_refused(tmp_path):
         Tokenizer(str(tmp_path / "tokenizer.json"))
 
 
+def test_a_file_that_is_not_a_tokenizer_is_named(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"\x00\x01 not json")
+    with pytest.raises(ValueError, match=r"tokenizer\.model is not a tokenizers JSON file"):
+        Tokenizer(str(tmp_path / "tokenizer.model"))
+
+
 def test_token_dtype_and_a_vocabulary_beyond_uint32(tmp_path):
     assert token_dtype(256) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32 and token_dtype(1 << 32) == np.uint32
