@@ -1,4 +1,4 @@
-"""The token store: a corpus tokenized once into a flat memory-mapped file every rank shares.
+"""The token store: a corpus tokenized once into a flat token file every rank shares.
 
 Layout of ``<cache_dir>/<label>-<fingerprint>/``:
 
