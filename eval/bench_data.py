@@ -209,7 +209,7 @@ def bench_first_step(work: Path, mb: float, env: dict) -> None:
     text_lm(files=str(shards[0].parent / "*.jsonl"), seq_len=256, val_fraction=0.01, cache_dir=cache)
     opened = time.perf_counter() - t0
     print(f"\n### from `compressmamba train` to the first step, reused store of {mb:g} MB\n")
-    print(f"text_lm on the reused store (stat the sources, check the manifest, open the split): {opened * 1e3:.0f} ms\n")
+    print(f"text_lm on the reused store (stat sources, check manifest, open split): {opened * 1e3:.0f} ms\n")
     imports = measured([sys.executable, "-c", "import compressmamba.cli as c; c.build_parser()"], env)
     print(f"importing the command line (torch, transformers, accelerate): {imports['wall']:.1f} s\n")
     print("| run | seconds to first step | whole command s |\n|---|---|---|")
