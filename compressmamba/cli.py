@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval import aggregate
 
     aggregate.register(sub)
+    from . import prepare
+
+    prepare.register(sub)
     return p
 
 

@@ -2,11 +2,17 @@
 before the package is imported anywhere in the suite."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Token stores built by tests (and by the training runs they start) go to a throw-away folder,
+# never the user's cache; subprocesses inherit it.
+_TOKEN_CACHE = tempfile.mkdtemp(prefix="compressmamba-test-cache-")
+os.environ["COMPRESSMAMBA_CACHE"] = _TOKEN_CACHE
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -16,6 +22,10 @@ import torch  # noqa: E402
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TOKEN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

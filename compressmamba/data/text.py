@@ -1,19 +1,20 @@
-"""Language-model data: packed token sequences from a built-in corpus, local files or a hub name.
+"""Language-model data: packed rows of a token store read by offset (see :mod:`.store`).
 
 Corpora: ``corpus: python_stdlib`` (the running interpreter's own standard-library sources: real
-text that always exists), ``files: [paths or globs]`` (.txt, or .json/.jsonl/.parquet/.csv with a
-``text`` column, read through HF ``datasets``), or ``dataset: hub/name`` (online). Tokenizers:
-``byte`` (vocab 256, no download), a local ``tokenizer.json``, or a hub name. Documents are split
-into train/validation by document (seeded), concatenated with an end-of-text separator, and cut
-into packed rows of ``seq_len + 1`` tokens: items ``{"input_ids", "labels"}`` (labels ==
-input_ids; the model shifts).
+text that always exists), ``files: [paths or globs]`` (.txt, .jsonl/.json, .parquet, .csv, .arrow;
+a ``text`` column), or ``dataset``: a ``datasets.save_to_disk`` folder or a hub name (streamed,
+online). Tokenizers: ``byte`` (vocab 256, no download), a local ``tokenizer.json``, a local
+tokenizer folder, or a hub name. The corpus is tokenized once into the store (built on first use,
+or ahead of time by ``compressmamba prepare-data``); a run then reads no raw text. Documents are
+split into train/validation by document (seeded); each side is its documents in source order,
+each followed by the end-of-text separator, cut into packed rows of ``seq_len + 1`` tokens read
+from the token file by offset: items ``{"input_ids", "labels"}`` (labels == input_ids; the model
+shifts).
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -21,199 +22,190 @@ import torch
 from torch.utils.data import Dataset
 
 from ..registry import DataSplits, register_dataset
+from .sources import make_source, python_stdlib_files
+from .store import TokenStore, default_cache_dir, open_or_build
+from .tokenize import Tokenizer, token_dtype
 
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "turtledemo", "__pycache__", "lib2to3"}
-
-
-def python_stdlib_files() -> list[Path]:
-    """The standard library's .py files of the running interpreter, sorted (deterministic)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
-    if not files:
-        raise FileNotFoundError(f"no .py files under the standard library at {root}")
-    return files
+__all__ = ["PackedRows", "Tokenizer", "prepare_store", "python_stdlib_files", "text_lm"]
 
 
-def _read_documents(corpus, files, dataset, split, text_column, max_bytes) -> list[bytes]:
-    docs, total = [], 0
-    if corpus == "python_stdlib":
-        for f in python_stdlib_files():
-            b = f.read_bytes()
-            docs.append(b)
-            total += len(b)
-            if max_bytes and total >= max_bytes:
-                break
-        return docs
-    if corpus is not None:
-        raise ValueError(f"data.corpus must be 'python_stdlib' or null, got {corpus!r}")
-    if files:
-        paths = []
-        for pattern in [files] if isinstance(files, str) else files:
-            hits = sorted(glob.glob(os.path.expanduser(str(pattern)), recursive=True))
-            if not hits:
-                raise FileNotFoundError(f"data.files: nothing matches {pattern!r}")
-            paths += hits
-        txt = [p for p in paths if p.endswith(".txt")]
-        docs = [Path(p).read_bytes() for p in txt]
-        other = [p for p in paths if not p.endswith(".txt")]
-        if other:
-            ext = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-            kinds = {ext.get(Path(p).suffix) for p in other}
-            if None in kinds or len(kinds) > 1:
-                raise ValueError(
-                    f"data.files mixes or holds unsupported types: {other[:5]} (use .txt, .json(l), .parquet, .csv)"
-                )
-            docs += _hf_documents(kinds.pop(), {"train": other}, "train", text_column)
-    elif dataset:
-        docs = _hf_documents(dataset, None, split, text_column)
-    else:
-        raise ValueError("text data needs one of data.corpus (python_stdlib), data.files or data.dataset")
-    if max_bytes:
-        out, total = [], 0
-        for d in docs:
-            out.append(d)
-            total += len(d)
-            if total >= max_bytes:
-                break
-        docs = out
-    return docs
+class PackedRows(Dataset):
+    """Rows of ``seq_len + 1`` consecutive tokens of one side of a split (consecutive rows share
+    one token, so every token but the first is a target exactly once).
 
+    The side's stream is the concatenation of ``runs`` (R, 3) int64 rows (virtual start, start in
+    the token file, length); row i is stream positions ``[i·seq_len, (i+1)·seq_len + 1)``, read
+    from the token file by offset. Items: ``input_ids`` (seq_len + 1,) long and ``labels`` (the
+    same tensor). Pickles as the file's path (DataLoader workers reopen it).
 
-def _hf_documents(name, data_files, split, text_column) -> list[bytes]:
-    import datasets
-
-    ds = datasets.load_dataset(name, data_files=data_files, split=split)
-    if text_column not in ds.column_names:
-        raise ValueError(
-            f"dataset {name!r} has columns {ds.column_names}, expected a {text_column!r} column (data.text_column)"
-        )
-    return [t.encode("utf-8") for t in ds[text_column]]
-
-
-_EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
-
-
-class Tokenizer:
-    """``byte`` (ids 0–255; the document separator is 0x00, absent from text files), a local
-    ``tokenizer.json`` (or a folder holding one) read with ``tokenizers``, or a hub name loaded
-    with transformers' ``AutoTokenizer`` (online only)."""
-
-    def __init__(self, spec: str = "byte"):
-        if not isinstance(spec, str) or not spec:
-            raise ValueError(f"data.tokenizer must be 'byte', a tokenizer.json path or a hub name, got {spec!r}")
-        self.spec, self._tok, self._hf = spec, None, False
-        if spec == "byte":
-            self.vocab_size, self.eos = 256, 0
-            return
-        path = Path(os.path.expanduser(spec))
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if path.suffix == ".json":
-            if not path.is_file():
-                raise FileNotFoundError(f"data.tokenizer: expected a tokenizer file at {path}")
-            from tokenizers import Tokenizer as HFTok
-
-            self._tok = HFTok.from_file(str(path))
-            self.vocab_size = self._tok.get_vocab_size()
-            ids = [self._tok.token_to_id(t) for t in _EOS_NAMES]
-            self.eos = next((i for i in ids if i is not None), 0)
-        else:
-            from transformers import AutoTokenizer
-
-            self._tok, self._hf = AutoTokenizer.from_pretrained(spec), True
-            self.vocab_size = len(self._tok)
-            self.eos = self._tok.eos_token_id or 0
-
-    def encode_many(self, docs: list[bytes]) -> list[np.ndarray]:
-        """Token ids (int64) of each document."""
-        if self._tok is None:
-            return [np.frombuffer(d, dtype=np.uint8).astype(np.int64) for d in docs]
-        texts = [d.decode("utf-8", errors="replace") for d in docs]
-        if self._hf:
-            ids = self._tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        else:
-            ids = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-        return [np.asarray(i, dtype=np.int64) for i in ids]
-
-    def encode(self, doc: bytes) -> np.ndarray:
-        return self.encode_many([doc])[0]
-
-    def decode(self, ids) -> str:
-        if self._tok is None:
-            return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-        return self._tok.decode(list(ids))
-
-
-class PackedLM(Dataset):
-    """Rows of ``seq_len + 1`` consecutive tokens from one long stream (consecutive rows share one
-    token, so every token but the first is a target exactly once).
-
-    Items: ``input_ids`` (seq_len + 1,) long and ``labels`` (the same tensor; the model shifts).
-    ``data`` is the stream in the smallest integer dtype that holds the vocabulary.
+    Rows are read with ``os.pread`` rather than through a memory map: on kernels that keep the
+    page cache in large folios, every fault maps a whole folio (hundreds of KB for a 4 KB row),
+    so a mapped store's resident size creeps towards the file's size over a run. ``pread``
+    copies only the row, and the page cache stays shared by every rank either way.
     """
 
-    def __init__(self, stream: np.ndarray, seq_len: int, vocab_size: int = 1 << 31):
-        n = (len(stream) - 1) // seq_len
-        if n < 1:
-            raise ValueError(f"text has {len(stream)} tokens, fewer than one sequence of seq_len {seq_len} + 1")
-        dtype = np.uint8 if vocab_size <= 256 else (np.int16 if vocab_size <= 32767 else np.int32)
-        self.data = torch.from_numpy(np.ascontiguousarray(stream[: n * seq_len + 1], dtype=dtype))
-        self.seq_len, self.n = seq_len, n
+    def __init__(self, tokens_path: Path, dtype: np.dtype, n_tokens: int, runs: np.ndarray, seq_len: int, side: str):
+        self.tokens_path, self.dtype = Path(tokens_path), np.dtype(dtype)
+        self.n_tokens, self.seq_len = n_tokens, seq_len
+        self.runs = np.ascontiguousarray(runs, dtype=np.int64)
+        self._vstart = np.ascontiguousarray(self.runs[:, 0])  # searched once per row: keep it contiguous
+        self.length = int(self.runs[-1, 0] + self.runs[-1, 2]) if len(self.runs) else 0  # tokens in the stream
+        self.n = (self.length - 1) // seq_len if self.length else 0
+        if self.n < 1:
+            raise ValueError(
+                f"the {side} split has {self.length} tokens, fewer than one sequence of seq_len {seq_len} + 1 "
+                "(lower data.seq_len, change data.val_fraction or add text)"
+            )
+        self._fd, self._pid = None, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+    def _tokens(self, start: int, n: int) -> np.ndarray:
+        """``n`` tokens of the file from token ``start``."""
+        if not hasattr(os, "pread"):  # no pread (Windows): read through a map
+            return np.memmap(self.tokens_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))[start : start + n]
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.tokens_path, os.O_RDONLY), os.getpid()
+        size = self.dtype.itemsize
+        raw = os.pread(self._fd, n * size, start * size)
+        if len(raw) != n * size:
+            have = os.fstat(self._fd).st_size
+            raise OSError(
+                f"{self.tokens_path} holds {have} bytes, a row needs bytes up to {(start + n) * size}: "
+                "the token store was truncated after it was opened"
+            )
+        return np.frombuffer(raw, dtype=self.dtype)
 
     def __len__(self):
         return self.n
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Stream positions ``[start, stop)`` as an int64 array (stop - start,)."""
+        if not 0 <= start <= stop <= self.length:
+            raise IndexError(f"stream slice [{start}, {stop}) outside [0, {self.length}]")
+        out = np.empty(stop - start, dtype=np.int64)
+        j = int(np.searchsorted(self._vstart, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            v0, f0, n = (int(x) for x in self.runs[j])
+            take = min(v0 + n - pos, stop - pos)
+            out[pos - start : pos - start + take] = self._tokens(f0 + pos - v0, take)
+            pos += take
+            j += 1
+        return out
 
     def __getitem__(self, i):
         if not -self.n <= i < self.n:
             raise IndexError(f"row {i} out of range for {self.n} rows")
         i %= self.n
-        x = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
+        x = torch.from_numpy(self.read(i * self.seq_len, (i + 1) * self.seq_len + 1))
         return {"input_ids": x, "labels": x}
 
 
-def _stream(docs: list[bytes], tok: Tokenizer) -> np.ndarray:
-    sep = np.array([tok.eos], dtype=np.int64)
-    parts = [p for ids in tok.encode_many(docs) for p in (ids, sep)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def _check_args(seq_len, val_fraction, max_bytes, max_tokens, seed, num_proc):
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"data.seq_len must be a positive int, got {seq_len!r}")
+    for name, v in (("max_bytes", max_bytes), ("max_tokens", max_tokens), ("num_proc", num_proc)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"data.{name} must be a positive int or null, got {v!r}")
+    if max_tokens is not None and max_tokens < 2:
+        raise ValueError(f"data.max_tokens must be at least 2 (one token and a separator), got {max_tokens}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+
+
+def prepare_store(
+    *,
+    corpus=None,
+    files=None,
+    dataset=None,
+    dataset_config=None,
+    revision=None,
+    split="train",
+    text_column="text",
+    tokenizer="byte",
+    max_bytes=None,
+    max_tokens=None,
+    cache_dir=None,
+    num_proc=None,
+    log=None,
+) -> tuple[TokenStore, Tokenizer, bool]:
+    """Open the token store of these inputs, building it first if needed (one process per file
+    system builds; the others wait). Returns (store, tokenizer, built_here)."""
+    source = make_source(corpus, files, dataset, dataset_config, revision, split, text_column)
+    tok = Tokenizer(tokenizer)
+    token_dtype(tok.vocab_size)  # a vocabulary beyond uint32 fails here, before any work
+    inputs = {
+        "source": source.describe(),
+        "tokenizer": tok.identity(),
+        "max_bytes": max_bytes,
+        "max_tokens": max_tokens,
+    }
+    if num_proc is None:  # bytes need no tokenizing work; BPE spreads over the cores
+        num_proc = 1 if tok.kind == "byte" else min(8, os.cpu_count() or 1)
+    root = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
+    kw = {"log": log} if log else {}
+    store, built = open_or_build(
+        source, tok, inputs, root, max_bytes=max_bytes, max_tokens=max_tokens, num_proc=num_proc, **kw
+    )
+    return store, tok, built
 
 
 @register_dataset("text_lm")
 def text_lm(
-    corpus=None,
-    files=None,
-    dataset=None,
-    split="train",
-    text_column="text",
-    tokenizer="byte",
+    *,
+    corpus: str | None = None,
+    files: str | list[str] | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    revision: str | None = None,
+    split: str = "train",
+    text_column: str = "text",
+    tokenizer: str = "byte",
     seq_len: int = 256,
     val_fraction: float = 0.05,
     max_bytes: int | None = None,
+    max_tokens: int | None = None,
     seed: int = 0,
-    **_,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
 ):
     """Packed language-model data, split by document into train / validation (seeded); no test split.
 
-    Items: ``input_ids`` and ``labels`` (seq_len + 1,) long. ``info``: ``task`` "lm", ``vocab_size``,
-    ``seq_len``, ``tokenizer`` (a :class:`Tokenizer`, for decoding samples).
+    ``split`` and ``dataset_config``/``revision`` select the hub or save_to_disk split, config and
+    revision; ``max_bytes`` takes whole documents until their raw size reaches it; ``max_tokens``
+    caps the store; ``cache_dir`` (default :func:`.store.default_cache_dir`) holds the store;
+    ``num_proc`` tokenizer processes build it. Items: ``input_ids`` and ``labels`` (seq_len + 1,)
+    long. ``info``: ``task`` "lm", ``vocab_size``, ``seq_len``, ``tokenizer`` (a :class:`Tokenizer`,
+    for decoding samples), ``store`` (the store's folder), ``store_built`` (whether this call built
+    it), ``manifest`` and ``split`` (the store's and the split's JSON records).
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"data.seq_len must be a positive int, got {seq_len!r}")
-    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
-        raise ValueError(f"data.max_bytes must be a positive int or null, got {max_bytes!r}")
-    docs = _read_documents(corpus, files, dataset, split, text_column, max_bytes)
-    if len(docs) < 2:
-        raise ValueError(f"need at least 2 documents to split train/validation, got {len(docs)}")
-    tok = Tokenizer(tokenizer)
-    order = np.random.default_rng(seed).permutation(len(docs))
-    n_val = max(1, int(round(val_fraction * len(docs))))
-    val_docs = [docs[i] for i in sorted(order[:n_val])]
-    train_docs = [docs[i] for i in sorted(order[n_val:])]
-    train = PackedLM(_stream(train_docs, tok), seq_len, tok.vocab_size)
-    val = PackedLM(_stream(val_docs, tok), seq_len, tok.vocab_size)
+    _check_args(seq_len, val_fraction, max_bytes, max_tokens, seed, num_proc)
+    store, tok, built = prepare_store(
+        corpus=corpus,
+        files=files,
+        dataset=dataset,
+        dataset_config=dataset_config,
+        revision=revision,
+        split=split,
+        text_column=text_column,
+        tokenizer=tokenizer,
+        max_bytes=max_bytes,
+        max_tokens=max_tokens,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+    )
+    if store.n_docs < 2:
+        raise ValueError(f"need at least 2 documents to split train/validation, got {store.n_docs} in {store.path}")
+    train_runs, val_runs, split_info = store.split(float(val_fraction), seed)
+    rows = lambda runs, side: PackedRows(store.path / "tokens.bin", store.dtype, store.n_tokens, runs, seq_len, side)
     info = {"task": "lm", "vocab_size": tok.vocab_size, "seq_len": seq_len, "tokenizer": tok}
-    return DataSplits(train, val, None, info)
+    info.update(store=str(store.path), store_built=built, manifest=store.manifest, split=split_info)
+    return DataSplits(rows(train_runs, "train"), rows(val_runs, "validation"), None, info)

@@ -3,6 +3,7 @@ rank), so a resumed run sees exactly the batches it would have seen."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -29,9 +30,10 @@ class StepBatches:
     def indices(self, step: int, micro: int = 0) -> list[int]:
         """Indices of this rank's micro-batch ``micro`` of 0-based ``step``."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        perm = self._permutation(epoch)
         start = k * self.per_step + (micro * self.world + self.rank) * self.bs
-        return perm[start : start + self.bs].tolist()
+        if self.n > MATERIALISE_MAX:  # a pretraining corpus: no n-long permutation in memory
+            return feistel_permute(np.arange(start, start + self.bs), self.n, self.seed * 100_003 + epoch).tolist()
+        return self._permutation(epoch)[start : start + self.bs].tolist()
 
     def batch(self, step: int, micro: int = 0) -> dict:
         return default_collate([self.ds[i] for i in self.indices(step, micro)])
@@ -54,6 +56,42 @@ class StepBatches:
         yield from loader
 
 
+MATERIALISE_MAX = 1 << 22  # datasets up to this many items shuffle with one randperm (32 MB)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def feistel_permute(i: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
+    """Position ``i`` (any shape, values in [0, n)) of a keyed pseudo-random permutation of
+    [0, n), computed without materialising it: a balanced Feistel network on the smallest even
+    number of bits covering n, cycle-walked back into [0, n) (fewer than 4 passes expected)."""
+    if n < 1 or np.any((i < 0) | (i >= n)):
+        raise IndexError(f"positions must lie in [0, {n})")
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+    with np.errstate(over="ignore"):
+        keys = _mix(
+            np.uint64(key % (1 << 64)) + np.arange(1, rounds + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        )
+    out = np.asarray(i, dtype=np.uint64).copy()
+    todo = np.ones(out.shape, dtype=bool)
+    while todo.any():
+        y = out[todo]
+        for k in keys:
+            left, right = y >> shift, y & mask
+            y = (right << shift) | (left ^ (_mix(right ^ k) & mask))
+        out[todo] = y
+        todo = out >= np.uint64(n)
+    return out.astype(np.int64)
+
+
 class _StepSampler:
     """Index lists of steps ``start .. stop - 1`` (all micro-batches), drawn lazily."""
 
@@ -71,7 +109,7 @@ class _StepSampler:
 
 def shard_batches(dataset: Dataset, batch_size: int, rank: int, world: int, limit: int | None = None):
     """This rank's evaluation batches (items rank, rank + world, ...), in order."""
-    idx = list(range(rank, len(dataset), world))
+    idx = range(rank, len(dataset), world)  # lazy: no list as long as the validation set
     n_batches = (len(idx) + batch_size - 1) // batch_size
     if limit is not None:
         n_batches = min(n_batches, limit)
