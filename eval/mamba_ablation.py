@@ -1,8 +1,12 @@
-"""Which energy estimate picks the states to keep? Train a small byte-level Mamba on the Python
-standard library, then cut every layer to the same size by each method and measure the rise in
-validation loss (no retraining). Prints a markdown table (mean ± std over seeds).
+"""Which energy estimate picks the states to keep? Train a small byte-level Mamba (``--model
+mamba``) or Mamba-2 (``--model mamba2``: G groups of N states, every group keeps the same count k,
+each its own states) on the Python standard library, then cut every layer to k states by each
+method and measure the rise in validation loss: right after the cut, and (``--finetune STEPS``)
+after a short fine-tune, against the uncut model fine-tuned on the same batches. Prints a
+markdown table (mean ± std over seeds).
 
     python -m compressmamba.eval.mamba_ablation --steps 300 --seeds 0,1,2 --keep 8,4
+    python -m compressmamba.eval.mamba_ablation --model mamba2 --n 64 --n-groups 2 --keep 16,4 --finetune 50
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ import torch
 from compressmamba.reduction import select_states
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.data import shard_batches
+from compressmamba.training.optim import build_optimizer
 
 METHODS = ("hankel", "hankel_mean", "output")
+ROWS = (*METHODS, "random", "smallest")
+
+
+def _model_cfg(args) -> dict:
+    cfg = {"name": args.model, "d_model": args.d_model, "n_layers": args.layers, "state_size": args.n}
+    if args.model == "mamba2":
+        cfg.update(head_dim=args.head_dim, n_groups=args.n_groups, chunk_size=args.seq_len)
+    return cfg
 
 
 def _recipe(args, seed, out):
@@ -26,7 +39,7 @@ def _recipe(args, seed, out):
         "name": "ablation",
         "seed": seed,
         "out_dir": out,
-        "model": {"name": "mamba", "d_model": args.d_model, "n_layers": args.layers, "state_size": args.n},
+        "model": _model_cfg(args),
         "data": {"name": "text_lm", "corpus": "python_stdlib", "seq_len": args.seq_len, "max_bytes": args.max_bytes},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.05, "grad_clip": 1.0, "weight_decay": 0.1},
         "train": {"steps": args.steps, "batch_size": 8, "eval_every": args.steps, "eval_batches": 4, "progress": False},
@@ -42,6 +55,7 @@ def _val_loss(model, batches):
 
 @torch.no_grad()
 def _energies(model, calib):
+    """Per method, one energy per layer: (n,) for Mamba, (G, n) for Mamba-2."""
     layers = model.ssm_layers()
     for layer in layers:
         layer.start_stats()
@@ -51,76 +65,152 @@ def _energies(model, calib):
     return {m: [layer.energy(s, m) for layer, s in zip(layers, stats)] for m in METHODS}
 
 
+def keep_indices(energy, keep: int, selection: str, gen) -> torch.Tensor:
+    """Indices of the ``keep`` states to keep: (keep,) from energy (n,), or (G, keep) from energy
+    (G, n), each group choosing its own states by ``selection`` (same count in every group)."""
+    e = torch.as_tensor(energy)
+    if e.dim() == 1:
+        return select_states(e, keep, selection, gen)
+    return torch.stack([select_states(row, keep, selection, gen) for row in e])
+
+
 def _cut(model, energies, keep, selection, gen):
     m = copy.deepcopy(model)
     for layer, e in zip(m.ssm_layers(), energies):
-        layer.truncate_(select_states(e, keep, selection, gen))
+        layer.truncate_(keep_indices(e, keep, selection, gen))
     return m
 
 
+def _finetune(model, batches, recipe, lr):
+    """A copy of ``model`` trained on ``batches`` with AdamW (the recipe's parameter groups and
+    weight decay) at constant ``lr``, gradients clipped as in the recipe."""
+    m = copy.deepcopy(model).train()
+    opt = build_optimizer(m, recipe.optim)
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    for b in batches:
+        loss = m(**b).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), recipe.optim.grad_clip)
+        opt.step()
+    return m.eval()
+
+
+class _Scorer:
+    """Rise in validation loss of a cut model over the uncut one, right after the cut and (with
+    ``ft_batches``) after both are fine-tuned on the same batches."""
+
+    def __init__(self, model, val, ft_batches, recipe, lr):
+        self.val, self.ft, self.recipe, self.lr = val, ft_batches, recipe, lr
+        self.base = _val_loss(model, val)
+        self.base_ft = _val_loss(_finetune(model, ft_batches, recipe, lr), val) if ft_batches else None
+
+    def __call__(self, cut_model) -> tuple[float, float | None]:
+        before = _val_loss(cut_model, self.val) - self.base
+        if not self.ft:
+            return before, None
+        return before, _val_loss(_finetune(cut_model, self.ft, self.recipe, self.lr), self.val) - self.base_ft
+
+
+def _record(results, key, scores):
+    """Append the mean over ``scores`` [(before, after)] to results[key] and results[key + ("ft",)]."""
+    results.setdefault(key, []).append(sum(s[0] for s in scores) / len(scores))
+    if scores[0][1] is not None:
+        results.setdefault((*key, "ft"), []).append(sum(s[1] for s in scores) / len(scores))
+
+
+def _one_seed(args, seed, results) -> float:
+    tr = Trainer(recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")))
+    tr.fit()
+    model = tr.model.eval()
+    val = list(shard_batches(tr.data.val, 8, 0, 1, args.val_batches))
+    calib = [tr.batches.batch(10_000 + i) for i in range(args.calib_batches)]
+    ft = [tr.batches.batch(args.steps + i) for i in range(args.finetune)]  # the batches after training's
+    score = _Scorer(model, val, ft, tr.recipe, args.finetune_lr)
+    en = _energies(model, calib)
+    for keep in args.keep:
+        for m in METHODS:
+            _record(results, (m, keep), [score(_cut(model, en[m], keep, "largest", None))])
+        gen = torch.Generator().manual_seed(seed)
+        draws = [score(_cut(model, en["output"], keep, "random", gen)) for _ in range(args.random_draws)]
+        _record(results, ("random", keep), draws)
+        _record(results, ("smallest", keep), [score(_cut(model, en["output"], keep, "smallest", None))])
+    return score.base
+
+
 def run(args) -> dict:
-    results: dict[tuple[str, int], list[float]] = {}
+    """results[(method, keep)]: one rise per seed right after the cut; with ``--finetune``, also
+    results[(method, keep, "ft")]: the rise after the fine-tune."""
+    results: dict[tuple, list[float]] = {}
     for seed in args.seeds:
         t0 = time.time()
-        tr = Trainer(recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")))
-        tr.fit()
-        model = tr.model.eval()
-        val = list(shard_batches(tr.data.val, 8, 0, 1, args.val_batches))
-        calib = [tr.batches.batch(10_000 + i) for i in range(args.calib_batches)]
-        base = _val_loss(model, val)
-        en = _energies(model, calib)
-        for keep in args.keep:
-            for m in METHODS:
-                results.setdefault((m, keep), []).append(
-                    _val_loss(_cut(model, en[m], keep, "largest", None), val) - base
-                )
-            gen = torch.Generator().manual_seed(seed)
-            draws = [
-                _val_loss(_cut(model, en["output"], keep, "random", gen), val) - base for _ in range(args.random_draws)
-            ]
-            results.setdefault(("random", keep), []).append(sum(draws) / len(draws))
-            results.setdefault(("smallest", keep), []).append(
-                _val_loss(_cut(model, en["output"], keep, "smallest", None), val) - base
-            )
-        print(f"seed {seed}: trained and cut in {time.time() - t0:.0f} s (val loss {base:.4f})", flush=True)
+        base = _one_seed(args, seed, results)
+        print(f"seed {seed}: trained, cut and fine-tuned in {time.time() - t0:.0f} s (val loss {base:.4f})", flush=True)
+        if len(args.seeds) > 1:
+            print(f"seeds so far {args.seeds[: args.seeds.index(seed) + 1]}:\n{table(results, args)}\n", flush=True)
     return results
 
 
+def _cell(v) -> str:
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return f"{statistics.mean(v):.4f} ± {sd:.4f}"
+
+
 def table(results, args) -> str:
-    keeps = args.keep
-    head = "| method | " + " | ".join(f"keep {k}/{args.n}" for k in keeps) + " |"
-    lines = [head, "|---|" + "---|" * len(keeps)]
-    for m in (*METHODS, "random", "smallest"):
-        cells = []
-        for k in keeps:
-            v = results[(m, k)]
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.mean(v):.4f} ± {sd:.4f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    per = " per group" if args.model == "mamba2" else ""
+    cols = [((k,), f"keep {k}/{args.n}{per}") for k in args.keep]
+    if args.finetune:
+        cols = [c for k in args.keep for c in (((k,), f"keep {k}/{args.n}{per}"), ((k, "ft"), f"+ {args.finetune} ft"))]
+    lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for m in ROWS:
+        lines.append(f"| {m} | " + " | ".join(_cell(results[(m, *c[0])]) for c in cols) + " |")
     return "\n".join(lines)
 
 
-def main(argv=None):
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",")]
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("mamba", "mamba2"), default="mamba")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--keep", type=lambda s: [int(x) for x in s.split(",")], default=[8, 4])
-    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--keep", type=_ints, default=[8, 4])
+    p.add_argument("--n", type=int, default=16, help="states per layer (Mamba-2: per group)")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--head-dim", type=int, default=16, help="Mamba-2 only")
+    p.add_argument("--n-groups", type=int, default=2, help="Mamba-2 only")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--val-batches", type=int, default=16)
     p.add_argument("--calib-batches", type=int, default=4)
     p.add_argument("--random-draws", type=int, default=5)
+    p.add_argument("--finetune", type=int, default=0, metavar="STEPS", help="fine-tune steps after each cut (0: none)")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--max-bytes", type=int, default=4_000_000, help="bytes of stdlib source to read")
     p.add_argument("--out", default="runs/ablation")
-    args = p.parse_args(argv)
+    return p
+
+
+def _check(args) -> None:
     for k in args.keep:
         if not 1 <= k < args.n:
             raise ValueError(f"--keep: {k} must be in [1, n={args.n})")
+    if args.finetune < 0:
+        raise ValueError(f"--finetune: {args.finetune} must be >= 0 steps")
+    if args.random_draws < 1:
+        raise ValueError(f"--random-draws: {args.random_draws} must be >= 1")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    _check(args)
     res = run(args)
+    ft = f"; '+ {args.finetune} ft': after {args.finetune} fine-tune steps" if args.finetune else ""
     print(
-        f"\nRise in validation loss (nats/byte) after cutting every layer to k states, "
+        f"\nRise in validation loss (nats/byte) after cutting every layer to k states{ft}, "
         f"mean ± std over seeds {args.seeds}:\n"
     )
     print(table(res, args))
