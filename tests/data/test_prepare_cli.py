@@ -32,4 +32,4 @@ def test_prepare_data_refuses_other_data_and_unknown_keys(tmp_path, capsys):
     assert "builds token stores for text_lm data" in capsys.readouterr().err
     assert main(["prepare-data", _recipe(tmp_path, "{name: text_lm, corpus: python_stdlib, seqlen: 8}")]) == 2
     err = capsys.readouterr().err
-    assert "unknown data keys ['seqlen']" in err and "seq_len" in err
+    assert "unknown key(s) ['seqlen'] in recipe section 'data'" in err and "seq_len" in err
