@@ -64,6 +64,11 @@ def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_b
 
 
 def _cmd_compress(args) -> int:
+    if args.method == "balanced" and args.format == "transformers":
+        raise ValueError(
+            "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "
+            "use --format compressmamba"
+        )
     model = _load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
@@ -103,7 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tau", type=float, required=True, help="fraction of energy a layer may discard, in [0, 1)")
     c.add_argument("--calib", default="python_stdlib", help="python_stdlib, a file glob, or a hub dataset name")
     c.add_argument("--tokenizer", default="byte", help="byte, a tokenizer.json, or a hub tokenizer name")
-    c.add_argument("--method", default="output", choices=["output", "hankel", "hankel_mean"])
+    c.add_argument(
+        "--method",
+        default="output",
+        choices=["output", "hankel", "hankel_mean", "balanced"],
+        help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
+        "through a state projection, which plain transformers format cannot hold",
+    )
     c.add_argument("--calib-batches", type=int, default=8)
     c.add_argument("--batch-size", type=int, default=4)
     c.add_argument("--seq-len", type=int, default=256)

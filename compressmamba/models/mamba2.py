@@ -9,6 +9,11 @@ causal conv over xBC, SiLU; x → H heads × P; B_t, C_t ∈ R^{G×N} (head h re
 Δ = softplus(dt + dt_bias) clamped to ``time_step_limit``; A = −exp(A_log) (H,);
 h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t; y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per
 group of D_in / G channels); out_proj.
+
+After a balanced cut (``reduction.method: balanced``) a layer also carries ``mixer.bc_proj.{B, C}``
+(G, r, N_in): B_t, C_t (G, N_in) out of the conv and SiLU are projected to B̂_t = W_B B_t,
+Ĉ_t = W_C C_t (G, r) before the scan, so the state is r-dimensional while in_proj and conv1d keep
+N_in per group (config ``bc_proj_in``). A layer without a balanced cut has no such tensors.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         bos_token_id: int = 0,
         eos_token_id: int = 0,
         use_cache: bool = True,
+        bc_proj_in: list[int | None] | None = None,
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
@@ -103,6 +109,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         self.hidden_act = hidden_act
         self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
+        self.bc_proj_in = _projection_widths(bc_proj_in, self.state_sizes)
         self.conv_kernel = alias.get("conv_kernel", conv_kernel)
         self.use_bias, self.use_conv_bias = use_bias, use_conv_bias
         self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
@@ -121,6 +128,35 @@ class CompressMamba2Config(compat.PreTrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+
+def _projection_widths(widths, sizes: list[int]) -> list[int | None] | None:
+    """``bc_proj_in``: per layer None (no state projection) or the width N_in >= that layer's
+    state size of B_t and C_t before the projection; None when no layer has one."""
+    if widths is None:
+        return None
+    widths = [None if w is None else int(w) for w in widths]
+    if len(widths) != len(sizes) or any(w is not None and w < n for w, n in zip(widths, sizes)):
+        raise ValueError(
+            f"bc_proj_in {widths} must hold one entry per layer ({len(sizes)}), each null or >= "
+            f"that layer's state size {sizes}"
+        )
+    return widths
+
+
+class BCProjection(nn.Module):
+    """The balanced cut's per-group state projections B (G, r, N_in) and C (G, r, N_in):
+    B_t, C_t (..., G, N_in) → (..., G, r). A change of basis, so not weight-decayed."""
+
+    no_weight_decay_params = ("B", "C")
+
+    def __init__(self, groups: int, r: int, n_in: int):
+        super().__init__()
+        eye = torch.eye(r, n_in).expand(groups, r, n_in)  # the leading r raw states until set
+        self.B, self.C = nn.Parameter(eye.clone()), nn.Parameter(eye.clone())
+
+    def forward(self, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        return (torch.einsum("...gn,grn->...gr", t, w.to(t.dtype)) for t, w in ((B, self.B), (C, self.C)))
 
 
 class GatedRMSNorm(nn.Module):
@@ -142,7 +178,9 @@ class GatedRMSNorm(nn.Module):
 class Mamba2Mixer(nn.Module):
     """in_proj → (z, xBC, dt); causal conv1d + SiLU over xBC; SSD scan (D skip); gated RMSNorm;
     out_proj. Implements the compressible-layer protocol with G groups of N states: energies are
-    (G, N) and ``truncate_`` keeps the same count in every group."""
+    (G, N) and ``truncate_`` keeps the same count in every group. ``energy(stats, "balanced")``
+    returns each group's Hankel singular values and makes the next ``truncate_`` keep balanced
+    coordinates (a state projection, ``bc_proj``); any other method means state selection."""
 
     needs_calibration = True
     default_energy_method = "output"
@@ -155,8 +193,10 @@ class Mamba2Mixer(nn.Module):
         h, di, k = config.hidden_size, config.intermediate_size, config.conv_kernel
         self.n_heads, self.head_dim, self.n_groups = config.num_heads, config.head_dim, config.n_groups
         n = self.state_size = config.state_sizes[layer_idx]
+        n_in = (config.bc_proj_in or [None] * config.num_hidden_layers)[layer_idx]
+        self.bc_width = n_in or n  # width of each group's B_t, C_t out of in_proj and the conv
         self.d_inner = di
-        conv_dim = di + 2 * self.n_groups * n
+        conv_dim = di + 2 * self.n_groups * self.bc_width
         self.in_proj = nn.Linear(h, di + conv_dim + self.n_heads, bias=config.use_bias)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, k, groups=conv_dim, padding=k - 1, bias=config.use_conv_bias)
         self.dt_bias = nn.Parameter(torch.zeros(self.n_heads))
@@ -164,7 +204,9 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(self.n_heads))
         self.norm = GatedRMSNorm(di, di // self.n_groups, config.layer_norm_epsilon)
         self.out_proj = nn.Linear(di, h, bias=config.use_bias)
+        self.bc_proj = BCProjection(self.n_groups, n, n_in) if n_in else None
         self.stats = None
+        self._balancing = None  # (sigma, T, Tinv) of the last energy(stats, "balanced")
 
     @torch.no_grad()
     def reset_parameters(self, where=lambda t: True):
@@ -184,21 +226,27 @@ class Mamba2Mixer(nn.Module):
             self.D.fill_(1.0)
         if where(self.norm.weight):
             self.norm.weight.fill_(1.0)
+        for w in (self.bc_proj.B, self.bc_proj.C) if self.bc_proj is not None else ():
+            if where(w):
+                w.copy_(torch.eye(*w.shape[1:]).expand_as(w))
         if c.rescale_prenorm_residual and where(self.out_proj.weight):
             nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
             self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
 
     def _split(self, zxbcdt: Tensor):
-        gn = self.n_groups * self.state_size
+        gn = self.n_groups * self.bc_width
         return torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * gn, self.n_heads], dim=-1)
 
     def _ssm_args(self, xBC: Tensor, dt: Tensor):
-        """xBC (..., D_in + 2GN) after the conv, dt (..., H) → x (..., H, P), B, C (..., G, N), Δ (..., H)."""
-        gn = self.n_groups * self.state_size
+        """xBC (..., D_in + 2G·N_in) after the conv, dt (..., H) → x (..., H, P), B, C (..., G, N)
+        (projected from N_in when the layer has ``bc_proj``), Δ (..., H)."""
+        gn = self.n_groups * self.bc_width
         x, B, C = torch.split(xBC, [self.d_inner, gn, gn], dim=-1)
         delta = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.config.time_step_limit)
         x = x.unflatten(-1, (self.n_heads, self.head_dim))
-        B, C = (t.unflatten(-1, (self.n_groups, self.state_size)) for t in (B, C))
+        B, C = (t.unflatten(-1, (self.n_groups, self.bc_width)) for t in (B, C))
+        if self.bc_proj is not None:
+            B, C = self.bc_proj(B, C)
         return x, B, C, delta
 
     def forward(self, hidden: Tensor, cache: RecurrentCache | None = None) -> Tensor:
@@ -212,7 +260,7 @@ class Mamba2Mixer(nn.Module):
         x, B, C, delta = self._ssm_args(xBC, dt)
         A = -torch.exp(self.A_log.float())
         if self.stats is not None:
-            self._accumulate(x, delta, A, B, C)
+            self.stats.update(x, delta, A, B, C)
         out = ssd_scan_fn(
             x, delta, A, B, C, self.config.chunk_size, D=self.D.float(), return_final_states=cache is not None
         )
@@ -233,19 +281,10 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y.reshape(y.shape[0], self.d_inner), z)).unsqueeze(1)
 
     # --- compressible-layer protocol -------------------------------------------------------
-    def _accumulate(self, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
-        """Feed MambaStats its channel layout: channel (h, p) with step Δ[h], decay A[h] for every
-        state, and group h·G/H's B and C (exactly Mamba-1's statistics, grouped)."""
-        p, n = self.head_dim, self.state_size
-        u = x.flatten(-2).transpose(1, 2).float()  # (b, H·P, l)
-        d = delta.repeat_interleave(p, dim=-1).transpose(1, 2)
-        A_c = A.repeat_interleave(p)[:, None].expand(-1, n)
-        self.stats.update(u=u, delta=d, A=A_c, B=B.permute(0, 2, 3, 1).float(), C=C.permute(0, 2, 3, 1).float())
-
     def start_stats(self):
-        from ..reduction.mamba import MambaStats
+        from ..reduction.ssd import Mamba2Stats
 
-        self.stats = MambaStats(self.d_inner, self.state_size)
+        self.stats = Mamba2Stats(self.n_heads, self.head_dim, self.n_groups, self.state_size)
 
     def pop_stats(self) -> dict:
         s, self.stats = self.stats, None
@@ -254,12 +293,26 @@ class Mamba2Mixer(nn.Module):
         return s.as_dict()
 
     def energy(self, stats: dict | None, method: str = "output") -> Tensor:
-        """Per-state energies (G, N) float64."""
+        """Per-state energies (G, N) float64. ``balanced``: each group's Hankel singular values
+        (descending, one per balanced coordinate), and the next ``truncate_`` keeps balanced
+        coordinates; the other methods (reduction/mamba.py) score the states as they are."""
         from ..reduction.mamba import mamba_energy
+        from ..reduction.ssd import balance_groups, group_gramians
 
         if stats is None:
             raise ValueError(f"layer {self.layer_idx}: Mamba-2 energy needs calibration statistics")
-        return mamba_energy(stats, method, layer=f"layers.{self.layer_idx}", groups=self.n_groups)
+        where = f"layers.{self.layer_idx}"
+        self._balancing = None
+        if method != "balanced":
+            return mamba_energy(stats, method, layer=where, groups=self.n_groups)
+        P, Q = group_gramians(stats, self.head_dim, layer=where)
+        if P.shape != (self.n_groups, self.state_size, self.state_size):
+            raise ValueError(
+                f"layer {where}: statistics are for Gramians {tuple(P.shape)}, the layer has "
+                f"{self.n_groups} groups of {self.state_size} states"
+            )
+        self._balancing = balance_groups(P, Q, layer=where)
+        return self._balancing[0].clone()
 
     def _check_keep(self, keep) -> Tensor:
         g, n = self.n_groups, self.state_size
@@ -279,6 +332,13 @@ class Mamba2Mixer(nn.Module):
         """in_proj rows and conv1d channels with every group's B and C zero-padded to ``n_max``
         states (for export to one shared N): padded states get B = SiLU(0) = 0, so they stay at
         zero and the output is unchanged."""
+        if self.bc_proj is not None:
+            raise ValueError(
+                f"layer {self.layer_idx} carries a balanced state projection (bc_proj: B_t, C_t projected "
+                f"from {self.bc_width} to {self.state_size} states after the conv's SiLU), which "
+                "transformers' Mamba2 cannot express; save the model with save_pretrained (our format) "
+                "instead, or cut it with a selection method (output, hankel, hankel_mean)"
+            )
         g, n, di = self.n_groups, self.state_size, self.d_inner
         out = {"in_proj.weight": _pad_groups(self.in_proj.weight.detach(), 2 * di, g, n, n_max)}
         if self.in_proj.bias is not None:
@@ -290,13 +350,24 @@ class Mamba2Mixer(nn.Module):
 
     @torch.no_grad()
     def truncate_(self, keep) -> dict:
-        """Keep states ``keep`` ((G, r) indices, or (r,) when G = 1) of every group: slice their B
-        and C rows of in_proj and channels of conv1d together. Exact selection of modes (each
-        state of a group feeds only its own B, C channels); Adam moments are sliced likewise."""
+        """Keep states ``keep`` ((G, r) indices, or (r,) when G = 1) of every group.
+
+        After ``energy(stats, "balanced")`` the indices are balanced coordinates: the layer gets
+        (or composes) the state projection onto them (:meth:`project_states_`). Otherwise it is
+        an exact selection of modes (each state of a group feeds only its own B, C channels):
+        the B and C rows of in_proj and channels of conv1d, or the rows of ``bc_proj`` when the
+        layer already has one, are sliced, and so are their Adam moments."""
         keep = self._check_keep(keep)
-        g, n, di, r = self.n_groups, self.state_size, self.d_inner, keep.shape[1]
-        if r == n:
+        basis, self._balancing = self._balancing, None
+        if keep.shape[1] == self.state_size:
             return {}
+        if basis is not None:
+            from ..reduction.ssd import balanced_projections
+
+            return self.project_states_(*balanced_projections(*basis, keep.cpu(), layer=str(self.layer_idx)))
+        if self.bc_proj is not None:
+            return self._select_projected_(keep)
+        g, n, di, r = self.n_groups, self.state_size, self.d_inner, keep.shape[1]
         dev = keep.device
         states = (keep + n * torch.arange(g, device=dev)[:, None]).flatten()  # into the G·N block
         chans = torch.cat([torch.arange(di, device=dev), di + states, di + g * n + states])  # conv channels
@@ -307,21 +378,94 @@ class Mamba2Mixer(nn.Module):
                 torch.arange(2 * di + 2 * g * n, 2 * di + 2 * g * n + self.n_heads, device=dev),
             ]
         )
-        self.in_proj.weight = nn.Parameter(self.in_proj.weight[rows].clone())
         maps = {"in_proj.weight": rows, "conv1d.weight": chans}
         if self.in_proj.bias is not None:
-            self.in_proj.bias = nn.Parameter(self.in_proj.bias[rows].clone())
             maps["in_proj.bias"] = rows
-        self.conv1d.weight = nn.Parameter(self.conv1d.weight[chans].clone())
         if self.conv1d.bias is not None:
-            self.conv1d.bias = nn.Parameter(self.conv1d.bias[chans].clone())
             maps["conv1d.bias"] = chans
-        self.in_proj.out_features = rows.numel()
-        self.conv1d.in_channels = self.conv1d.out_channels = self.conv1d.groups = chans.numel()
+        self._resize_bc_(lambda t, idx: t[idx], maps)
+        self.bc_width = r
+        self._set_state_size(r)
+        return {name: _rows(idx) for name, idx in maps.items()}
+
+    @torch.no_grad()
+    def project_states_(self, W_B: Tensor, W_C: Tensor) -> dict:
+        """Use B̂_t = W_B B_t, Ĉ_t = W_C C_t (W_B, W_C (G, r, N) in the current N states) from now
+        on: a new ``bc_proj`` of width N_in = N, or the composition W · bc_proj with the one the
+        layer has. The state becomes r-dimensional. Returns None state maps for ``bc_proj``: its
+        rows are a new basis, so no optimizer moment carries over (in_proj and conv1d are kept
+        as they are, with their moments)."""
+        g, n = self.n_groups, self.state_size
+        if W_B.shape != W_C.shape or W_B.dim() != 3 or W_B.shape[0] != g or W_B.shape[2] != n:
+            raise ValueError(f"layer {self.layer_idx}: W_B, W_C must be ({g}, r, {n}), got {W_B.shape}, {W_C.shape}")
+        r, ref = W_B.shape[1], self.in_proj.weight
+        W_B, W_C = W_B.to(torch.float64), W_C.to(torch.float64)
+        if self.bc_proj is not None:  # compose: the new basis is read off the projected states
+            W_B, W_C = W_B @ self.bc_proj.B.double(), W_C @ self.bc_proj.C.double()
+        proj = BCProjection(g, r, W_B.shape[2]).to(device=ref.device, dtype=ref.dtype)
+        proj.B.copy_(W_B)
+        proj.C.copy_(W_C)
+        self.bc_proj = proj
+        widths = self.config.bc_proj_in or [None] * self.config.num_hidden_layers
+        widths[self.layer_idx] = self.bc_width
+        self.config.bc_proj_in = widths
+        self._set_state_size(r)
+        return {"bc_proj.B": None, "bc_proj.C": None}
+
+    def _select_projected_(self, keep: Tensor) -> dict:
+        """Selection on a projected layer: keep rows ``keep`` (G, r) of bc_proj's B and C."""
+        idx = keep.cpu()
+
+        def pick(t: Tensor) -> Tensor:
+            return t.gather(1, idx.to(t.device)[..., None].expand(-1, -1, t.shape[-1]))
+
+        self.bc_proj.B, self.bc_proj.C = (nn.Parameter(pick(w).clone()) for w in (self.bc_proj.B, self.bc_proj.C))
+        self._set_state_size(keep.shape[1])
+        return {"bc_proj.B": pick, "bc_proj.C": pick}
+
+    def _resize_bc_(self, make, maps: dict) -> None:
+        """Replace in_proj's and conv1d's parameters named in ``maps`` by ``make(old, idx)``."""
+        for name, idx in maps.items():
+            mod, attr = name.split(".")
+            module = getattr(self, mod)
+            setattr(module, attr, nn.Parameter(make(getattr(module, attr), idx).clone()))
+        self.in_proj.out_features = self.in_proj.weight.shape[0]
+        self.conv1d.in_channels = self.conv1d.out_channels = self.conv1d.groups = self.conv1d.weight.shape[0]
+
+    def _set_state_size(self, r: int) -> None:
         self.state_size = r
         self.config.state_sizes[self.layer_idx] = r
         self.config.state_size = max(self.config.state_sizes)
-        return {name: _rows(idx) for name, idx in maps.items()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state dict with ``bc_proj`` for a layer built without one (a training checkpoint
+        rebuilt from its state sizes alone): take N_in from the stored projection and reshape
+        in_proj, conv1d and bc_proj to it before loading."""
+        stored = state_dict.get(prefix + "bc_proj.B")
+        if stored is not None and self.bc_proj is None:
+            g, r, n_in = stored.shape
+            if g != self.n_groups or r != self.state_size or n_in < r:
+                raise ValueError(
+                    f"{prefix}bc_proj.B has shape {tuple(stored.shape)}; layer {self.layer_idx} has "
+                    f"{self.n_groups} groups of {self.state_size} states"
+                )
+            conv_dim = self.d_inner + 2 * g * n_in
+            shapes = {
+                "in_proj.weight": (conv_dim + self.d_inner + self.n_heads, self.in_proj.in_features),
+                "conv1d.weight": (conv_dim, 1, self.conv1d.weight.shape[-1]),
+            }
+            if self.in_proj.bias is not None:
+                shapes["in_proj.bias"] = shapes["in_proj.weight"][:1]
+            if self.conv1d.bias is not None:
+                shapes["conv1d.bias"] = (conv_dim,)
+            self._resize_bc_(lambda t, shape: t.new_empty(shape), shapes)
+            self.bc_width = n_in
+            w = self.in_proj.weight
+            self.bc_proj = BCProjection(g, r, n_in).to(device=w.device, dtype=w.dtype)
+            widths = self.config.bc_proj_in or [None] * self.config.num_hidden_layers
+            widths[self.layer_idx] = n_in
+            self.config.bc_proj_in = widths
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _pad_groups(t: Tensor, start: int, g: int, n: int, n_max: int) -> Tensor:

@@ -17,17 +17,22 @@ Each :class:`CompressibleLayer` offers
   sums the popped tensors across ranks (they must be plain sums, plus a ``count`` entry);
 * ``default_energy_method: str``: the energy estimate used when a recipe names none;
 * ``energy(stats, method) -> Tensor``: one non-negative float64 energy per state *coordinate*
-  (shape ``(n,)``), in the coordinates that ``truncate_`` selects from (balanced coordinates for
-  the LRU, the diagonal modes for Mamba). ``stats`` is ``None`` for LTI layers;
+  (shape ``(n,)``, or ``(G, n)`` for G groups that keep the same count), in the coordinates that
+  ``truncate_`` selects from (balanced coordinates for the LRU, the diagonal modes for Mamba).
+  A layer whose coordinates depend on the method (Mamba-2: its modes, or with ``balanced`` each
+  group's balanced coordinates) keeps what its last ``energy`` call chose for the next
+  ``truncate_``. ``stats`` is ``None`` for LTI layers;
 * ``truncate_(keep) -> dict[str, StateMap | None]``: keep the coordinates ``keep`` (a sorted
   ``LongTensor`` of indices into ``energy``'s output), replacing the affected Parameters with
   fresh ones and updating ``state_size``. It returns, for every parameter it replaced (keyed by
   its name relative to the layer, as in ``layer.named_parameters()``), how to carry optimizer
   state over: a function mapping an old state tensor (Adam's ``exp_avg``/``exp_avg_sq``) to the
   new shape when coordinates are kept as they were (Mamba's selection), or ``None`` when the
-  cut changed basis (LRU balanced truncation) and the old moments do not belong to the new
-  coordinates: the trainer then drops that parameter's optimizer state (Adam restarts for it
-  with its own bias correction; the learning-rate schedule and step count go on).
+  cut changed basis (LRU balanced truncation, Mamba-2's composed state projection) and the old
+  moments do not belong to the new coordinates: the trainer then drops that parameter's
+  optimizer state (Adam restarts for it with its own bias correction; the learning-rate
+  schedule and step count go on). A parameter the cut adds (Mamba-2's first ``bc_proj``) starts
+  with no optimizer state either.
 
 Optimizer groups come from names that each module declares (never from tensor rank, and never
 from attributes stuck on Parameter objects, which ``from_pretrained`` and ``truncate_`` drop):

@@ -66,10 +66,14 @@ def _psd_sqrt(M: Tensor) -> Tensor:
     return (U * w.clamp_min(0).sqrt().to(U.dtype)) @ U.conj().T
 
 
-def _balance_sqrtm(P: Tensor, Q: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(sigma, T, Tinv) by the square-root method: S = P^½, S Q S = U Σ² Uᴴ, T = S U Σ^-½.
+def balancing_transform(P: Tensor, Q: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor, Tensor]:
+    """(sigma, T, Tinv) by the square-root method: S = (P + eps·I)^½, S Q S = U Σ² Uᴴ,
+    T = S U Σ^-½, so that Tinv P Tinvᴴ ≈ Tᴴ Q T = Σ and Tinv T = I.
 
-    Tinv is formed without inverting S: U Σ^-2 Uᴴ S Q S = I gives Tinv = Σ^-3/2 Uᴴ S Q.
+    P, Q (n, n) Hermitian PSD, real float64 or complex128 (T, Tinv come back in P's dtype);
+    sigma (n,) float64 descending. Tinv is formed without inverting S: U Σ^-2 Uᴴ S Q S = I gives
+    Tinv = Σ^-3/2 Uᴴ S Q. Coordinates with σ ≈ 0 have huge columns of T: callers decide what a
+    kept zero-energy coordinate becomes (see ``zero_energy``).
     """
     n = P.shape[0]
     S = _psd_sqrt(P + eps * torch.eye(n, dtype=P.dtype))
@@ -77,7 +81,7 @@ def _balance_sqrtm(P: Tensor, Q: Tensor, eps: float) -> tuple[Tensor, Tensor, Te
     w, U = torch.linalg.eigh((M + M.conj().T) / 2)
     w, U = w.flip(0), U.flip(1)  # descending
     sigma = w.clamp_min(0).sqrt()
-    s = sigma.clamp_min(torch.finfo(torch.float64).tiny).to(_C)
+    s = sigma.clamp_min(torch.finfo(torch.float64).tiny).to(P.dtype)
     T = (S @ U) * s.rsqrt()
     Tinv = (U.conj().T @ S @ Q) * s.pow(-1.5)[:, None]
     return sigma, T, Tinv
@@ -173,21 +177,21 @@ def balanced_truncation(
             raise ValueError(f"{_where(layer)}keep must hold distinct indices in [0, {n}), got {keep.tolist()}")
     P, Q = gramians_diagonal(lam, B, C)
     if method == "sqrtm":
-        sigma, T, Tinv = _balance_sqrtm(P, Q, eps)
+        sigma, T, Tinv = balancing_transform(P, Q, eps)
     elif method == "chol":
         sigma, T, Tinv = _balance_chol(P, Q, max(eps, 1e-12))
     else:
         raise ValueError(f"method must be 'sqrtm' or 'chol', got {method!r}")
     if not torch.isfinite(sigma).all():
         raise ValueError(f"{_where(layer)}Hankel singular values are not finite")
-    null = _zero_energy(sigma)[keep]
+    null = zero_energy(sigma)[keep]
     if not null.any():
         Tr, Tinv_r = T[:, keep], Tinv[keep, :]
         return (Tinv_r * lam[None, :]) @ Tr, Tinv_r @ B, C @ Tr
     return _with_silent_states(lam, B, C, P, Q, T, Tinv, keep, null)
 
 
-def _zero_energy(sigma: Tensor) -> Tensor:
+def zero_energy(sigma: Tensor) -> Tensor:
     """Which σ are zero to round-off (bool (n,)): all of them when the system's Hankel energy is
     zero, else those below n·eps·σ_max, whose balancing transform would divide by ~0."""
     top = sigma.max() if sigma.numel() else sigma.new_zeros(())

@@ -154,11 +154,14 @@ def mamba_energy(
     errors. Raises ValueError for an unknown method, fewer than MIN_TOKENS calibration tokens,
     or NaN/inf statistics."""
     if method not in ENERGY_METHODS:
-        hint = (
-            " (random and smallest are selection modes: reduction.selection)"
-            if method in ("random", "smallest")
-            else ""
-        )
+        hint = {
+            "random": " (random and smallest are selection modes: reduction.selection)",
+            "smallest": " (random and smallest are selection modes: reduction.selection)",
+            "balanced": (
+                " (balanced truncation needs a scalar decay shared by all states of a group, as in "
+                "Mamba-2; a Mamba-1 layer's A[d, n] differs per state, so only selection applies)"
+            ),
+        }.get(method, "")
         raise ValueError(f"energy method must be one of {ENERGY_METHODS}, got {method!r}{hint}")
     m = _means(stats, layer)
     if method == "output":

@@ -54,7 +54,7 @@ class ReductionConfig:
     mode: str = "none"  # tolerance | fixed | pragmatic | none
     tau: float = 0.01
     fraction: float = 0.1
-    method: str | None = None  # None: each layer's default (LRU hankel, Mamba output)
+    method: str | None = None  # None: each layer's default (LRU hankel, Mamba output); Mamba-2 also balanced
     selection: str = "largest"  # largest | smallest | random
     attempts: list[int] | None = None
     n_attempts: int = 4
@@ -321,12 +321,13 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
     mamba = tuple(ENERGY_METHODS)
-    methods = {"lru": ("hankel",), "mamba": mamba, "mamba2": mamba}.get(model_name)  # others: checked at the cut
-    _check(
+    methods = {"lru": ("hankel",), "mamba": mamba, "mamba2": (*mamba, "balanced")}.get(model_name)
+    why = " (balanced needs a scalar decay per head: Mamba-2 layers only)" if red.method == "balanced" else ""
+    _check(  # other models: checked by their layers at the cut
         red.method is None or methods is None or red.method in methods,
         "reduction.method",
         red.method,
-        f"null (the layer's default) or one of {list(methods or ())} for model {model_name!r}",
+        f"null (the layer's default) or one of {list(methods or ())} for model {model_name!r}{why}",
     )
     if red.mode != "none" and red.attempts is None:
         _check(red.n_attempts >= 1, "reduction.n_attempts", red.n_attempts, f">= 1 in reduction.mode {red.mode!r}")

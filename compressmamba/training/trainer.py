@@ -86,6 +86,8 @@ class Trainer:
         self.task = recipe.task or self.data.info.get("task", "classification")
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
+        if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
+            self.model.load_state_dict(self.ckpt["model"])
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = 0
         self.state = {
@@ -102,7 +104,6 @@ class Trainer:
         }
         self.pragmatic_snapshot = None  # the pragmatic schedule's rollback point
         if self.ckpt:
-            self.model.load_state_dict(self.ckpt["model"])
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.step = self.ckpt["step"]
             self.state.update(self.ckpt["trainer"])

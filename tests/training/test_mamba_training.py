@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
@@ -56,6 +57,27 @@ def test_mamba_lm_compresses_while_training_and_resumes(tmp_path, model):
     assert again.model.state_sizes == [3, 3] and again.model.config.state_sizes == [3, 3]
 
 
+def test_mamba2_balanced_cuts_train_on_compose_and_resume(tmp_path):
+    """method: balanced through the one trainer: the first cut adds each layer's bc_proj (fresh
+    Adam state; in_proj and conv1d keep theirs, their basis is unchanged), the second composes
+    it (a new basis: its moments are dropped), and a resume rebuilds the projected shapes."""
+    recipe = _recipe(tmp_path, "mamba2", method="balanced")
+    tr = Trainer(recipe_from_dict(recipe))
+    s = tr.fit()
+    assert s["final_state_sizes"] == [3, 3] and s["val_perplexity"] < 256
+    assert tr.model.config.bc_proj_in == [12, 12]
+    assert tr.model.ssm_layers()[0].bc_proj.B.shape == (2, 3, 12)
+    cuts = [r for r in read_metrics(Path(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "cut"]
+    assert [c["new_sizes"] for c in cuts] == [[6, 6], [3, 3]]
+    assert cuts[0]["optimizer"]["sliced"] == 0 and cuts[0]["optimizer"]["dropped"] == 0
+    assert cuts[1]["optimizer"]["sliced"] == 0 and cuts[1]["optimizer"]["dropped"] == 4  # 2 layers × B, C
+    assert [len(k) for k in cuts[0]["kept"]] == [12, 12] and len(cuts[0]["energies"][0]) == 24  # 6 of 12 per group
+    again = Trainer(recipe_from_dict(recipe), resume=tmp_path / "run")
+    assert again.model.state_sizes == [3, 3] and again.model.config.bc_proj_in == [12, 12]
+    for a, b in zip(again.model.state_dict().values(), tr.model.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
 def test_cut_records_which_states_were_kept_for_the_plot(tmp_path):
     """With `smallest` selection the kept states are the bottom of the sorted spectrum: the cut
     row records their positions and the plot colours those, not the top ones."""
@@ -69,8 +91,8 @@ def test_cut_records_which_states_were_kept_for_the_plot(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", sorted(MODELS))
-def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model):
+@pytest.mark.parametrize("model,method", [("mamba", "output"), ("mamba2", "output"), ("mamba2", "balanced")])
+def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model, method):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(
         "name: ddp-lm\nseed: 2\n"
@@ -79,7 +101,7 @@ def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model):
         "data: {name: text_lm, corpus: python_stdlib, max_bytes: 60000, seq_len: 32}\n"
         "optim: {lr: 0.003}\n"
         "train: {steps: 8, batch_size: 4, eval_every: 4, eval_batches: 2, progress: false}\n"
-        "reduction: {mode: tolerance, tau: 0.05, method: output, attempts: [3, 6], calib_batches: 2}\n"
+        f"reduction: {{mode: tolerance, tau: 0.05, method: {method}, attempts: [3, 6], calib_batches: 2}}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
