@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -18,6 +19,15 @@ def check_triton_device(x: Tensor, op: str) -> None:
         "(or on CPU tensors under the Triton interpreter, TRITON_INTERPRET=1 set before compressmamba is "
         "imported); use backend='cpu' (or 'auto') for CPU tensors, or move them to a GPU"
     )
+
+
+def triton_available(module: str) -> bool:
+    """Whether the Triton kernels of ``module`` (e.g. ``compressmamba.kernels.ssd.scan``) import."""
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
 
 
 def empty_like_graph(shape, dtype, *inputs: Tensor | None) -> Tensor:

@@ -6,7 +6,7 @@ import importlib
 
 import torch
 
-from ..backend_checks import check_triton_device, empty_like_graph
+from ..backend_checks import check_triton_device, empty_like_graph, triton_available
 from .cpu import selective_scan_cpu
 from .reference import selective_scan_ref, selective_state_update_ref
 
@@ -158,11 +158,7 @@ def selective_state_update(
 
 
 def _triton_available() -> bool:
-    try:
-        importlib.import_module("compressmamba.kernels.selective_scan.scan")
-        return True
-    except ImportError:
-        return False
+    return triton_available("compressmamba.kernels.selective_scan.scan")
 
 
 __all__ = ["selective_scan_fn", "selective_state_update", "check_scan_inputs", "check_step_inputs"]

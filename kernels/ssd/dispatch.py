@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from ..backend_checks import check_triton_device, triton_available
 from .cpu import ssd_scan_cpu
 from .reference import ssd_scan_ref, ssd_state_update_ref
 
@@ -127,6 +126,7 @@ def ssd_scan_fn(
     if backend == "auto":
         backend = "triton" if x.is_cuda and _triton_available() else "cpu"
     if backend == "triton":
+        check_triton_device(x, "ssd_scan_fn")
         from .scan import ssd_scan_triton
 
         return ssd_scan_triton(x, dt, A, B, C, None, **kw)
@@ -148,6 +148,8 @@ def ssd_state_update(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_ssd_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    if backend == "triton":
+        check_triton_device(state, "ssd_state_update")
     if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
         from .step import ssd_state_update_triton
 
@@ -156,11 +158,7 @@ def ssd_state_update(
 
 
 def _triton_available() -> bool:
-    try:
-        importlib.import_module("compressmamba.kernels.ssd.scan")
-        return True
-    except ImportError:
-        return False
+    return triton_available("compressmamba.kernels.ssd.scan")
 
 
 __all__ = ["ssd_scan_fn", "ssd_state_update", "check_ssd_inputs", "check_ssd_step_inputs"]

@@ -66,3 +66,16 @@ def test_triton_on_cpu_tensors_without_the_interpreter_says_so(monkeypatch):
         )
     with pytest.raises(ValueError, match=r"causal_conv1d_fn: backend='triton' got tensors on cpu"):
         causal_conv1d_fn(torch.randn(1, 4, 3), torch.randn(4, 4), backend="triton")
+
+
+def test_ssd_triton_on_cpu_tensors_without_the_interpreter_says_so(monkeypatch):
+    from compressmamba.kernels import ssd_scan_fn, ssd_state_update
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    b, l, h, p, g, n = 1, 5, 2, 3, 1, 4
+    x, dt = torch.randn(b, l, h, p), torch.rand(b, l, h)
+    A, B, C = -torch.rand(h), torch.randn(b, l, g, n), torch.randn(b, l, g, n)
+    with pytest.raises(ValueError, match=r"ssd_scan_fn: backend='triton' got tensors on cpu.*TRITON_INTERPRET=1"):
+        ssd_scan_fn(x, dt, A, B, C, backend="triton")
+    with pytest.raises(ValueError, match=r"ssd_state_update: backend='triton' got tensors on cpu"):
+        ssd_state_update(torch.zeros(b, h, p, n), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], backend="triton")
