@@ -12,22 +12,7 @@ from compressmamba.models import CompressMamba2ForCausalLM, build_mamba2, load_p
 from compressmamba.models.hf_interop import export_transformers
 from compressmamba.reduction.ssd import balanced_projections
 
-
-def _tiny(sizes=(13, 9), groups=2, seed=1):
-    torch.manual_seed(seed)
-    m = build_mamba2(
-        d_model=32,
-        n_layers=len(sizes),
-        state_sizes=list(sizes),
-        vocab_size=41,
-        head_dim=16,
-        n_groups=groups,
-        chunk_size=8,
-    ).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+from .test_mamba2 import _tiny2
 
 
 def _calibrate(m, ids):
@@ -60,7 +45,7 @@ def _balanced_cut(m, stats, r, i=0):
 
 
 def test_keeping_every_balanced_coordinate_is_the_identity():
-    m = _tiny().double()
+    m = _tiny2((13, 9)).double()
     ids = torch.randint(0, 41, (3, 21))
     stats = _calibrate(m, ids)
     y0, logits0 = _ssd_out(m, ids), m(input_ids=ids).logits
@@ -80,7 +65,7 @@ def test_output_error_shrinks_with_r_and_vanishes_at_n():
     """Relative error of layer 0's SSD output on the calibration tokens after a balanced cut to
     r: non-increasing in r, zero at r = N; and a selection cut (largest `output` energy) to the
     same r is reported beside it for the record, not asserted."""
-    m = _tiny((13,)).double()
+    m = _tiny2((13,)).double()
     ids = torch.randint(0, 41, (4, 40))
     stats = _calibrate(m, ids)
     y0 = _ssd_out(m, ids)
@@ -103,7 +88,7 @@ def test_output_error_shrinks_with_r_and_vanishes_at_n():
 
 
 def test_projected_layer_decodes_saves_loads_and_refuses_plain_transformers_export(tmp_path):
-    m = _tiny((13, 9))
+    m = _tiny2((13, 9))
     ids = torch.randint(0, 41, (2, 30))
     stats = _calibrate(m, ids)
     _balanced_cut(m, stats, 5, i=0)
@@ -133,14 +118,14 @@ def test_projected_layer_decodes_saves_loads_and_refuses_plain_transformers_expo
         torch.testing.assert_close(rebuilt(input_ids=ids).logits, m(input_ids=ids).logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="layer 0 carries a balanced state projection.*save_pretrained"):
         export_transformers(m, tmp_path / "hf")
-    plain = _tiny((13, 9))
+    plain = _tiny2((13, 9))
     plain.save_pretrained(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "config.json").read_text()).get("bc_proj_in") is None
     assert not any("bc_proj" in k for k in plain.state_dict())
 
 
 def test_second_cut_composes_and_selection_on_a_projection_slices_it():
-    m = _tiny((13,)).double()
+    m = _tiny2((13,)).double()
     ids = torch.randint(0, 41, (3, 30))
     _balanced_cut(m, _calibrate(m, ids), 8)
     mixer = m.ssm_layers()[0]
@@ -171,7 +156,7 @@ def test_second_cut_composes_and_selection_on_a_projection_slices_it():
 
 
 def test_training_continues_after_a_balanced_cut():
-    m = _tiny((12, 12)).train()
+    m = _tiny2((12, 12)).train()
     ids = torch.randint(0, 41, (4, 24))
     _balanced_cut(m, _calibrate(m, ids), 4, i=1)
     params = dict(m.named_parameters())
