@@ -3,6 +3,9 @@ modification times, or a hub name, revision and split: the store's fingerprint) 
 documents one at a time (the corpus is never held in memory).
 
 - ``corpus: python_stdlib``: the running interpreter's standard-library ``.py`` files.
+- ``corpus: gensim_wiki``: the English Wikipedia excerpt (206 articles, 6.1 MB of wikitext, CC BY-SA)
+  that ships inside gensim's wheel as test data: ``pip install --no-deps gensim`` places it; gensim
+  itself is never imported. One document per article.
 - ``files``: globs of ``.txt`` (one document per file), ``.jsonl``/``.json``, ``.parquet``, ``.csv``
   and ``.arrow`` files (one document per row's ``text_column``).
 - ``dataset``: a folder written by ``datasets.save_to_disk``, or a hub dataset name (streamed).
@@ -34,6 +37,54 @@ def python_stdlib_files() -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no .py files under the standard library at {root}")
     return files
+
+
+CORPORA = ("python_stdlib", "gensim_wiki")
+GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def gensim_wiki_file() -> Path:
+    """The Wikipedia excerpt inside an installed gensim (found without importing gensim)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        path = Path(root) / GENSIM_WIKI
+        if path.is_file():
+            return path
+    where = f"gensim at {roots[0]} has no {GENSIM_WIKI}" if roots else "gensim is not installed"
+    raise FileNotFoundError(
+        f"data.corpus 'gensim_wiki' reads the Wikipedia excerpt in gensim's wheel, but {where}: "
+        "run `pip install --no-deps gensim` (27 MB; nothing of it is imported)"
+    )
+
+
+class WikiXmlSource:
+    """The pages of a (bz2-compressed) MediaWiki XML dump: one document per page's wikitext
+    (redirect pages, a line each, are skipped)."""
+
+    def __init__(self, path: Path, label: str):
+        self.path, self.label = path, label
+
+    def describe(self) -> dict:
+        return {"kind": self.label, "files": _stat([self.path])}
+
+    def total_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def documents(self) -> Iterator[str]:
+        import bz2
+        import xml.etree.ElementTree as ET
+
+        with bz2.open(self.path) as f:
+            for _, elem in ET.iterparse(f, events=("end",)):
+                tag = elem.tag.rsplit("}", 1)[-1]
+                if tag == "text":
+                    if not (elem.text or "").lstrip().upper().startswith("#REDIRECT"):
+                        yield elem.text or ""
+                elif tag == "page":
+                    elem.clear()
 
 
 def _stat(paths: list[Path]) -> list[dict]:
@@ -235,14 +286,16 @@ def make_source(corpus, files, dataset, dataset_config, revision, split, text_co
     given = [k for k, v in (("corpus", corpus), ("files", files), ("dataset", dataset)) if v]
     if len(given) != 1:
         raise ValueError(
-            "text data needs exactly one of data.corpus (python_stdlib), data.files or data.dataset, "
+            f"text data needs exactly one of data.corpus ({' or '.join(CORPORA)}), data.files or data.dataset, "
             f"got {given or 'none'}"
         )
     if not isinstance(text_column, str) or not text_column:
         raise ValueError(f"data.text_column must be a column name, got {text_column!r}")
     if corpus is not None:
+        if corpus == "gensim_wiki":
+            return WikiXmlSource(gensim_wiki_file(), label="gensim_wiki")
         if corpus != "python_stdlib":
-            raise ValueError(f"data.corpus must be 'python_stdlib' or null, got {corpus!r}")
+            raise ValueError(f"data.corpus must be one of {list(CORPORA)} or null, got {corpus!r}")
         return FileSource(python_stdlib_files(), text_column, label="python_stdlib")
     if files:
         return FileSource.from_globs(files, text_column)

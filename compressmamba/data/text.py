@@ -1,16 +1,16 @@
 """Language-model data: packed rows of a token store read by offset (see :mod:`.store`).
 
 Corpora: ``corpus: python_stdlib`` (the running interpreter's own standard-library sources: real
-text that always exists), ``files: [paths or globs]`` (.txt, .jsonl/.json, .parquet, .csv, .arrow;
-a ``text`` column), or ``dataset``: a ``datasets.save_to_disk`` folder or a hub name (streamed,
-online). Tokenizers: ``byte`` (vocab 256, no download), a local ``tokenizer.json``, a local
-tokenizer folder, or a hub name. The corpus is tokenized once into the store (built on first use,
-or ahead of time by ``compressmamba prepare-data``); a run then reads no raw text. Documents are
-split into train/validation by document (seeded); each side is its documents in source order,
-each followed by the end-of-text separator, cut into packed rows of ``seq_len + 1`` tokens read
-from the token file by offset: items ``{"input_ids", "labels"}`` (labels == input_ids; the model
-shifts).
-"""
+text that always exists), ``corpus: gensim_wiki`` (206 English Wikipedia articles of wikitext that
+ship in gensim's wheel: ``pip install --no-deps gensim``), ``files: [paths or globs]`` (.txt,
+.jsonl/.json, .parquet, .csv, .arrow; a ``text`` column), or ``dataset``: a
+``datasets.save_to_disk`` folder or a hub name (streamed, online). Tokenizers: ``byte`` (vocab
+256, no download), a local ``tokenizer.json``, a local tokenizer folder, or a hub name. The corpus
+is tokenized once into the store (built on first use, or ahead of time by ``compressmamba
+prepare-data``); a run then reads no raw text. Documents are split into train/validation by
+document (seeded); each side is its documents in source order, each followed by the end-of-text
+separator, cut into packed rows of ``seq_len + 1`` tokens read from the token file by offset:
+items ``{"input_ids", "labels"}`` (labels == input_ids; the model shifts). """
 
 from __future__ import annotations
 

@@ -59,6 +59,11 @@ class ReductionConfig:
     attempts: list[int] | None = None
     n_attempts: int = 4
     window: float = 0.1
+    start: float = 0.0  # attempts evenly spaced in (start, window] of train.steps: a warm-up before the first
+    budget: str = "per_attempt"  # per_attempt: τ bounds each cut | final: τ sets each layer's final size at the
+    # first attempt, reached geometrically over the attempts
+    moments: str = "slice"  # Adam moments across a cut: slice (kept states keep theirs) | reset (a fresh AdamW)
+    rewarm_steps: int = 0  # after each cut the learning rate ramps linearly back up over this many steps
     gate: float = 0.95
     calib_batches: int = 4
     pragmatic_tolerance: float = 0.02
@@ -316,6 +321,21 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     )
     _check(0 < red.gate <= 1, "reduction.gate", red.gate, "in (0, 1]")
     _check(0 < red.window <= 1, "reduction.window", red.window, "a fraction of train.steps in (0, 1]")
+    _check(
+        0 <= red.start < red.window,
+        "reduction.start",
+        red.start,
+        f"a fraction of train.steps in [0, reduction.window = {red.window})",
+    )
+    _check(red.budget in ("per_attempt", "final"), "reduction.budget", red.budget, "per_attempt or final")
+    _check(
+        red.budget == "per_attempt" or red.mode == "tolerance" or red.mode == "none",
+        "reduction.budget",
+        red.budget,
+        f"per_attempt with reduction.mode {red.mode!r} (final spreads the tolerance rule's sizes: mode tolerance)",
+    )
+    _check(red.moments in ("slice", "reset"), "reduction.moments", red.moments, "slice or reset")
+    _check(red.rewarm_steps >= 0, "reduction.rewarm_steps", red.rewarm_steps, ">= 0 (0: no re-warm)")
     _check(red.calib_batches >= 1, "reduction.calib_batches", red.calib_batches, ">= 1")
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"

@@ -4,6 +4,7 @@ truncate, and report."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -90,22 +91,30 @@ def _flat(keep: list, n: int) -> list[int]:
 
 
 def compression_event(
-    model: nn.Module, cfg: ReductionConfig, step: int, batches, accelerator, generator: torch.Generator
+    model: nn.Module,
+    cfg: ReductionConfig,
+    step: int,
+    batches,
+    accelerator,
+    generator: torch.Generator,
+    plan: Callable[[int, torch.Tensor], int] | None = None,
 ) -> CutReport:
-    """Cut every layer of ``model`` (the unwrapped module) by ``cfg``'s rule at ``step``."""
+    """Cut every layer of ``model`` (the unwrapped module) by ``cfg``'s rule at ``step``, or to
+    the sizes ``plan(layer_index, energy)`` gives (``reduction.budget: final``)."""
     t0 = time.perf_counter()
     layers = model.ssm_layers()
     names = _layer_names(model)
     stats = calibrate(model, layers, batches, accelerator)
     decisions: list[LayerDecision] = []
     energies, orders = [], []
-    for layer, s in zip(layers, stats):
+    for i, (layer, s) in enumerate(zip(layers, stats)):
         method = cfg.method or getattr(layer, "default_energy_method", "hankel")
         e = layer.energy(s, method).detach().to(torch.float64).cpu()
         e_sorted, order = torch.sort(e.flatten(), descending=True)  # (G, n) energies report as G·n states
         energies.append(e_sorted.tolist())
         orders.append(order)
-        decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?")))
+        rank = plan(i, e) if plan is not None else None
+        decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?"), rank=rank))
     # rank 0 decides for everyone: every rank then cuts the same states
     box = [[(d.old, d.new, d.keep.tolist(), d.energy_kept) for d in decisions]]
     if accelerator.num_processes > 1:

@@ -64,8 +64,17 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) -> float:
-    f = lr_factor(step, total, cfg)
+def rewarm_factor(step: int, last_cut: int | None, rewarm_steps: int) -> float:
+    """``reduction.rewarm_steps``: the multiplier of the learning rate ``step - last_cut`` steps
+    after a cut, rising linearly from 1/(rewarm_steps + 1) to 1 (1 outside the ramp)."""
+    if last_cut is None or rewarm_steps <= 0 or step < last_cut:
+        return 1.0
+    return min(1.0, (step - last_cut + 1) / (rewarm_steps + 1))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig, scale: float = 1.0) -> float:
+    """Set every group's learning rate for ``step`` (times ``scale``, e.g. a re-warm after a cut)."""
+    f = lr_factor(step, total, cfg) * scale
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * f
     return cfg.lr * f

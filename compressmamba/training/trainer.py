@@ -27,8 +27,8 @@ from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
 from .data import StepBatches, shard_batches
 from .metrics import MetricsWriter, write_json
-from .optim import build_optimizer, carry_optimizer_state, set_lr, snapshot_state
-from .schedule import attempt_steps
+from .optim import build_optimizer, carry_optimizer_state, rewarm_factor, set_lr, snapshot_state
+from .schedule import attempt_steps, rule_rank, stepped_rank
 
 
 def param_hash(model: torch.nn.Module) -> str:
@@ -101,6 +101,8 @@ class Trainer:
             "attempts_done": [],
             "initial_state_sizes": self.model.state_sizes,
             "recipe_changes": [],
+            "cut_steps": [],  # steps whose cut changed a size (the learning-rate re-warm starts there)
+            "target_sizes": None,  # reduction.budget final: each layer's final size, set at the first attempt
         }
         self.pragmatic_snapshot = None  # the pragmatic schedule's rollback point
         if self.ckpt:
@@ -179,7 +181,13 @@ class Trainer:
         the model for Accelerate; the learning-rate schedule and step count go on."""
         self.optimizer = optimizer
         self._prepare()
-        set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim)
+        set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim, self.lr_scale())
+
+    def lr_scale(self) -> float:
+        """The multiplier of the scheduled learning rate at this step: ``reduction.rewarm_steps``
+        re-warms after the last cut (1 otherwise)."""
+        cuts = self.state["cut_steps"]
+        return rewarm_factor(self.step, cuts[-1] if cuts else None, self.recipe.reduction.rewarm_steps)
 
     @property
     def unwrapped(self):
@@ -187,7 +195,9 @@ class Trainer:
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str, *, whole: bool = False) -> dict:
+        """Mean loss (and perplexity or accuracy) on ``split``: its first ``train.eval_batches``
+        batches, or all of it with ``whole``."""
         ds = getattr(self.data, split)
         acc, t = self.accelerator, self.recipe.train
         model = self.model
@@ -195,7 +205,7 @@ class Trainer:
         model.eval()
         tot = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
         bs = t.eval_batch_size or t.batch_size
-        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, t.eval_batches):
+        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, None if whole else t.eval_batches):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
                 out = model(**batch)
@@ -252,7 +262,7 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[float, int, float]:
         acc, t = self.accelerator, self.recipe.train
-        lr = set_lr(self.opt, self.step, t.steps, self.recipe.optim)
+        lr = set_lr(self.opt, self.step, t.steps, self.recipe.optim, self.lr_scale())
         total_loss, n_tokens = 0.0, 0
         bad_inputs = []
         for micro in range(t.grad_accum):
@@ -351,14 +361,39 @@ class Trainer:
         before = snapshot_state(self.model, self.optimizer)
         # random selection: seeded by (seed, step), so a resumed run draws what it would have drawn
         rng = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + self.step)
-        report = compression_event(self.model, red, self.step, self.calibration_batches(), self.accelerator, rng)
+        report = compression_event(
+            self.model, red, self.step, self.calibration_batches(), self.accelerator, rng, plan=self._size_plan()
+        )
         if report.changed:
             new_opt = build_optimizer(self.model, self.recipe.optim)
-            counts = carry_optimizer_state(self.model, new_opt, before, report.maps)
+            if red.moments == "slice":
+                counts = carry_optimizer_state(self.model, new_opt, before, report.maps)
+            else:  # reset: every parameter's Adam moments and step start again
+                counts = {"reset": sum(1 for _ in self.model.parameters())}
             self.set_optimizer(new_opt)
         else:
             counts = {}
         return report, counts
+
+    def _size_plan(self):
+        """``reduction.budget: final``: the first attempt sets each layer's target by the τ rule on
+        the uncut model; attempt k of K then cuts to the k-th point of the geometric path from
+        the initial size to the target (None for per_attempt: each cut follows the rule anew)."""
+        red = self.recipe.reduction
+        if red.budget != "final":
+            return None
+        k, n_attempts = self.attempts.index(self.step) + 1, len(self.attempts)
+        initial = self.state["initial_state_sizes"]
+        if self.state["target_sizes"] is None:
+            self.state["target_sizes"] = [None] * len(initial)
+        targets = self.state["target_sizes"]
+
+        def plan(i: int, energy) -> int:
+            if targets[i] is None:
+                targets[i] = rule_rank(energy, red)
+            return stepped_rank(initial[i], targets[i], k, n_attempts)
+
+        return plan
 
     def _restore(self, snap):
         self.model = self._build_model(snap["sizes"]).to(self.accelerator.device)
@@ -450,6 +485,7 @@ class Trainer:
                     self.state["cut_time_s"] += report.seconds
                     if report.changed:
                         self.state["n_cuts"] += 1
+                        self.state["cut_steps"].append(self.step)
                         self._log(step=self.step, **report.row(), optimizer=counts, wall_time=time.time())
                         if acc.is_main_process:
                             tqdm.write(

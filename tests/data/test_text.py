@@ -211,3 +211,43 @@ def test_reading_rows_maps_nothing_and_a_truncated_file_is_named(tmp_path):
         f.truncate(1000)
     with pytest.raises(OSError, match="tokens.bin holds 1000 bytes"):
         d.train[len(d.train) - 1]
+
+
+_WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
+  <page><title>Alpha</title><revision>
+    <text xml:space="preserve">'''Alpha''' is the [[first letter]] &amp; more.</text></revision></page>
+  <page><title>Old</title><revision><text xml:space="preserve">#REDIRECT [[Alpha]]</text></revision></page>
+  <page><title>Beta</title><revision><text xml:space="preserve">{{Infobox}}
+Beta follows alpha.</text></revision></page>
+</mediawiki>"""
+
+
+def test_gensim_wiki_corpus_reads_the_pages_of_the_dump(tmp_path, monkeypatch):
+    import bz2
+
+    from compressmamba.data import sources
+
+    root = tmp_path / "site" / "gensim"
+    dump = root / sources.GENSIM_WIKI
+    dump.parent.mkdir(parents=True)
+    dump.write_bytes(bz2.compress(_WIKI.encode()))
+    (root / "__init__.py").write_text("raise ImportError('gensim must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert sources.gensim_wiki_file() == dump
+    docs = list(sources.make_source("gensim_wiki", None, None, None, None, "train", "text").documents())
+    assert docs == ["'''Alpha''' is the [[first letter]] & more.", "{{Infobox}}\nBeta follows alpha."]
+    d = text_lm(corpus="gensim_wiki", seq_len=8, val_fraction=0.5, cache_dir=tmp_path / "cache")
+    text = bytes(_stream(d.train).tolist() + _stream(d.val).tolist()).decode()
+    assert "Beta follows alpha." in text and "first letter" in text and "REDIRECT" not in text
+
+
+def test_gensim_wiki_corpus_without_gensim_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from compressmamba.data import sources
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"gensim is not installed: run `pip install --no-deps gensim`"):
+        sources.gensim_wiki_file()
+    with pytest.raises(ValueError, match=r"data.corpus must be one of \['python_stdlib', 'gensim_wiki'\]"):
+        sources.make_source("wiki", None, None, None, None, "train", "text")

@@ -1,0 +1,451 @@
+"""Does compressing a Mamba while it trains beat training it small? A paired, multi-seed study.
+
+For one recipe (a Mamba or Mamba-2 language model with a ``reduction`` section) and every seed,
+four arms train on the same data order:
+
+* ``compressed``: the recipe as given (it cuts during training);
+* ``direct``: trained from the start at the compressed run's final per-layer sizes (same seed);
+* ``uniform``: trained from the start at one N for every layer with the same total state, what a
+  user without our per-layer sizes would pick;
+* ``full``: the recipe without cuts.
+
+Every final model is evaluated on the whole validation split. Each comparison is paired by seed:
+the relative difference of validation perplexity, ``ppl(compressed) / ppl(other) - 1``, with its
+mean, a 95 % t interval over the seeds and how many seeds the compressed run wins. Time per step
+(median over the second half of training, after every cut) and whole-run time are measured inside
+each run's worker process; with ``--workers`` the runs share the machine in one interleaved queue,
+so its load falls on every arm alike. Each run is cached under ``OUT/runs/`` by its recipe, so a
+variant study reuses the arms it shares with another (``full`` does not depend on the schedule).
+
+    python -m compressmamba.eval.mamba_study recipes/lm/stdlib_demo.yaml --seeds 0-4 --workers 2
+    python -m compressmamba.eval.mamba_study recipes/lm/stdlib_demo.yaml reduction.start=0.1 \\
+        --arms compressed,direct --label start0.1 --out runs/study/stdlib --seeds 0-4 --workers 2
+    python -m compressmamba.eval.mamba_study --collect runs/study/stdlib/*/   # one row per variant
+
+Writes ``OUT/LABEL/study.md`` (the tables), ``study.json`` (every number) and ``study.png``.
+The study's own defaults (``train.eval_every`` = ``train.steps``: no evaluations during training,
+only the final one on the whole split; ``train.eval_batch_size`` 64) come before the overrides,
+which win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+ARMS = ("compressed", "direct", "uniform", "full")
+OTHERS = ("direct", "uniform", "full")
+
+
+# --- the arms ----------------------------------------------------------------------------------
+def arm_recipe(raw: dict, arm: str, seed: int, sizes: list[int] | None = None) -> dict:
+    """The recipe mapping of one arm at one seed (``sizes``: the compressed run's final sizes)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm = {arm!r}: expected one of {list(ARMS)}")
+    r = copy.deepcopy(raw)
+    r["seed"] = seed
+    r.setdefault("train", {})["progress"] = False
+    r["name"] = f"{raw.get('name', 'study')}/{arm}"
+    if arm == "compressed":
+        if (r.get("reduction") or {}).get("mode", "none") == "none":
+            raise ValueError("the study's recipe must cut: reduction.mode is none (set tolerance, fixed or pragmatic)")
+        return r
+    r["reduction"] = {"mode": "none", "plots": False}
+    if arm in ("direct", "uniform"):
+        if not sizes:
+            raise ValueError(f"arm {arm!r} needs the compressed run's final state sizes")
+        r["model"]["state_size"] = list(sizes) if arm == "direct" else uniform_size(sizes)
+    return r
+
+
+def uniform_size(sizes: list[int]) -> int:
+    """One N for every layer with the total state of ``sizes`` (rounded to the nearest)."""
+    return max(1, math.floor(sum(sizes) / len(sizes) + 0.5))
+
+
+def run_key(recipe: dict) -> str:
+    """What a run computes, as a short hash (the name and output folder do not count)."""
+    r = {k: v for k, v in recipe.items() if k not in ("name", "out_dir")}
+    r["train"] = {k: v for k, v in r.get("train", {}).items() if k not in ("progress", "log_every")}
+    return hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
+    """Train one arm (in this process), evaluate the final model on the whole validation split,
+    and write ``result.json`` beside the run. Returns the result."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from compressmamba.training import Trainer, recipe_from_dict
+    from compressmamba.training.metrics import write_json
+
+    hf_logging.disable_progress_bar()  # the final save_pretrained's shard bar, once per run
+    if threads:
+        torch.set_num_threads(threads)
+    rec = recipe_from_dict({**recipe, "out_dir": out_dir})
+    t0 = time.perf_counter()
+    tr = Trainer(rec)
+    summary = tr.fit()
+    wall = time.perf_counter() - t0
+    val = tr.evaluate("val", whole=True)
+    t = rec.train
+    rows = [r for r in tr.metrics_rows("train") if r["step"] > t.steps // 2 and r.get("samples_per_s")]
+    step_s = statistics.median(t.batch_size * t.grad_accum / r["samples_per_s"] for r in rows) if rows else None
+    result = {
+        "arm": recipe["name"].rsplit("/", 1)[-1],
+        "seed": rec.seed,
+        "key": run_key(recipe),
+        "sizes": summary["final_state_sizes"],
+        "total_state": sum(summary["final_state_sizes"]),
+        "val_loss": val["loss"],
+        "val_perplexity": val["perplexity"],
+        "val_batches": len(tr.data.val),
+        "step_s": step_s,
+        "train_time_s": summary["train_time_s"],
+        "wall_s": wall,
+        "threads": torch.get_num_threads(),
+    }
+    if not math.isfinite(result["val_loss"]):
+        raise FloatingPointError(f"{out_dir}: the final validation loss is {val['loss']}; the run diverged")
+    write_json(Path(out_dir) / "result.json", result)
+    return result
+
+
+def _cached(out_dir: Path, key: str) -> dict | None:
+    path = out_dir / "result.json"
+    if path.is_file():
+        res = json.loads(path.read_text())
+        if res.get("key") == key:
+            return res
+    return None
+
+
+class _Runner:
+    """Runs arms in this process (``workers`` 0) or in a pool of spawned one-thread workers."""
+
+    def __init__(self, workers: int, threads: int):
+        self.threads = threads
+        self.pool = None
+        if workers > 0:
+            import multiprocessing as mp
+
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # read by the workers' torch at import
+            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+
+    def submit(self, recipe: dict, out_dir: Path) -> Future:
+        key = run_key(recipe)
+        hit = _cached(out_dir, key)
+        if hit is not None or self.pool is None:
+            f: Future = Future()
+            try:
+                f.set_result(hit if hit is not None else run_arm(recipe, str(out_dir), self.threads))
+            except Exception as e:  # noqa: BLE001 - handed to the caller like a pool's failure
+                f.set_exception(e)
+            return f
+        return self.pool.submit(run_arm, recipe, str(out_dir), self.threads)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: int = 0, threads: int = 1) -> dict:
+    """Every arm at every seed; returns {arm: {seed: result}}."""
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        raise ValueError(f"--arms {arms}: expected a comma-separated subset of {list(ARMS)}")
+    if {"direct", "uniform"} & set(arms) and "compressed" not in arms:
+        raise ValueError("arms direct and uniform need the compressed arm (their sizes are its final sizes)")
+    runs = out / "runs"
+    from compressmamba.registry import build_data
+
+    build_data(raw["data"], seed=seeds[0])  # the token store, once, before any run's clock starts
+    runner = _Runner(workers, threads)
+    futures: dict[tuple[str, int], Future] = {}
+
+    def submit(arm, seed, sizes=None):
+        rec = arm_recipe(raw, arm, seed, sizes)
+        futures[arm, seed] = runner.submit(rec, runs / f"{arm}-seed{seed}-{run_key(rec)}")
+
+    try:
+        for seed in seeds:  # interleaved: the long full runs start early, beside the compressed ones
+            for arm in ("compressed", "full"):
+                if arm in arms:
+                    submit(arm, seed)
+        results: dict[str, dict[int, dict]] = {a: {} for a in arms}
+        todo = set(futures)
+        while todo:
+            done = [k for k in todo if futures[k].done()]
+            if not done:
+                time.sleep(0.2)
+                continue
+            for k in sorted(done):
+                todo.discard(k)
+                arm, seed = k
+                res = futures[k].result()
+                results[arm][seed] = res
+                _progress(arm, seed, res)
+                if arm == "compressed":
+                    for dep in ("direct", "uniform"):
+                        if dep in arms:
+                            submit(dep, seed, res["sizes"])
+                            todo.add((dep, seed))
+    finally:
+        runner.close()
+    return results
+
+
+def _progress(arm: str, seed: int, res: dict) -> None:
+    print(
+        f"  {arm:>10} seed {seed}: sizes {res['sizes']}, val ppl {res['val_perplexity']:.4f}, "
+        f"{res['train_time_s']:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# --- statistics --------------------------------------------------------------------------------
+def paired(a: list[float], b: list[float]) -> dict:
+    """Paired relative differences ``a_i / b_i - 1`` in percent: mean, 95 % t interval, the
+    number of seeds where ``a`` is lower (better), and the two-sided paired t-test p-value."""
+    from scipy import stats
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired samples need equal, non-zero lengths, got {len(a)} and {len(b)}")
+    d = [100.0 * (x / y - 1.0) for x, y in zip(a, b)]
+    n = len(d)
+    mean = statistics.fmean(d)
+    if n > 1:
+        sd = statistics.stdev(d)
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        p = float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if mean != 0 else 1.0)
+    else:
+        half, p = math.nan, math.nan
+    return {
+        "n": n,
+        "diffs": d,
+        "mean": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "wins": sum(x < 0 for x in d),
+        "p": p,
+    }
+
+
+def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> dict:
+    arms = [a for a in ARMS if a in results]
+    seeds = sorted(set.intersection(*(set(results[a]) for a in arms)))
+    comparisons = {}
+    if "compressed" in arms:
+        c = [results["compressed"][s]["val_perplexity"] for s in seeds]
+        for other in OTHERS:
+            if other in arms:
+                comparisons[other] = paired(c, [results[other][s]["val_perplexity"] for s in seeds])
+    speed = {}
+    for a in arms:
+        rs = [results[a][s] for s in seeds]
+        steps = [r["step_s"] for r in rs if r["step_s"]]
+        speed[a] = {
+            "step_s": statistics.fmean(steps) if steps else None,
+            "train_time_s": statistics.fmean(r["train_time_s"] for r in rs),
+            "total_state": statistics.fmean(r["total_state"] for r in rs),
+            "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
+        }
+    return {
+        "label": label,
+        "recipe": recipe.get("name"),
+        "overrides": overrides,
+        "steps": recipe.get("train", {}).get("steps"),
+        "seeds": seeds,
+        "results": {a: {str(s): results[a][s] for s in seeds} for a in arms},
+        "comparisons": comparisons,
+        "speed": speed,
+    }
+
+
+# --- report ------------------------------------------------------------------------------------
+def _ci(c: dict) -> str:
+    if math.isnan(c["low"]):
+        return f"{c['mean']:+.2f} % (one seed)"
+    return f"{c['mean']:+.2f} % [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def markdown(study: dict) -> str:
+    arms = list(study["results"])
+    res = study["results"]
+    lines = [
+        f"### {study['label']}: `{study['recipe']}` {' '.join(f'`{o}`' for o in study['overrides'])}".rstrip(),
+        "",
+        f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}), {study['steps']} steps; "
+        "validation perplexity on the whole validation split.",
+        "",
+        "| seed | compressed sizes | " + " | ".join(f"{a} ppl" for a in arms) + " |",
+        "|---|---|" + "---|" * len(arms),
+    ]
+    for s in study["seeds"]:
+        sizes = res["compressed"][str(s)]["sizes"] if "compressed" in res else "-"
+        ppl = []
+        for a in arms:
+            r = res[a][str(s)]
+            tag = f" (N={r['sizes'][0]})" if a == "uniform" else ""
+            ppl.append(f"{r['val_perplexity']:.4f}{tag}")
+        lines.append(f"| {s} | {sizes} | " + " | ".join(ppl) + " |")
+    if study["comparisons"]:
+        lines += [
+            "",
+            "| compressed vs | mean Δ perplexity, 95 % interval | seeds better | paired t p |",
+            "|---|---|---|---|",
+        ]
+        for other, c in study["comparisons"].items():
+            p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
+            lines.append(f"| {other} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
+    lines += [
+        "",
+        "| arm | total state | time per step after the cuts | whole run | mean ppl |",
+        "|---|---|---|---|---|",
+    ]
+    for a, sp in study["speed"].items():
+        step = f"{1000 * sp['step_s']:.0f} ms" if sp["step_s"] else "-"
+        lines.append(
+            f"| {a} | {sp['total_state']:.1f} | {step} | {sp['train_time_s']:.0f} s | {sp['val_perplexity']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def collect(dirs: list[Path]) -> str:
+    """One row per study folder: its variant's paired differences against each other arm."""
+    rows = [
+        "| variant | overrides | seeds | mean total state | vs direct | vs uniform | vs full | step vs full |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in dirs:
+        path = d / "study.json" if d.is_dir() else d
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: no study.json (run the study with --out/--label first)")
+        st = json.loads(path.read_text())
+        comp = st["comparisons"]
+        cell = {o: (f"{_ci(comp[o])}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
+        sp = st["speed"]
+        ratio = "-"
+        if "full" in sp and sp["full"]["step_s"] and sp["compressed"]["step_s"]:
+            ratio = f"{sp['full']['step_s'] / sp['compressed']['step_s']:.2f}x faster"
+        rows.append(
+            f"| {st['label']} | {' '.join(st['overrides']) or '(recipe)'} | {len(st['seeds'])} | "
+            f"{sp['compressed']['total_state']:.1f} | {cell['direct']} | {cell['uniform']} | {cell['full']} | {ratio} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def plot(study: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res, seeds = study["results"], study["seeds"]
+    arms = list(res)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for s in seeds:
+        ax1.plot(arms, [res[a][str(s)]["val_perplexity"] for a in arms], marker="o", alpha=0.7, label=f"seed {s}")
+    ax1.set_ylabel("validation perplexity (whole split)")
+    ax1.set_title("each seed across the arms")
+    ax1.legend(fontsize=7)
+    comp = study["comparisons"]
+    for i, c in enumerate(comp.values()):
+        ax2.scatter([i] * c["n"], c["diffs"], alpha=0.5)
+        if not math.isnan(c["low"]):
+            ax2.errorbar(
+                [i + 0.15], [c["mean"]], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="ks", capsize=4
+            )
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_xticks(range(len(comp)), [f"vs {o}" for o in comp])
+    ax2.set_ylabel("compressed perplexity difference (%)\n< 0: compressed better")
+    ax2.set_title("paired by seed: mean and 95 % interval")
+    fig.suptitle(f"{study['label']}: {study['recipe']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- command line ------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` or ``0-4`` (inclusive) or a mix: ``0-2,7``."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                seeds += range(int(lo), int(hi) + 1)
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers or ranges like 0-4") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct non-negative seeds")
+    return seeds
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", help="a recipe YAML (a language model with a reduction section)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, as for `compressmamba train`")
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2 (default 0-4)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {','.join(ARMS)}")
+    p.add_argument("--workers", type=int, default=0, help="parallel worker processes (0: run in this process)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--out", default=None, help="study folder (default runs/study/<recipe name>)")
+    p.add_argument("--label", default="recipe", help="this variant's name: results go to OUT/LABEL/")
+    p.add_argument("--collect", nargs="+", type=Path, metavar="DIR", help="tabulate finished studies and exit")
+    return p
+
+
+def main(argv=None) -> dict | None:
+    args = _parser().parse_args(argv)
+    if args.collect:
+        print(collect(args.collect))
+        return None
+    if not args.recipe:
+        raise SystemExit("give a recipe (or --collect DIR ...)")
+    import yaml
+
+    from compressmamba.training.config import apply_overrides, load_recipe
+
+    if args.workers < 0 or args.threads < 1:
+        raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
+    seeds = parse_seeds(args.seeds)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    path = Path(args.recipe)
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if raw is None:
+        raise SystemExit(f"recipe {path} not found")
+    steps = apply_overrides(raw, args.overrides).get("train", {}).get("steps", 1000)
+    defaults = [f"train.eval_every={steps}", "train.eval_batch_size=64"]
+    rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it
+    raw = apply_overrides({**raw, "name": rec.name}, defaults + list(args.overrides))
+    out = Path(args.out or f"runs/study/{rec.name}")
+    results = run_study(raw, seeds, arms, out, workers=args.workers, threads=args.threads)
+    study = summarise(results, args.label, raw, list(args.overrides))
+    where = out / args.label
+    where.mkdir(parents=True, exist_ok=True)
+    from compressmamba.training.metrics import write_json
+
+    write_json(where / "study.json", study)
+    text = markdown(study)
+    (where / "study.md").write_text(text)
+    plot(study, where / "study.png")
+    print(text)
+    print(f"written: {where}/study.md, study.json, study.png", file=sys.stderr)
+    return study
+
+
+if __name__ == "__main__":
+    main()
