@@ -10,7 +10,8 @@ is tokenized once into the store (built on first use, or ahead of time by ``comp
 prepare-data``); a run then reads no raw text. Documents are split into train/validation by
 document (seeded); each side is its documents in source order, each followed by the end-of-text
 separator, cut into packed rows of ``seq_len + 1`` tokens read from the token file by offset:
-items ``{"input_ids", "labels"}`` (labels == input_ids; the model shifts). """
+items ``{"input_ids", "labels"}`` (labels == input_ids; the model shifts).
+"""
 
 from __future__ import annotations
 
