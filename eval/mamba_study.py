@@ -273,8 +273,13 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
 
 
 # --- report ------------------------------------------------------------------------------------
+def _missing(x) -> bool:
+    """NaN, or null as study.json stores it."""
+    return x is None or math.isnan(x)
+
+
 def _ci(c: dict) -> str:
-    if math.isnan(c["low"]):
+    if _missing(c["low"]):
         return f"{c['mean']:+.2f} % (one seed)"
     return f"{c['mean']:+.2f} % [{c['low']:+.2f}, {c['high']:+.2f}]"
 
@@ -306,7 +311,7 @@ def markdown(study: dict) -> str:
             "|---|---|---|---|",
         ]
         for other, c in study["comparisons"].items():
-            p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
+            p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
             lines.append(f"| {other} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
@@ -362,7 +367,7 @@ def plot(study: dict, path: Path) -> None:
     comp = study["comparisons"]
     for i, c in enumerate(comp.values()):
         ax2.scatter([i] * c["n"], c["diffs"], alpha=0.5)
-        if not math.isnan(c["low"]):
+        if not _missing(c["low"]):
             ax2.errorbar(
                 [i + 0.15], [c["mean"]], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="ks", capsize=4
             )
@@ -409,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict | None:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # options and overrides in any order
     if args.collect:
         print(collect(args.collect))
         return None

@@ -1,0 +1,132 @@
+"""eval/mamba_study.py: the arms, the paired statistics, the cache and the command line."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import yaml
+
+from compressmamba.eval import mamba_study as ms
+
+RECIPE = {
+    "name": "lm/study-tiny",
+    "seed": 0,
+    "model": {"name": "mamba", "d_model": 16, "n_layers": 2, "state_size": 12},
+    "data": {"name": "text_lm", "corpus": "python_stdlib", "seq_len": 32, "max_bytes": 80_000},
+    "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_frac": 0.1},
+    "train": {"steps": 10, "batch_size": 4, "eval_every": 10, "eval_batches": 2, "log_every": 2},
+    "reduction": {"mode": "tolerance", "tau": 0.1, "attempts": [3, 6], "calib_batches": 2, "plots": False},
+}
+
+
+def test_paired_matches_a_float64_t_interval():
+    rng = random.Random(7)
+    a = [rng.uniform(3.0, 4.0) for _ in range(6)]
+    b = [x * rng.uniform(0.97, 1.04) for x in a]
+    res = ms.paired(a, b)
+    d = 100 * (np.array(a, dtype=np.float64) / np.array(b, dtype=np.float64) - 1)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
+    assert res["mean"] == pytest.approx(d.mean(), rel=1e-12)
+    assert res["low"] == pytest.approx(d.mean() - half, rel=1e-12)
+    assert res["high"] == pytest.approx(d.mean() + half, rel=1e-12)
+    assert res["wins"] == int((d < 0).sum()) and res["n"] == 6
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(6))
+    assert res["p"] == pytest.approx(2 * stats.t.sf(abs(t), 5), rel=1e-9)
+    one = ms.paired([2.0], [4.0])
+    assert one["mean"] == pytest.approx(-50.0) and math.isnan(one["low"])
+    with pytest.raises(ValueError, match="equal, non-zero lengths"):
+        ms.paired([1.0, 2.0], [1.0])
+
+
+def test_arm_recipes():
+    c = ms.arm_recipe(RECIPE, "compressed", 3)
+    assert c["seed"] == 3 and c["reduction"] == RECIPE["reduction"] and c["name"] == "lm/study-tiny/compressed"
+    d = ms.arm_recipe(RECIPE, "direct", 3, [7, 4])
+    assert d["model"]["state_size"] == [7, 4] and d["reduction"]["mode"] == "none"
+    u = ms.arm_recipe(RECIPE, "uniform", 3, [7, 4])
+    assert u["model"]["state_size"] == 6  # 11 states over 2 layers: 5.5 -> 6
+    f = ms.arm_recipe(RECIPE, "full", 3)
+    assert f["model"]["state_size"] == 12 and f["reduction"]["mode"] == "none"
+    assert RECIPE["model"]["state_size"] == 12  # the input is not modified
+    # the full arm does not depend on the reduction schedule: variants share it
+    other = {**RECIPE, "reduction": {**RECIPE["reduction"], "tau": 0.3}}
+    assert ms.run_key(ms.arm_recipe(other, "full", 3)) == ms.run_key(f)
+    assert ms.run_key(ms.arm_recipe(other, "compressed", 3)) != ms.run_key(c)
+    with pytest.raises(ValueError, match="reduction.mode is none"):
+        ms.arm_recipe({**RECIPE, "reduction": {"mode": "none"}}, "compressed", 0)
+    with pytest.raises(ValueError, match="needs the compressed run's final state sizes"):
+        ms.arm_recipe(RECIPE, "uniform", 0)
+    with pytest.raises(ValueError, match="arm = 'small'"):
+        ms.arm_recipe(RECIPE, "small", 0)
+
+
+def test_parse_seeds():
+    assert ms.parse_seeds("0-4") == [0, 1, 2, 3, 4] and ms.parse_seeds("3,1") == [3, 1]
+    assert ms.parse_seeds("0-1,5") == [0, 1, 5]
+    for bad in ("a", "1,1", "-1", ""):
+        with pytest.raises(ValueError, match="--seeds"):
+            ms.parse_seeds(bad)
+
+
+def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
+    res = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
+    assert set(res) == set(ms.ARMS) and all(set(r) == {0, 1} for r in res.values())
+    for s in (0, 1):
+        sizes = res["compressed"][s]["sizes"]
+        assert max(sizes) < 12 and res["direct"][s]["sizes"] == sizes
+        assert res["uniform"][s]["sizes"] == [ms.uniform_size(sizes)] * 2 and res["full"][s]["sizes"] == [12, 12]
+        for arm in ms.ARMS:
+            r = res[arm][s]
+            assert r["seed"] == s and r["arm"] == arm and math.isfinite(r["val_perplexity"]) and r["step_s"] > 0
+            assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
+    # the whole validation split: more batches than the recipe's eval_batches, and a different loss
+    assert res["full"][0]["val_batches"] > RECIPE["train"]["eval_batches"] * RECIPE["train"]["batch_size"]
+    summary = json.loads((tmp_path / "runs").glob("full-seed0-*/summary.json").__next__().read_text())
+    assert summary["best_val_loss"] != res["full"][0]["val_loss"]
+    # seeds differ: the runs are not one run repeated
+    assert res["full"][0]["val_loss"] != res["full"][1]["val_loss"]
+    study = ms.summarise(res, "base", RECIPE, [])
+    c = [res["compressed"][s]["val_perplexity"] for s in (0, 1)]
+    d = [res["direct"][s]["val_perplexity"] for s in (0, 1)]
+    assert study["comparisons"]["direct"]["mean"] == pytest.approx(ms.paired(c, d)["mean"])
+    text = ms.markdown(study)
+    assert "| compressed vs |" in text and "| direct |" in text and "(N=" in text
+
+    def boom(*a, **k):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(ms, "run_arm", boom)
+    again = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
+    assert again["direct"][1] == res["direct"][1]
+
+
+def test_study_refuses_arms_it_cannot_pair(tmp_path):
+    with pytest.raises(ValueError, match="need the compressed arm"):
+        ms.run_study(RECIPE, [0], ["direct", "full"], tmp_path)
+    with pytest.raises(ValueError, match="--arms"):
+        ms.run_study(RECIPE, [0], ["compressed", "tiny"], tmp_path)
+
+
+@pytest.mark.slow
+def test_command_line_with_two_workers_writes_the_tables_and_collects(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    out = tmp_path / "study"
+    args = [str(path), "train.steps=8", "reduction.attempts=[4]", "--seeds", "0", "--workers", "2", "--out", str(out)]
+    study = ms.main(args + ["--arms", "compressed,direct,full", "--label", "v1"])
+    assert study["steps"] == 8 and study["overrides"] == ["train.steps=8", "reduction.attempts=[4]"]
+    for f in ("study.md", "study.json", "study.png"):
+        assert (out / "v1" / f).is_file()
+    r = study["results"]["compressed"]["0"]
+    assert r["threads"] == 1  # one torch thread per worker
+    ms.main(args + ["reduction.tau=0.3", "--arms", "compressed,full", "--label", "v2"])
+    capsys.readouterr()
+    ms.main(["--collect", str(out / "v1"), str(out / "v2")])
+    table = capsys.readouterr().out
+    assert "| v1 |" in table and "| v2 |" in table and "reduction.tau=0.3" in table
+    with pytest.raises(FileNotFoundError, match="no study.json"):
+        ms.main(["--collect", str(tmp_path)])
