@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import yaml
-
 from compressmamba.eval import mamba_study as ms
 
 RECIPE = {
