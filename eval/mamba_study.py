@@ -11,10 +11,12 @@ four arms train on the same data order:
 
 Every final model is evaluated on the whole validation split. Each comparison is paired by seed:
 the relative difference of validation perplexity, ``ppl(compressed) / ppl(other) - 1``, with its
-mean, a 95 % t interval over the seeds and how many seeds the compressed run wins. Time per step
-(median over the second half of training, after every cut) and whole-run time are measured inside
-each run's worker process; with ``--workers`` the runs share the machine in one interleaved queue,
-so its load falls on every arm alike. Each run is cached under ``OUT/runs/`` by its recipe, so a
+mean, a 95 % t interval over the seeds and how many seeds the compressed run wins. Time is
+measured twice. Inside each run's worker: the whole run and its median step over the second half
+(after every cut), which depend on what ran beside it. Then in one process after the runs: every
+arm's final sizes, and each stretch of a compressed run between its cuts, timed round-robin
+(forward, backward, AdamW on one batch), so the machine's load falls on every arm alike; a run's
+"training steps" time is the sum over its stretches. Each run is cached under ``OUT/runs/`` by its recipe, so a
 variant study reuses the arms it shares with another (``full`` does not depend on the schedule).
 
     python -m compressmamba.eval.mamba_study recipes/lm/stdlib_demo.yaml --seeds 0-4 --workers 2
@@ -171,10 +173,12 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
     build_data(raw["data"], seed=seeds[0])  # the token store, once, before any run's clock starts
     runner = _Runner(workers, threads)
     futures: dict[tuple[str, int], Future] = {}
+    dirs: dict[tuple[str, int], Path] = {}
 
     def submit(arm, seed, sizes=None):
         rec = arm_recipe(raw, arm, seed, sizes)
-        futures[arm, seed] = runner.submit(rec, runs / f"{arm}-seed{seed}-{run_key(rec)}")
+        dirs[arm, seed] = runs / f"{arm}-seed{seed}-{run_key(rec)}"
+        futures[arm, seed] = runner.submit(rec, dirs[arm, seed])
 
     try:
         for seed in seeds:  # interleaved: the long full runs start early, beside the compressed ones
@@ -191,7 +195,7 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
             for k in sorted(done):
                 todo.discard(k)
                 arm, seed = k
-                res = futures[k].result()
+                res = {**futures[k].result(), "run_dir": str(dirs[k])}
                 results[arm][seed] = res
                 _progress(arm, seed, res)
                 if arm == "compressed":
@@ -202,6 +206,76 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
     finally:
         runner.close()
     return results
+
+
+def segments(run_dir: str | Path, steps: int) -> list[tuple[int, list[int]]]:
+    """(number of steps, per-layer sizes) of each stretch of a run between its cuts."""
+    from compressmamba.training.metrics import read_metrics
+
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    cuts = sorted((r for r in rows if r.get("kind") == "cut"), key=lambda r: r["step"])
+    sizes = cuts[0]["old_sizes"] if cuts else next(r["state_sizes"] for r in rows if "state_sizes" in r)
+    out, start = [], 0
+    for c in cuts:
+        out.append((c["step"] - start, list(sizes)))
+        start, sizes = c["step"], c["new_sizes"]
+    out.append((steps - start, list(sizes)))
+    return [(n, sz) for n, sz in out if n > 0]
+
+
+def time_sizes(
+    raw: dict, size_sets: list[list[int]], threads: int = 1, rounds: int = 3, steps: int = 4, warmup: int = 2
+) -> dict[tuple, float]:
+    """Seconds per training step (forward, backward, AdamW) of the recipe's model at each of
+    ``size_sets``, all timed in this process, round-robin over ``rounds`` so that any drift in the
+    machine's load falls on every size alike; the median of the ``rounds * steps`` steps."""
+    import torch
+
+    from compressmamba.registry import MODEL_INFO_KEYS, build_data, build_model
+    from compressmamba.training.config import OptimConfig
+    from compressmamba.training.optim import build_optimizer
+
+    torch.set_num_threads(threads)
+    data = build_data(raw["data"], seed=raw.get("seed", 0))
+    info = {k: v for k, v in data.info.items() if k in MODEL_INFO_KEYS}
+    t = raw.get("train", {})
+    batch, seq = t.get("batch_size", 32), data.info["seq_len"]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, data.info["vocab_size"], (batch, seq + 1), generator=g)
+    optim = OptimConfig(lr=1e-4)
+    setups = {}
+    for sizes in {tuple(s) for s in size_sets}:
+        torch.manual_seed(0)
+        model = build_model({**raw["model"], "state_size": list(sizes)}, **info)
+        setups[sizes] = (model, build_optimizer(model, optim))
+    times: dict[tuple, list[float]] = {k: [] for k in setups}
+
+    def one(model, opt):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for r in range(rounds + 1):  # round 0 warms every model up
+        for sizes, (model, opt) in setups.items():
+            for _ in range(warmup if r == 0 else steps):
+                t0 = time.perf_counter()
+                one(model, opt)
+                if r:
+                    times[sizes].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def add_timing(results: dict, raw: dict, threads: int = 1) -> None:
+    """``step_s_one``: each arm's step time at its final sizes, and ``train_s_one``: its training
+    steps' time (each stretch between cuts at its sizes), from one process (:func:`time_sizes`)."""
+    steps = raw.get("train", {}).get("steps", 1000)
+    plans = {(arm, seed): segments(r["run_dir"], steps) for arm, per in results.items() for seed, r in per.items()}
+    timed = time_sizes(raw, [sz for plan in plans.values() for _, sz in plan], threads=threads)
+    for (arm, seed), plan in plans.items():
+        r = results[arm][seed]
+        r["step_s_one"] = timed[tuple(r["sizes"])]
+        r["train_s_one"] = sum(n * timed[tuple(sz)] for n, sz in plan)
 
 
 def _progress(arm: str, seed: int, res: dict) -> None:
@@ -254,7 +328,10 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
     for a in arms:
         rs = [results[a][s] for s in seeds]
         steps = [r["step_s"] for r in rs if r["step_s"]]
+        one = [r["step_s_one"] for r in rs if r.get("step_s_one")]
         speed[a] = {
+            "step_s_one": statistics.fmean(one) if one else None,
+            "train_s_one": statistics.fmean(r["train_s_one"] for r in rs) if one else None,
             "step_s": statistics.fmean(steps) if steps else None,
             "train_time_s": statistics.fmean(r["train_time_s"] for r in rs),
             "total_state": statistics.fmean(r["total_state"] for r in rs),
@@ -315,13 +392,21 @@ def markdown(study: dict) -> str:
             lines.append(f"| {other} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
-        "| arm | total state | time per step after the cuts | whole run | mean ppl |",
-        "|---|---|---|---|---|",
+        "| arm | total state | step after the cuts (one process) | training steps (one process) "
+        "| step in its run | whole run in its worker | mean ppl |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def ms(x):
+        return f"{1000 * x:.0f} ms" if x else "-"
+
+    def sec(x):
+        return f"{x:.0f} s" if x else "-"
+
     for a, sp in study["speed"].items():
-        step = f"{1000 * sp['step_s']:.0f} ms" if sp["step_s"] else "-"
         lines.append(
-            f"| {a} | {sp['total_state']:.1f} | {step} | {sp['train_time_s']:.0f} s | {sp['val_perplexity']:.4f} |"
+            f"| {a} | {sp['total_state']:.1f} | {ms(sp.get('step_s_one'))} | {sec(sp.get('train_s_one'))} "
+            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {sp['val_perplexity']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -341,8 +426,9 @@ def collect(dirs: list[Path]) -> str:
         cell = {o: (f"{_ci(comp[o])}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
         sp = st["speed"]
         ratio = "-"
-        if "full" in sp and sp["full"]["step_s"] and sp["compressed"]["step_s"]:
-            ratio = f"{sp['full']['step_s'] / sp['compressed']['step_s']:.2f}x faster"
+        key = "step_s_one" if sp["compressed"].get("step_s_one") else "step_s"
+        if "full" in sp and sp["full"].get(key) and sp["compressed"].get(key):
+            ratio = f"{sp['full'][key] / sp['compressed'][key]:.2f}x faster"
         rows.append(
             f"| {st['label']} | {' '.join(st['overrides']) or '(recipe)'} | {len(st['seeds'])} | "
             f"{sp['compressed']['total_state']:.1f} | {cell['direct']} | {cell['uniform']} | {cell['full']} | {ratio} |"
@@ -409,6 +495,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--out", default=None, help="study folder (default runs/study/<recipe name>)")
     p.add_argument("--label", default="recipe", help="this variant's name: results go to OUT/LABEL/")
+    p.add_argument(
+        "--no-timing", action="store_true", help="skip timing every arm's sizes in one process after the runs"
+    )
     p.add_argument("--collect", nargs="+", type=Path, metavar="DIR", help="tabulate finished studies and exit")
     return p
 
@@ -438,6 +527,9 @@ def main(argv=None) -> dict | None:
     raw = apply_overrides({**raw, "name": rec.name}, defaults + list(args.overrides))
     out = Path(args.out or f"runs/study/{rec.name}")
     results = run_study(raw, seeds, arms, out, workers=args.workers, threads=args.threads)
+    if not args.no_timing:
+        print("timing every arm's sizes in this process ...", file=sys.stderr, flush=True)
+        add_timing(results, raw, threads=args.threads)
     study = summarise(results, args.label, raw, list(args.overrides))
     where = out / args.label
     where.mkdir(parents=True, exist_ok=True)
