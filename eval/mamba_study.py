@@ -110,7 +110,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "total_state": sum(summary["final_state_sizes"]),
         "val_loss": val["loss"],
         "val_perplexity": val["perplexity"],
-        "val_batches": len(tr.data.val),
+        "val_rows": len(tr.data.val),  # the whole split: every row evaluated
         "step_s": step_s,
         "train_time_s": summary["train_time_s"],
         "wall_s": wall,

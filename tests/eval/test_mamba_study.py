@@ -83,7 +83,7 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
             assert r["seed"] == s and r["arm"] == arm and math.isfinite(r["val_perplexity"]) and r["step_s"] > 0
             assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
     # the whole validation split: more batches than the recipe's eval_batches, and a different loss
-    assert res["full"][0]["val_batches"] > RECIPE["train"]["eval_batches"] * RECIPE["train"]["batch_size"]
+    assert res["full"][0]["val_rows"] > RECIPE["train"]["eval_batches"] * RECIPE["train"]["batch_size"]
     summary = json.loads((tmp_path / "runs").glob("full-seed0-*/summary.json").__next__().read_text())
     assert summary["best_val_loss"] != res["full"][0]["val_loss"]
     # seeds differ: the runs are not one run repeated
