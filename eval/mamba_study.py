@@ -324,6 +324,9 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
         for other in OTHERS:
             if other in arms:
                 comparisons[other] = paired(c, [results[other][s]["val_perplexity"] for s in seeds])
+    sizes = None  # what the per-layer sizes buy: trained directly at them vs at a uniform N, same total
+    if {"direct", "uniform"} <= set(arms):
+        sizes = paired(*([results[a][s]["val_perplexity"] for s in seeds] for a in ("direct", "uniform")))
     speed = {}
     for a in arms:
         rs = [results[a][s] for s in seeds]
@@ -345,6 +348,7 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
         "seeds": seeds,
         "results": {a: {str(s): results[a][s] for s in seeds} for a in arms},
         "comparisons": comparisons,
+        "direct_vs_uniform": sizes,
         "speed": speed,
     }
 
@@ -390,6 +394,10 @@ def markdown(study: dict) -> str:
         for other, c in study["comparisons"].items():
             p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
             lines.append(f"| {other} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
+        if study.get("direct_vs_uniform"):
+            c = study["direct_vs_uniform"]
+            p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
+            lines.append(f"| *direct vs uniform (the per-layer sizes)* | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
         "| arm | total state | step after the cuts (one process) | training steps (one process) "

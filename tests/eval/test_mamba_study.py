@@ -101,8 +101,10 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     c = [res["compressed"][s]["val_perplexity"] for s in (0, 1)]
     d = [res["direct"][s]["val_perplexity"] for s in (0, 1)]
     assert study["comparisons"]["direct"]["mean"] == pytest.approx(ms.paired(c, d)["mean"])
+    u = [res["uniform"][s]["val_perplexity"] for s in (0, 1)]
+    assert study["direct_vs_uniform"]["mean"] == pytest.approx(ms.paired(d, u)["mean"])
     text = ms.markdown(study)
-    assert "| compressed vs |" in text and "| direct |" in text and "(N=" in text
+    assert "| compressed vs |" in text and "| direct |" in text and "(N=" in text and "direct vs uniform" in text
 
     def boom(*a, **k):
         raise AssertionError("a cached run was trained again")
