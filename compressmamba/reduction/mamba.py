@@ -117,16 +117,23 @@ class MambaStats:
         return obj
 
 
-def _means(stats: dict[str, Tensor], layer: str):
-    missing = [k for k in _KEYS if k not in stats]
+def checked_count(stats: dict[str, Tensor], keys, layer: str, why: str = "") -> float:
+    """The token count of summed statistics that hold every key of ``keys`` and at least
+    MIN_TOKENS tokens (ValueError naming the layer otherwise; ``why`` says who needs the keys)."""
+    missing = [k for k in keys if k not in stats]
     if missing:
-        raise ValueError(f"layer {layer}: statistics lack {missing}")
+        raise ValueError(f"layer {layer}: statistics lack {missing}{why}")
     count = float(stats["count"])
     if count < MIN_TOKENS:
         raise ValueError(
             f"layer {layer}: calibration saw {count:.0f} tokens, need at least {MIN_TOKENS}; "
             "raise reduction.calib_batches or the batch size"
         )
+    return count
+
+
+def _means(stats: dict[str, Tensor], layer: str):
+    count = checked_count(stats, _KEYS, layer)
     m = {k: stats[k].to(torch.float64) / count for k in _KEYS if k != "count"}
     d = m["decay"].shape[0]
     for k in ("c2", "c"):  # (n,) shared by all channels, or (g, n) per group of d / g channels

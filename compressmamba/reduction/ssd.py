@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .lti import balancing_transform, zero_energy
-from .mamba import MIN_TOKENS, MambaStats
+from .mamba import MambaStats, checked_count
 
 GRAMIAN_KEYS = ("ssd_in", "ssd_out", "ssd_decay")
 
@@ -91,15 +91,7 @@ def group_gramians(stats: dict[str, Tensor], head_dim: int, layer: str = "?") ->
     """(P, Q), each (G, N, N) float64: the input-averaged Gramians of the module docstring from
     summed ``Mamba2Stats`` statistics. Raises ValueError for missing keys, fewer than MIN_TOKENS
     tokens or NaN/inf sums."""
-    missing = [k for k in ("count", *GRAMIAN_KEYS) if k not in stats]
-    if missing:
-        raise ValueError(f"layer {layer}: statistics lack {missing} (balanced needs Mamba2Stats' Gramian sums)")
-    count = float(stats["count"])
-    if count < MIN_TOKENS:
-        raise ValueError(
-            f"layer {layer}: calibration saw {count:.0f} tokens, need at least {MIN_TOKENS}; "
-            "raise reduction.calib_batches or the batch size"
-        )
+    count = checked_count(stats, ("count", *GRAMIAN_KEYS), layer, " (balanced needs Mamba2Stats' Gramian sums)")
     m = {k: stats[k].to(torch.float64) / count for k in GRAMIAN_KEYS}
     for k, v in m.items():
         if not torch.isfinite(v).all():
