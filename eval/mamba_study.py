@@ -33,13 +33,16 @@ which win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -155,9 +158,22 @@ class _Runner:
             return f
         return self.pool.submit(run_arm, recipe, str(out_dir), self.threads)
 
-    def close(self):
-        if self.pool is not None:
+    def close(self, abort: bool = False):
+        """Wait for the workers; with ``abort`` (an error, Ctrl-C, SIGTERM) drop the queued runs
+        and stop the running ones, so that no worker outlives the study."""
+        if self.pool is None:
+            return
+        if not abort:
             self.pool.shutdown()
+            return
+        import multiprocessing as mp
+
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        children = mp.active_children()  # the pool's workers (spawned by this process)
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.join(10)
 
 
 def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: int = 0, threads: int = 1) -> dict:
@@ -180,6 +196,7 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
         dirs[arm, seed] = runs / f"{arm}-seed{seed}-{run_key(rec)}"
         futures[arm, seed] = runner.submit(rec, dirs[arm, seed])
 
+    aborted = True
     try:
         for seed in seeds:  # interleaved: the long full runs start early, beside the compressed ones
             for arm in ("compressed", "full"):
@@ -203,8 +220,9 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
                         if dep in arms:
                             submit(dep, seed, res["sizes"])
                             todo.add((dep, seed))
+        aborted = False
     finally:
-        runner.close()
+        runner.close(abort=aborted)
     return results
 
 
@@ -510,6 +528,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Turn SIGTERM into SystemExit (exit status 143) inside the block, so that ``finally``
+    clauses run; the previous handler is restored after. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> dict | None:
     args = _parser().parse_intermixed_args(argv)  # options and overrides in any order
     if args.collect:
@@ -534,7 +570,8 @@ def main(argv=None) -> dict | None:
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it
     raw = apply_overrides({**raw, "name": rec.name}, defaults + list(args.overrides))
     out = Path(args.out or f"runs/study/{rec.name}")
-    results = run_study(raw, seeds, arms, out, workers=args.workers, threads=args.threads)
+    with _sigterm_exits():  # a killed study stops its workers too (run_study's cleanup runs)
+        results = run_study(raw, seeds, arms, out, workers=args.workers, threads=args.threads)
     if not args.no_timing:
         print("timing every arm's sizes in this process ...", file=sys.stderr, flush=True)
         add_timing(results, raw, threads=args.threads)

@@ -1,8 +1,15 @@
 """eval/mamba_study.py: the arms, the paired statistics, the cache and the command line."""
 
+import contextlib
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +147,60 @@ def test_command_line_with_two_workers_writes_the_tables_and_collects(tmp_path, 
     assert "| v1 |" in table and "| v2 |" in table and "reduction.tau=0.3" in table
     with pytest.raises(FileNotFoundError, match="no study.json"):
         ms.main(["--collect", str(tmp_path)])
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s spawned multiprocessing workers (not its resource tracker)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            cmd = Path(f"/proc/{k}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(int(k))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from Linux /proc")
+def test_sigterm_stops_the_workers_too(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "compressmamba.eval.mamba_study", str(path), "train.steps=100000"]
+    cmd += ["reduction.attempts=[4]", "--seeds", "0", "--workers", "1", "--arms", "compressed", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/*/metrics.jsonl")):  # the worker is training
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the study's worker never started training"
+            time.sleep(0.2)
+        workers = _workers_of(proc.pid)
+        assert workers, "found no spawned worker"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its study"
+        assert rc == 128 + signal.SIGTERM  # exited through SystemExit, its cleanup run
+    finally:
+        for p in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        proc.wait()
