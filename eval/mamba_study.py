@@ -409,13 +409,12 @@ def markdown(study: dict) -> str:
             "| compressed vs | mean Δ perplexity, 95 % interval | seeds better | paired t p |",
             "|---|---|---|---|",
         ]
-        for other, c in study["comparisons"].items():
-            p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
-            lines.append(f"| {other} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
+        rows = list(study["comparisons"].items())
         if study.get("direct_vs_uniform"):
-            c = study["direct_vs_uniform"]
+            rows.append(("*direct vs uniform (the per-layer sizes)*", study["direct_vs_uniform"]))
+        for name, c in rows:
             p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
-            lines.append(f"| *direct vs uniform (the per-layer sizes)* | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
+            lines.append(f"| {name} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
         "| arm | total state | step after the cuts (one process) | training steps (one process) "
