@@ -7,7 +7,7 @@ from compressmamba.kernels import (
 )
 from compressmamba.kernels.selective_scan.cpu import _scan_forward, _scan_reverse, linear_scan
 
-from .scan_utils import make_inputs, reference, rel_err, run
+from scan_utils import make_inputs, reference, rel_err, run
 
 # (n, l, flags): every N and every L appear, every flag on and off
 CASES = [

@@ -5,7 +5,7 @@ import torch
 from compressmamba.kernels import selective_scan_fn, selective_scan_ref, selective_state_update
 from compressmamba.kernels.selective_scan import cpu
 
-from .scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
+from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
 
 def _detached(inp):

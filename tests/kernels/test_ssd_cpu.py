@@ -13,8 +13,8 @@ from compressmamba.kernels import (
     ssd_state_update,
 )
 
-from .scan_utils import rel_err
-from .ssd_utils import make_ssd_inputs, run_ssd, ssd_reference
+from scan_utils import rel_err
+from ssd_utils import make_ssd_inputs, run_ssd, ssd_reference
 
 FP32_FWD, FP32_GRAD = 1e-5, 1e-4  # float32 inputs against float64
 FP64 = 1e-11  # float64 against float64: only summation order differs

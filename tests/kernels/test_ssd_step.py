@@ -7,8 +7,8 @@ from compressmamba.kernels import ssd_state_update, ssd_state_update_ref
 from compressmamba.kernels.ssd.scan import ssd_scan_triton
 from compressmamba.kernels.ssd.step import ssd_state_update_triton
 
-from .scan_utils import TRITON_DEVICE, rel_err
-from .ssd_utils import make_ssd_inputs
+from scan_utils import TRITON_DEVICE, rel_err
+from ssd_utils import make_ssd_inputs
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 

@@ -7,8 +7,8 @@ import torch
 from compressmamba.kernels import ssd_scan_fn, ssd_scan_ref
 from compressmamba.kernels.ssd.scan import MAX_N, ssd_scan_triton
 
-from .scan_utils import TRITON_DEVICE, rel_err
-from .ssd_utils import make_ssd_inputs, run_ssd, ssd_reference
+from scan_utils import TRITON_DEVICE, rel_err
+from ssd_utils import make_ssd_inputs, run_ssd, ssd_reference
 
 FP32_FWD, FP32_GRAD = 1e-5, 1e-4  # float32 inputs against float64
 LOW_PREC = 2e-2  # bf16/fp16 inputs (rounded once, then the same inputs in float64)

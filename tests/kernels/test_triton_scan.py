@@ -7,7 +7,7 @@ import triton
 from compressmamba.kernels import selective_scan_fn, selective_scan_ref
 from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
 
-from .scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
+from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
 # (N, L, batch, dim, flags). The interpreter is slow: every N and L appears and every flag is on
 # and off somewhere, not the full cross-product. chunk=16 so L=63/64/300 span several chunks.

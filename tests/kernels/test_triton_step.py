@@ -3,7 +3,7 @@ import torch
 from compressmamba.kernels import selective_scan_ref, selective_state_update, selective_state_update_ref
 from compressmamba.kernels.selective_scan.step import selective_state_update_triton
 
-from .scan_utils import TRITON_DEVICE, make_inputs, rel_err
+from scan_utils import TRITON_DEVICE, make_inputs, rel_err
 
 # every buffer the launchers allocate starts as NaN (tests/kernels/conftest.py): an element a
 # kernel skips fails the comparison

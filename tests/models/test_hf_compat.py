@@ -9,7 +9,7 @@ from compressmamba.reduction import select_states
 from compressmamba.training.config import OptimConfig
 from compressmamba.training.optim import param_groups
 
-from .test_mamba import _hf
+from test_mamba import _hf
 
 
 def _groups_by_name(model):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, MambaForCausalLM
 from compressmamba.models.hf_interop import export_transformers, load_pretrained
 from compressmamba.models.mamba import CompressMambaConfig, CompressMambaForCausalLM, build_mamba
 
-from .test_mamba import _hf
+from test_mamba import _hf
 
 
 def test_mamba_ssm_layout_loads_the_same(tmp_path):

@@ -12,7 +12,7 @@ from compressmamba.models import CompressMamba2ForCausalLM, build_mamba2, load_p
 from compressmamba.models.hf_interop import export_transformers
 from compressmamba.reduction.ssd import balanced_projections
 
-from .test_mamba2 import _tiny2
+from test_mamba2 import _tiny2
 
 
 def _calibrate(m, ids):
