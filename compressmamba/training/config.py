@@ -196,9 +196,11 @@ def recipe_from_dict(raw: dict) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found")
+    """The recipe at ``path`` (a YAML file, or the name of a shipped recipe such as
+    ``lm/stdlib_demo``) with dotted ``key=value`` overrides applied, every key checked."""
+    from ..recipe_index import resolve_recipe
+
+    path = resolve_recipe(path)
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", path.stem if path.parent.name == "" else f"{path.parent.name}/{path.stem}")
     return recipe_from_dict(apply_overrides(raw, list(overrides)))
