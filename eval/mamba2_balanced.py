@@ -15,10 +15,9 @@ import statistics
 import time
 
 import torch
-import yaml
 
-from compressmamba.recipe_index import resolve_recipe
 from compressmamba.training import Trainer, recipe_from_dict
+from compressmamba.training.config import read_recipe
 from compressmamba.training.data import shard_batches
 
 METHODS = ("output", "hankel", "balanced")
@@ -26,7 +25,7 @@ RECIPE = "lm/stdlib_mamba2_demo"
 
 
 def _recipe(args, seed: int, out: str) -> dict:
-    r = yaml.safe_load(resolve_recipe(args.recipe).read_text())
+    r = read_recipe(args.recipe)
     r.update(seed=seed, out_dir=out, reduction={"mode": "none"})
     r["model"]["d_model"] = args.d_model
     r["train"].update(steps=args.steps, eval_every=args.steps, eval_batches=4, progress=False)
@@ -118,7 +117,7 @@ def main(argv=None) -> None:
     p.add_argument("--ft-lr", type=float, default=1e-3)
     p.add_argument("--out", default="runs/mamba2_balanced")
     args = p.parse_args(argv)
-    n = yaml.safe_load(resolve_recipe(args.recipe).read_text())["model"]["state_size"]
+    n = read_recipe(args.recipe)["model"]["state_size"]
     print(table(run(args), n, args.finetune))
 
 

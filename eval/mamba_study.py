@@ -552,10 +552,8 @@ def main(argv=None) -> dict | None:
         return None
     if not args.recipe:
         raise SystemExit("give a recipe (or --collect DIR ...)")
-    import yaml
-
     from compressmamba.recipe_index import resolve_recipe
-    from compressmamba.training.config import apply_overrides, load_recipe
+    from compressmamba.training.config import apply_overrides, load_recipe, read_recipe
 
     if args.workers < 0 or args.threads < 1:
         raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
@@ -565,7 +563,7 @@ def main(argv=None) -> dict | None:
         path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name
     except FileNotFoundError as e:
         raise SystemExit(str(e)) from None
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_recipe(path)  # its base: chain merged
     steps = apply_overrides(raw, args.overrides).get("train", {}).get("steps", 1000)
     defaults = [f"train.eval_every={steps}", "train.eval_batch_size=64"]
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it
