@@ -78,3 +78,11 @@ def test_every_shipped_base_is_a_shipped_name_and_resolves():
         if base is not None:
             assert base in recipe_names(), (name, base)
         assert load_recipe(name).name == name
+
+
+def test_a_copied_sweep_recipe_still_resolves_its_base(tmp_path, monkeypatch):
+    from compressmamba.recipe_index import copy_recipe
+
+    target = copy_recipe("scifar/tau0.05", tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)  # away from the repository: the base is found by its shipped name
+    assert load_recipe(target).to_dict() == load_recipe("scifar/tau0.05").to_dict()
