@@ -180,6 +180,11 @@ def _seed(v) -> int:
 
 
 def recipe_from_dict(raw: dict) -> Recipe:
+    if "base" in raw:
+        raise ValueError(
+            f"recipe key base = {raw['base']!r} is resolved when a recipe file is read: use "
+            "load_recipe(path) or read_recipe(path), not a mapping that still holds it"
+        )
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown} in recipe; valid keys: {list(_TOP)}")

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from compressmamba.recipe_index import RECIPES_DIR, recipe_names
-from compressmamba.training import Trainer, load_recipe
+from compressmamba.training import Trainer, load_recipe, recipe_from_dict
 from compressmamba.training.config import read_recipe
 
 
@@ -28,6 +28,8 @@ def test_base_merges_sections_key_by_key(toy_recipe, tmp_path):
     assert r.train.steps == 30 and r.optim.lr == 3e-3
     assert r.name == tmp_path.name + "/child"  # the base's name ("toy") is not inherited: its own file's
     assert "base" not in read_recipe(child)
+    with pytest.raises(ValueError, match="base = 'base.yaml' is resolved when a recipe file is read"):
+        recipe_from_dict(yaml.safe_load(child.read_text()))
 
 
 def test_base_chains_through_files_and_shipped_names(tmp_path):
