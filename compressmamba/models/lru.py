@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..reduction.lti import balanced_truncation, hankel_singular_values, lru_to_lti, lti_to_lru
-from ..registry import register_model
+from ..registry import ModelFamily, register_family
 from .common import masked_mean, per_layer_sizes
+from .protocol import ENERGY_METHODS_LTI
 
 _SSM_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im")
 
@@ -194,7 +195,6 @@ class LRUModel(nn.Module):
         return ModelOutput(loss, logits)
 
 
-@register_model("lru")
 def build_lru(
     d_model: int = 64,
     n_layers: int = 1,
@@ -227,3 +227,13 @@ def build_lru(
         r_max=r_max,
         max_phase=max_phase,
     )
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="lru",
+        build=build_lru,
+        energy_methods=ENERGY_METHODS_LTI,
+        description="LRU (diagonal LTI), balanced truncation by Hankel singular values",
+    )
+)
