@@ -39,6 +39,9 @@ import triton.language as tl
 from ..limits import check_int32_indexing
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# COMPRESSMAMBA_AUTOTUNE=0: launch the fixed block and warps (those the compile report checks)
+# instead of autotuning, so a first call compiles one config per kernel, not a dozen
+AUTOTUNE = os.environ.get("COMPRESSMAMBA_AUTOTUNE", "1") != "0"
 MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
 CHUNK = 64  # steps between the states the forward stores for the backward (bench_scan --chunks times others)
 # BLOCK_D * BLOCK_N at most: beyond it the backward spills (python -m compressmamba.eval.kernel_report)
@@ -451,9 +454,10 @@ def _norm_bc(X):
 
 def _launch(tuned, plain, grid_of, args, flags, n, cpg, fixed_block=False):
     """Run ``tuned`` (the autotuner picks BLOCK_D and warps) on a GPU, or ``plain`` with the
-    launcher's block where the block is fixed (the interpreter, deterministic partials).
+    launcher's block where the block is fixed (the interpreter, deterministic partials,
+    COMPRESSMAMBA_AUTOTUNE=0).
     Returns the BLOCK_D used."""
-    if _INTERPRET or fixed_block:
+    if _INTERPRET or fixed_block or not AUTOTUNE:
         bd = block_d(n, cpg)
         plain[grid_of(bd)](*args, BLOCK_D=bd, num_warps=1 if _INTERPRET else fixed_warps(bd, n), **flags)
         return bd

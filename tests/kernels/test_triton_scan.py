@@ -142,11 +142,31 @@ def test_autotuned_launch_path(monkeypatch):
 
     one = lambda **kw: triton.autotune([triton.Config({"BLOCK_D": 2}, num_warps=1)], key=["BLOCK_N", "d"], **kw)  # noqa: E731
     monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "AUTOTUNE", True)  # whatever COMPRESSMAMBA_AUTOTUNE says
     monkeypatch.setattr(scan, "_fwd_tuned", one()(scan._fwd_kernel))
     monkeypatch.setattr(scan, "_bwd_tuned", one(reset_to_zero=["dB_ptr", "dC_ptr"])(scan._bwd_kernel))
     flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
     _check(5, 19, 2, 8, flags, chunk=8, seed=11)
     assert scan._fwd_tuned.best_config.kwargs["BLOCK_D"] == 2
+
+
+class _NoAutotuner:
+    def __getitem__(self, grid):
+        raise AssertionError("the autotuner ran although COMPRESSMAMBA_AUTOTUNE=0")
+
+
+def test_autotune_off_launches_the_fixed_block(monkeypatch):
+    """COMPRESSMAMBA_AUTOTUNE=0 (scan.AUTOTUNE False; eval/gpu_session.sh sets it): the GPU launch
+    path runs the launcher's own block and warps, those the compile report checks, and never the
+    autotuner."""
+    from compressmamba.kernels.selective_scan import scan
+
+    monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "AUTOTUNE", False)
+    monkeypatch.setattr(scan, "_fwd_tuned", _NoAutotuner())
+    monkeypatch.setattr(scan, "_bwd_tuned", _NoAutotuner())
+    flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
+    _check(5, 19, 2, 8, flags, chunk=8, seed=12)
 
 
 def test_strided_views_as_mamba_makes_them():
