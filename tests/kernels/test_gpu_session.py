@@ -25,6 +25,13 @@ def test_step_limits_add_up_to_under_eight_minutes():
     assert sorted(used) == sorted(limits) and len(used) == len(STEPS)
 
 
+def test_the_extra_script_parses_and_fits_too():
+    extra = ROOT / "eval" / "gpu_session_extra.sh"
+    subprocess.run(["bash", "-n", str(extra)], check=True)
+    out = subprocess.run(["bash", str(extra), "--limits"], capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) < 480
+
+
 @pytest.mark.slow
 def test_dry_run_runs_every_step(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
