@@ -5,7 +5,15 @@ import pytest
 import torch
 import triton
 from compressmamba.kernels import selective_scan_fn, selective_scan_ref
-from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
+from compressmamba.kernels.selective_scan.scan import (
+    MAX_N,
+    MAX_TILE,
+    _configs,
+    _prune,
+    block_d,
+    fixed_warps,
+    selective_scan_triton,
+)
 
 from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
@@ -100,6 +108,10 @@ def test_block_and_config_choice():
     assert as_pairs(_prune(_configs(), {"chans_per_group": 1536}, BLOCK_N=16)) == n16
     assert as_pairs(_prune(_configs(), {"chans_per_group": 3}, BLOCK_N=1)) == [(1, 1)]  # fallback
     assert as_pairs(_prune(_configs(), {"chans_per_group": 6}, BLOCK_N=64)) == [(1, 1), (2, 1), (2, 2)]
+    # the launcher's own choice: 2 channels at N = 256 (4 x 256 spills with Triton 3.6), a warp
+    # per 32 tile elements
+    assert block_d(256, 1536) == 2 and block_d(128, 1536) == 8 and block_d(8, 1536) == 32
+    assert fixed_warps(32, 8) == 8 and fixed_warps(32, 4) == 4 and fixed_warps(1, 1) == 2
 
 
 def test_deterministic_mode_sums_partials_in_order():
