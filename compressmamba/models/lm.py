@@ -24,14 +24,6 @@ from .. import compat
 from .protocol import CompressibleLayer
 
 
-def layer_state_sizes(state_size: int, state_sizes, n_layers: int) -> list[int]:
-    """A config's one state size per layer: ``state_sizes`` when given, else ``state_size`` for all."""
-    sizes = [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * n_layers
-    if len(sizes) != n_layers or min(sizes) < 1:
-        raise ValueError(f"state_sizes {sizes} must hold {n_layers} sizes >= 1 (one per layer)")
-    return sizes
-
-
 def padded_vocab(vocab_size: int, multiple: int) -> int:
     """``vocab_size`` rounded up to a multiple of ``multiple``, as mamba-ssm pads it (1: as given)."""
     if int(multiple) < 1:

@@ -33,7 +33,6 @@ from .lm import (
     SSMForCausalLM,
     blocks,
     init_weights,
-    layer_state_sizes,
     padded_vocab,
 )
 from .loading import MAMBA_SHARED_FIELDS
@@ -96,7 +95,7 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
+        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
         self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
         self.expand = expand

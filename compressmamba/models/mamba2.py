@@ -30,7 +30,7 @@ from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_s
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import RecurrentCache, SSMForCausalLM, layer_state_sizes, padded_vocab
+from .lm import RecurrentCache, SSMForCausalLM, padded_vocab
 from .loading import MAMBA_SHARED_FIELDS
 
 
@@ -109,7 +109,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         if hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (Mamba-2's conv activation), got {hidden_act!r}")
         self.hidden_act = hidden_act
-        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
+        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
         self.bc_proj_in = _projection_widths(bc_proj_in, self.state_sizes)
         self.conv_kernel = alias.get("conv_kernel", conv_kernel)
