@@ -99,6 +99,13 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _lm_energy_methods() -> list[str]:
+    """Every energy method a language-model family offers (the family specs say which)."""
+    from .registry import families
+
+    return sorted({m for f in families().values() if f.causal_lm is not None for m in f.energy_methods})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "compress",
@@ -114,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--method",
         default="output",
-        choices=["output", "hankel", "hankel_mean", "balanced"],
+        choices=_lm_energy_methods(),
         help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
         "through a state projection, which plain transformers format cannot hold",
     )
