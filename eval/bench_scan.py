@@ -25,6 +25,7 @@ import os
 import time
 
 import torch
+
 from compressmamba.kernels import causal_conv1d_fn, selective_scan_fn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

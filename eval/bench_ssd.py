@@ -21,6 +21,7 @@ import time
 
 import torch
 from compressmamba.eval.bench_scan import copy_bandwidth
+
 from compressmamba.kernels import ssd_scan_fn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compressmamba import compat
-from compressmamba import env
+from compressmamba import compat, env
 from compressmamba.env import env_info, format_env
 
 ROOT = Path(__file__).resolve().parents[1]

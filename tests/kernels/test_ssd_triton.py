@@ -4,8 +4,9 @@ and every gradient, with every buffer the launchers allocate poisoned with NaN."
 
 import pytest
 import torch
-from compressmamba.kernels import ssd_scan_fn, ssd_scan_ref
 from compressmamba.kernels.ssd.scan import MAX_N, ssd_scan_triton
+
+from compressmamba.kernels import ssd_scan_fn, ssd_scan_ref
 
 from scan_utils import TRITON_DEVICE, rel_err
 from ssd_utils import make_ssd_inputs, run_ssd, ssd_reference

@@ -4,7 +4,6 @@ and on CUDA when a GPU is present (larger shapes, marked gpu)."""
 import pytest
 import torch
 import triton
-from compressmamba.kernels import selective_scan_fn, selective_scan_ref
 from compressmamba.kernels.selective_scan.scan import (
     MAX_N,
     MAX_TILE,
@@ -14,6 +13,8 @@ from compressmamba.kernels.selective_scan.scan import (
     fixed_warps,
     selective_scan_triton,
 )
+
+from compressmamba.kernels import selective_scan_fn, selective_scan_ref
 
 from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
