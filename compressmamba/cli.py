@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
-    from . import compress, env
+    from . import compress, env, evaluate
 
     compress.register(sub)
+    evaluate.register(sub)
     env.register(sub)
     from .eval import aggregate
 
