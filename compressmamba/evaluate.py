@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -246,7 +245,7 @@ def evaluate_and_report(models: list[tuple[str, str, str | None]], tasks: list[s
     return markdown_table(named)
 
 
-def _tasks(text: str) -> list[str]:
+def parse_tasks(text: str) -> list[str]:
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     if not tasks:
         raise ValueError(f"--tasks {text!r}: expected comma-separated task names, e.g. arc_easy,piqa")
@@ -257,8 +256,7 @@ def _cmd_evaluate(args) -> int:
     try:
         require_lm_eval()
     except ImportError as e:
-        print(f"compressmamba evaluate: error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(str(e)) from None
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit}: expected a positive number of documents per task")
     if args.eval_batch_size < 1:
@@ -270,7 +268,7 @@ def _cmd_evaluate(args) -> int:
         models.append((args.compare, args.compare, args.tokenizer))
     table = evaluate_and_report(
         models,
-        _tasks(args.tasks),
+        parse_tasks(args.tasks),
         args.eval_out,
         include_path=args.include_path,
         limit=args.limit,

@@ -205,3 +205,24 @@ def test_bad_arguments_are_one_line_errors(tasks, model_dir, tmp_path, capsys):
         ev.load_for_eval(str(tmp_path / "big"))
     assert main(["evaluate", str(model_dir), "--tasks", "tiny_docs", "--limit", "0"]) == 2
     assert "--limit 0: expected a positive number" in capsys.readouterr().err
+
+
+def test_compress_then_evaluate_original_against_compressed(tasks, model_dir, tmp_path, capsys):
+    from compressmamba.cli import main
+
+    for i in range(2):
+        (tmp_path / f"calib{i}.txt").write_text("calibration text, plain and simple. " * 40)
+    rc = main(
+        ["compress", str(model_dir), "--tau", "0.5", "--calib", str(tmp_path / "calib*.txt"), "--seq-len", "16"]
+        + ["--batch-size", "2", "--calib-batches", "2", "--out", str(tmp_path / "small")]
+        + ["--evaluate", "tiny_docs", "--include-path", str(tasks), "--eval-out", str(tmp_path / "cmp")]
+        + ["--device", "cpu"]
+    )
+    assert rc == 0
+    orig = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    small = json.loads((tmp_path / "cmp" / "results_compare.json").read_text())
+    sizes = small["config"]["compressmamba_model"]["state_sizes"]
+    assert orig["config"]["compressmamba_model"]["state_sizes"] == [5, 3] and sum(sizes) < 8
+    table = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "| task | metric | original | compressed | difference |" in table
+    assert "| tiny_docs | bits_per_byte |" in capsys.readouterr().out
