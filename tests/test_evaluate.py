@@ -226,3 +226,32 @@ def test_compress_then_evaluate_original_against_compressed(tasks, model_dir, tm
     table = (tmp_path / "cmp" / "summary.md").read_text()
     assert "| task | metric | original | compressed | difference |" in table
     assert "| tiny_docs | bits_per_byte |" in capsys.readouterr().out
+
+
+def test_shipped_local_tasks_run(model_dir, monkeypatch):
+    """eval/lm_tasks (the README's example) loads and scores, run from the repository root."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    res = ev.run_tasks(
+        str(model_dir), ["python_choice", "python_docs"], include_path="eval/lm_tasks", include_defaults=False
+    )
+    assert 0 <= res["results"]["python_choice"]["acc,none"] <= 1
+    assert res["results"]["python_docs"]["bits_per_byte,none"] > 0
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_with_the_type_registered(tasks, model_dir, tmp_path):
+    """`python -m compressmamba.harness` is lm-eval's command with `--model compressmamba` known."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "compressmamba.harness", "--model", "compressmamba"]
+    cmd += ["--model_args", f"pretrained={model_dir}", "--tasks", "tiny_docs", "--include_path", str(tasks)]
+    cmd += ["--device", "cpu", "--output_path", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = out.rglob("results_*.json")
+    assert json.loads(path.read_text())["results"]["tiny_docs"]["bits_per_byte,none"] > 0
