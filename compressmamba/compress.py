@@ -70,11 +70,12 @@ def _cmd_compress(args) -> int:
             "use --format compressmamba"
         )
     if args.evaluate:
-        from .evaluate import require_lm_eval
+        from .evaluate import check_eval_options, parse_tasks
 
+        parse_tasks(args.evaluate)
         try:
-            require_lm_eval()  # before the work, not after it
-        except ImportError as e:
+            check_eval_options(args, "--eval-batch-size")  # before the work, not after it
+        except ValueError as e:
             raise ValueError(f"--evaluate: {e}") from None
     model = _load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:

@@ -252,7 +252,8 @@ def parse_tasks(text: str) -> list[str]:
     return tasks
 
 
-def _cmd_evaluate(args) -> int:
+def check_eval_options(args, batch_flag: str = "--batch-size") -> None:
+    """lm-eval installed and the evaluation options in range, before any model is loaded."""
     try:
         require_lm_eval()
     except ImportError as e:
@@ -260,9 +261,20 @@ def _cmd_evaluate(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit}: expected a positive number of documents per task")
     if args.eval_batch_size < 1:
-        raise ValueError(f"--batch-size {args.eval_batch_size}: expected a positive integer")
+        raise ValueError(f"{batch_flag} {args.eval_batch_size}: expected a positive integer")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps") from None
     if args.include_path and not Path(args.include_path).is_dir():
         raise FileNotFoundError(f"--include-path {args.include_path}: expected a folder of task YAML files")
+
+
+def _cmd_evaluate(args) -> int:
+    check_eval_options(args)
     models = [(args.model, args.model, args.tokenizer)]
     if args.compare:
         models.append((args.compare, args.compare, args.tokenizer))
