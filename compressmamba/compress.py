@@ -90,6 +90,10 @@ def _cmd_compress(args) -> int:
         export_transformers(model, out)
     else:
         model.save_pretrained(out)
+    if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
+        from .training.export import _save_tokenizer
+
+        _save_tokenizer(args.tokenizer, out)
     print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
     if args.evaluate:
         from .evaluate import evaluate_and_report, parse_tasks

@@ -30,3 +30,31 @@ def test_bad_options_are_one_line_errors(capsys, tmp_path):
     ):
         assert main(["evaluate", str(tmp_path), "--tasks", "piqa", *opts]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_compress_saves_the_tokenizer_beside_the_cut_model(tmp_path):
+    """A cut model of a BPE vocabulary is a folder that evaluates on its own (no --tokenizer)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from compressmamba.evaluate import load_for_eval
+    from compressmamba.models import build_mamba
+
+    text = ["calibration text, plain and simple. " * 40, "another document of plain words. " * 40]
+    for i, t in enumerate(text):
+        (tmp_path / f"calib{i}.txt").write_text(t)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        text, trainers.BpeTrainer(vocab_size=290, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    )
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    build_mamba(d_model=16, n_layers=2, state_size=6, vocab_size=tok.get_vocab_size()).save_pretrained(tmp_path / "m")
+    args = ["compress", str(tmp_path / "m"), "--tau", "0.3", "--calib", str(tmp_path / "calib*.txt"), "--seq-len", "16"]
+    args += ["--batch-size", "2", "--calib-batches", "2", "--tokenizer", str(tmp_path / "tokenizer.json")]
+    assert main([*args, "--out", str(tmp_path / "small")]) == 0
+    model, hf_tok = load_for_eval(str(tmp_path / "small"))
+    assert hf_tok.encode("plain words") == tok.encode("plain words").ids
