@@ -162,7 +162,15 @@ def test_registered_type_and_stock_transformers_folder(tasks, tmp_path):
     assert res["results"]["tiny_docs"]["bits_per_byte,none"] == pytest.approx(nll / nbytes / math.log(2), rel=1e-5)
 
 
-def test_compare_table_and_outputs(tasks, model_dir, tmp_path, capsys):
+@pytest.fixture
+def local_tasks_only(monkeypatch):
+    """The command line indexes lm-eval's ~15,000 built-in tasks (~12 s); these tests need none."""
+    import functools
+
+    monkeypatch.setattr(ev, "task_manager", functools.partial(ev.task_manager, include_defaults=False))
+
+
+def test_compare_table_and_outputs(tasks, model_dir, tmp_path, capsys, local_tasks_only):
     from compressmamba.cli import main
 
     rc = main(
@@ -203,7 +211,7 @@ def test_bad_models_and_tasks_are_one_line_errors(tasks, model_dir, tmp_path):
         ev.load_for_eval(str(tmp_path / "big"))
 
 
-def test_compress_then_evaluate_original_against_compressed(tasks, model_dir, tmp_path, capsys):
+def test_compress_then_evaluate_original_against_compressed(tasks, model_dir, tmp_path, capsys, local_tasks_only):
     from compressmamba.cli import main
 
     for i in range(2):
