@@ -39,18 +39,28 @@ class CompressMambaLM(HFLM):
             raise ValueError(f"backend={backend!r}: compressmamba models are causal language models")
         from .evaluate import load_for_eval, load_tokenizer
 
+        given = None if isinstance(tokenizer, str) else tokenizer  # a transformers tokenizer object
+        spec = tokenizer if isinstance(tokenizer, str) else None
         if isinstance(pretrained, str):
-            self._loaded, tok = load_for_eval(pretrained, tokenizer)
+            # a tokenizer object wins; "byte" then only spares looking one up
+            self._loaded, tok = load_for_eval(pretrained, spec or ("byte" if given is not None else None))
         else:  # a model in memory: HFLM's own path for a PreTrainedModel
-            tok = load_tokenizer(tokenizer or "byte")
-        super().__init__(pretrained=pretrained, tokenizer=tok, backend="causal", **kwargs)
+            if spec is None and given is None and pretrained.config.vocab_size != 256:
+                raise ValueError(
+                    f"tokenizer=None: a model in memory with {pretrained.config.vocab_size} ids needs its tokenizer "
+                    "(only a byte-level model, 256 ids, gets the byte tokenizer)"
+                )
+            tok = None if given is not None else load_tokenizer(spec or "byte")
+        super().__init__(pretrained=pretrained, tokenizer=given or tok, backend="causal", **kwargs)
 
     # HFLM's loading hooks, called from its __init__ with a string `pretrained`: the model is ours.
     def _get_config(self, pretrained, **kwargs) -> None:
         self._config = self._loaded.config
 
-    def _create_model(self, pretrained, dtype="auto", **kwargs) -> None:
-        model = self._loaded
+    def _create_model(self, pretrained, dtype="auto", parallelize=False, **kwargs) -> None:
+        if parallelize:
+            raise ValueError("parallelize=True: compressmamba models run on one device per process")
+        model = self._loaded.to(self._device)  # HFLM moves a model itself only on some paths
         del self._loaded
         if dtype not in (None, "auto"):
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)

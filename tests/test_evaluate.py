@@ -259,3 +259,20 @@ def test_lm_eval_command_line_with_the_type_registered(tasks, model_dir, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     (path,) = out.rglob("results_*.json")
     assert json.loads(path.read_text())["results"]["tiny_docs"]["bits_per_byte,none"] > 0
+
+
+def test_model_in_memory(model_dir):
+    from compressmamba.harness import CompressMambaLM
+
+    model, _ = ev.load_for_eval(str(model_dir))
+    lm = CompressMambaLM(pretrained=model, device="cpu")
+    ((ll, greedy),) = lm.loglikelihood([_request("ab", "c")])
+    assert ll == pytest.approx(float(_logprobs(model.double(), list(b"abc"))[-1]), rel=1e-5)
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        CompressMambaLM(pretrained=build_mamba(d_model=8, n_layers=1, state_size=2, vocab_size=300), device="cpu")
+
+
+def _request(context, continuation):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
