@@ -564,18 +564,18 @@ def main(argv=None) -> dict | None:
         return None
     if not args.recipe:
         raise SystemExit("give a recipe (or --collect DIR ...)")
-    import yaml
-
-    from compressmamba.training.config import apply_overrides, load_recipe
+    from compressmamba.recipe_index import resolve_recipe
+    from compressmamba.training.config import apply_overrides, load_recipe, read_recipe
 
     if args.workers < 0 or args.threads < 1:
         raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
     seeds = parse_seeds(args.seeds)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    path = Path(args.recipe)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if raw is None:
-        raise SystemExit(f"recipe {path} not found")
+    try:
+        path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    raw = read_recipe(path)  # its base: chain merged
     steps = apply_overrides(raw, args.overrides).get("train", {}).get("steps", 1000)
     defaults = [f"train.eval_every={steps}", "train.eval_batch_size=64"]
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it

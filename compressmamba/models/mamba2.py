@@ -4,11 +4,11 @@ Weight names follow transformers' ``Mamba2ForCausalLM``: ``backbone.layers.{i}.m
 conv1d, dt_bias, A_log, D, norm, out_proj}`` beside the shared ``backbone.embeddings``,
 ``backbone.layers.{i}.norm``, ``backbone.norm_f`` and ``lm_head`` (models/lm.py).
 
-Per layer (DESIGN.md "Mamba-2"): in_proj(u) → z (D_in), xBC (D_in + 2·G·N), dt (H); depthwise
-causal conv over xBC, SiLU; x → H heads × P; B_t, C_t ∈ R^{G×N} (head h reads group h·G/H);
-Δ = softplus(dt + dt_bias) clamped to ``time_step_limit``; A = −exp(A_log) (H,);
-h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t; y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per
-group of D_in / G channels); out_proj.
+Per layer (docs/design.md, "Mamba-2: per-group selection and balanced truncation"):
+in_proj(u) → z (D_in), xBC (D_in + 2·G·N), dt (H); depthwise causal conv over xBC, SiLU;
+x → H heads × P; B_t, C_t ∈ R^{G×N} (head h reads group h·G/H); Δ = softplus(dt + dt_bias)
+clamped to ``time_step_limit``; A = −exp(A_log) (H,); h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t;
+y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per group of D_in / G channels); out_proj.
 
 After a balanced cut (``reduction.method: balanced``) a layer also carries ``mixer.bc_proj.{B, C}``
 (G, r, N_in): B_t, C_t (G, N_in) out of the conv and SiLU are projected to B̂_t = W_B B_t,

@@ -78,6 +78,7 @@ def test_parse_seeds():
             ms.parse_seeds(bad)
 
 
+@pytest.mark.slow  # trains 8 small runs end to end
 def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     res = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
     assert set(res) == set(ms.ARMS) and all(set(r) == {0, 1} for r in res.values())
