@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from .models.hf_interop import export_transformers, load_pretrained
+from .models.loading import export_transformers, load_pretrained
 from .training.config import ReductionConfig
 from .training.cut import compression_event
 
@@ -18,13 +18,16 @@ def _load_any(src: str):
     """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
     p = Path(src).expanduser()
     if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
-        from .registry import build_model
+        from .registry import build_model, families
         from .training.checkpoint import load_checkpoint
 
         ck = load_checkpoint(p)
         cfg = dict(ck["recipe"]["model"])
-        if cfg.get("name") not in ("mamba", "mamba2"):
-            raise ValueError(f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a Mamba")
+        lms = sorted(name for name, f in families().items() if f.causal_lm is not None)
+        if cfg.get("name") not in lms:
+            raise ValueError(
+                f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a language model, one of {lms}"
+            )
         cfg["vocab_size"] = ck["model"]["backbone.embeddings.weight"].shape[0]
         model = build_model(cfg, state_sizes=ck["state_sizes"])
         model.load_state_dict(ck["model"])
@@ -119,6 +122,13 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _lm_energy_methods() -> list[str]:
+    """Every energy method a language-model family offers (the family specs say which)."""
+    from .registry import families
+
+    return sorted({m for f in families().values() if f.causal_lm is not None for m in f.energy_methods})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "compress",
@@ -134,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--method",
         default="output",
-        choices=["output", "hankel", "hankel_mean", "balanced"],
+        choices=_lm_energy_methods(),
         help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
         "through a state projection, which plain transformers format cannot hold",
     )

@@ -365,7 +365,7 @@ def _check_train(t: TrainConfig) -> None:
 
 
 def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
-    from ..reduction.mamba import ENERGY_METHODS
+    from ..registry import model_family
 
     _check(
         red.mode in ("tolerance", "fixed", "pragmatic", "none"),
@@ -402,8 +402,8 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
-    mamba = tuple(ENERGY_METHODS)
-    methods = {"lru": ("hankel",), "mamba": mamba, "mamba2": (*mamba, "balanced")}.get(model_name)
+    family = model_family(model_name)
+    methods = family.energy_methods if family is not None else None
     why = " (balanced needs a scalar decay per head: Mamba-2 layers only)" if red.method == "balanced" else ""
     _check(  # other models: checked by their layers at the cut
         red.method is None or methods is None or red.method in methods,

@@ -63,5 +63,5 @@ def test_compress_rejects_another_architecture(tmp_path):
     ck.update(step=1, optimizer={}, rng={}, trainer={})
     (tmp_path / "checkpoints").mkdir()
     torch.save(ck, tmp_path / "checkpoints" / "last.pt")
-    with pytest.raises(ValueError, match="checkpoint of a 'lru' model; compress expects a Mamba"):
+    with pytest.raises(ValueError, match="checkpoint of a 'lru' model; compress expects a language model"):
         _load_any(str(tmp_path))
