@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
-    from . import compress, env, recipe_index
+    from . import compress, env, evaluate, recipe_index
 
     compress.register(sub)
+    evaluate.register(sub)
     env.register(sub)
     recipe_index.register(sub)
     from .eval import aggregate

@@ -72,6 +72,14 @@ def _cmd_compress(args) -> int:
             "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "
             "use --format compressmamba"
         )
+    if args.evaluate:
+        from .evaluate import check_eval_options, parse_tasks
+
+        parse_tasks(args.evaluate)
+        try:
+            check_eval_options(args, "--eval-batch-size")  # before the work, not after it
+        except ValueError as e:
+            raise ValueError(f"--evaluate: {e}") from None
     model = _load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
@@ -85,7 +93,22 @@ def _cmd_compress(args) -> int:
         export_transformers(model, out)
     else:
         model.save_pretrained(out)
+    if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
+        from .training.export import _save_tokenizer
+
+        _save_tokenizer(args.tokenizer, out)
     print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
+    if args.evaluate:
+        from .evaluate import evaluate_and_report, parse_tasks
+
+        models = [("original", args.checkpoint, args.tokenizer), ("compressed", str(out), args.tokenizer)]
+        opts = {"include_path": args.include_path, "limit": args.limit, "device": args.device}
+        print(
+            evaluate_and_report(
+                models, parse_tasks(args.evaluate), args.eval_out, batch_size=args.eval_batch_size, **opts
+            ),
+            end="",
+        )
     return 0
 
 
@@ -130,6 +153,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seq-len", type=int, default=256)
     c.add_argument("--format", default="compressmamba", choices=["compressmamba", "transformers"])
     c.add_argument("--out", required=True)
+    c.add_argument(
+        "--evaluate",
+        metavar="TASKS",
+        help="then run these lm-evaluation-harness tasks on the original and the compressed model, side by side "
+        "(pip install 'compressmamba[eval]')",
+    )
+    from .evaluate import add_eval_options
+
+    add_eval_options(c, out_flag="--eval-out", batch_flag="--eval-batch-size")
     c.set_defaults(func=_cmd_compress)
 
     v = sub.add_parser(

@@ -113,6 +113,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "total_state": sum(summary["final_state_sizes"]),
         "val_loss": val["loss"],
         "val_perplexity": val["perplexity"],
+        "val_bits_per_byte": val.get("bits_per_byte"),
         "val_rows": len(tr.data.val),  # the whole split: every row evaluated
         "step_s": step_s,
         "train_time_s": summary["train_time_s"],
@@ -357,6 +358,7 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
             "train_time_s": statistics.fmean(r["train_time_s"] for r in rs),
             "total_state": statistics.fmean(r["total_state"] for r in rs),
             "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
+            "val_bits_per_byte": _mean_or_none([r.get("val_bits_per_byte") for r in rs]),
         }
     return {
         "label": label,
@@ -371,7 +373,16 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
     }
 
 
+def _mean_or_none(xs: list) -> float | None:
+    """The mean, or None when a run lacks the number (a cached result from before it was recorded)."""
+    return None if any(x is None for x in xs) else statistics.fmean(xs)
+
+
 # --- report ------------------------------------------------------------------------------------
+def _bpb(x) -> str:
+    return "-" if _missing(x) else f"{x:.4f}"
+
+
 def _missing(x) -> bool:
     """NaN, or null as study.json stores it."""
     return x is None or math.isnan(x)
@@ -390,9 +401,9 @@ def markdown(study: dict) -> str:
         f"### {study['label']}: `{study['recipe']}` {' '.join(f'`{o}`' for o in study['overrides'])}".rstrip(),
         "",
         f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}), {study['steps']} steps; "
-        "validation perplexity on the whole validation split.",
+        "validation perplexity / bits per byte on the whole validation split.",
         "",
-        "| seed | compressed sizes | " + " | ".join(f"{a} ppl" for a in arms) + " |",
+        "| seed | compressed sizes | " + " | ".join(f"{a} ppl / bpb" for a in arms) + " |",
         "|---|---|" + "---|" * len(arms),
     ]
     for s in study["seeds"]:
@@ -401,7 +412,7 @@ def markdown(study: dict) -> str:
         for a in arms:
             r = res[a][str(s)]
             tag = f" (N={r['sizes'][0]})" if a == "uniform" else ""
-            ppl.append(f"{r['val_perplexity']:.4f}{tag}")
+            ppl.append(f"{r['val_perplexity']:.4f} / {_bpb(r.get('val_bits_per_byte'))}{tag}")
         lines.append(f"| {s} | {sizes} | " + " | ".join(ppl) + " |")
     if study["comparisons"]:
         lines += [
@@ -418,8 +429,8 @@ def markdown(study: dict) -> str:
     lines += [
         "",
         "| arm | total state | step after the cuts (one process) | training steps (one process) "
-        "| step in its run | whole run in its worker | mean ppl |",
-        "|---|---|---|---|---|---|---|",
+        "| step in its run | whole run in its worker | mean ppl | mean bpb |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(x):
@@ -431,7 +442,8 @@ def markdown(study: dict) -> str:
     for a, sp in study["speed"].items():
         lines.append(
             f"| {a} | {sp['total_state']:.1f} | {ms(sp.get('step_s_one'))} | {sec(sp.get('train_s_one'))} "
-            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {sp['val_perplexity']:.4f} |"
+            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {sp['val_perplexity']:.4f} "
+            f"| {_bpb(sp.get('val_bits_per_byte'))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -10,7 +10,7 @@ MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCANNED = ("compressmamba", "kernels", "eval", "tests", "docs")
 SUFFIXES = {".py", ".md", ".yaml", ".sh", ".toml"}
 # files the code writes (or a test fixture), named in the text but not documents of this repository
-WRITTEN = re.compile(r"(table|study|c|bench_\w+)\.md")
+WRITTEN = re.compile(r"(table|study|summary|compile_report|c|bench_\w+)\.md")  # summary.md: compressmamba evaluate
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 CITATION = re.compile(r"(?<![\w./*-])((?:[\w-]+/)*[\w-]+\.md)\b")

@@ -90,6 +90,7 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
             r = res[arm][s]
             assert r["seed"] == s and r["arm"] == arm and math.isfinite(r["val_perplexity"]) and r["step_s"] > 0
             assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
+            assert r["val_bits_per_byte"] == pytest.approx(r["val_loss"] / math.log(2))  # byte tokenizer
     # the whole validation split: more batches than the recipe's eval_batches, and a different loss
     assert res["full"][0]["val_rows"] > RECIPE["train"]["eval_batches"] * RECIPE["train"]["batch_size"]
     summary = json.loads((tmp_path / "runs").glob("full-seed0-*/summary.json").__next__().read_text())
@@ -113,6 +114,8 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     assert study["direct_vs_uniform"]["mean"] == pytest.approx(ms.paired(d, u)["mean"])
     text = ms.markdown(study)
     assert "| compressed vs |" in text and "| direct |" in text and "(N=" in text and "direct vs uniform" in text
+    bpb = res["direct"][0]["val_bits_per_byte"]
+    assert f"{res['direct'][0]['val_perplexity']:.4f} / {bpb:.4f}" in text and "| mean bpb |" in text
 
     def boom(*a, **k):
         raise AssertionError("a cached run was trained again")
