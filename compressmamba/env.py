@@ -7,7 +7,7 @@ import importlib.util
 import platform
 import sys
 
-_PACKAGES = ("torch", "triton", "transformers", "accelerate", "datasets", "mamba-ssm", "causal-conv1d")
+_PACKAGES = ("torch", "triton", "transformers", "accelerate", "datasets", "lm_eval", "mamba-ssm", "causal-conv1d")
 
 
 def _version(dist: str) -> str | None:
