@@ -151,6 +151,15 @@ class PackedRows(Dataset):
         return {"input_ids": x, "labels": x}
 
 
+def input_repairs(manifest: dict) -> str | None:
+    """What building the store changed in its input (the line prepare-data prints), or None."""
+    c = manifest.get("counts", {})
+    bad, empty = c.get("replaced_invalid_utf8", 0), c.get("empty_documents", 0)
+    if not (bad or empty):
+        return None
+    return f"repaired {bad:,} invalid UTF-8 sequences; {empty:,} empty documents"
+
+
 def _check_args(seq_len, val_fraction, max_bytes, max_tokens, seed, num_proc):
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,12 @@ class Trainer:
         set_seed(recipe.seed)
         self.data = build_data(recipe.data, seed=recipe.seed)
         self.task = recipe.task or self.data.info.get("task", "classification")
+        if acc.is_main_process and "manifest" in self.data.info:  # as prepare-data reports it
+            from ..data.text import input_repairs
+
+            repairs = input_repairs(self.data.info["manifest"])
+            if repairs:
+                print(f"compressmamba: token store {self.data.info['store']}: {repairs}", file=sys.stderr)
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
         if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)

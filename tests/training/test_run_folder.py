@@ -81,3 +81,22 @@ def test_throughput_rows_count_what_their_window_timed(toy_recipe, monkeypatch):
     bs = raw["train"]["batch_size"]
     for r in rows:  # 4 steps of bs samples in 4 s of training
         assert r["samples_per_s"] == pytest.approx(bs), r
+
+
+def test_training_reports_repaired_input_as_prepare_data_does(tmp_path, capsys):
+    """Weak spot: a corpus of invalid UTF-8 trained without a word; prepare-data reported it."""
+    (tmp_path / "c").mkdir()
+    good = "def f(x):\n    return x + 1\n" * 40
+    (tmp_path / "c" / "a.txt").write_bytes(good.encode() + b"\xff\xfe\x80 binary \xc3(" * 30)
+    (tmp_path / "c" / "b.txt").write_text(good)
+    raw = {
+        "name": "repairs",
+        "out_dir": str(tmp_path / "run"),
+        "model": {"name": "mamba", "d_model": 8, "n_layers": 1, "state_size": 4},
+        "data": {"name": "text_lm", "files": str(tmp_path / "c" / "*.txt"), "seq_len": 16, "val_fraction": 0.5},
+        "train": {"steps": 1, "batch_size": 2, "eval_batches": 1, "progress": False},
+        "reduction": {"mode": "none", "plots": False},
+    }
+    Trainer(recipe_from_dict(raw))
+    err = capsys.readouterr().err
+    assert "invalid UTF-8 sequences" in err and "repaired" in err, err
