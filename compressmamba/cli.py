@@ -21,7 +21,9 @@ def _cmd_train(args) -> int:
         recipe = load_recipe(args.recipe, overrides)
         if seed is not None and len(seeds) > 1 and not any(o.startswith("out_dir=") for o in args.overrides):
             recipe.out_dir = None  # one folder per seed
-        trainer = Trainer(recipe, resume=args.resume, allow_recipe_change=args.allow_recipe_change)
+        trainer = Trainer(
+            recipe, resume=args.resume, allow_recipe_change=args.allow_recipe_change, overwrite=args.overwrite
+        )
         summary = trainer.fit()
         if trainer.accelerator.is_main_process and not recipe.train.progress:
             print(json.dumps(summary, indent=2))
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="a YAML file, or a shipped recipe's name (`compressmamba recipes` lists them)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
     t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the run folder (its files are removed first); without it, or --resume, "
+        "a folder holding a run is refused",
+    )
     t.add_argument(
         "--allow-recipe-change",
         action="store_true",

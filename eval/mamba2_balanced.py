@@ -72,7 +72,9 @@ def run(args) -> dict:
     rows = {}  # (r, method) -> [rise per seed]
     for seed in args.seeds:
         t0 = time.time()
-        tr = Trainer(recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")))
+        tr = Trainer(
+            recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")), overwrite=True
+        )  # a rerun replaces
         tr.fit()
         model = tr.model.cpu().eval()
         val = list(shard_batches(tr.data.val, 16, 0, 1, args.eval_batches))

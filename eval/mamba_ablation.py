@@ -122,7 +122,7 @@ def _record(results, key, scores):
 
 
 def _one_seed(args, seed, results) -> float:
-    tr = Trainer(recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")))
+    tr = Trainer(recipe_from_dict(_recipe(args, seed, f"{args.out}/seed{seed}")), overwrite=True)  # a rerun replaces
     tr.fit()
     model = tr.model.eval()
     val = list(shard_batches(tr.data.val, 8, 0, 1, args.val_batches))

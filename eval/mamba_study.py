@@ -98,7 +98,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         torch.set_num_threads(threads)
     rec = recipe_from_dict({**recipe, "out_dir": out_dir})
     t0 = time.perf_counter()
-    tr = Trainer(rec)
+    tr = Trainer(rec, overwrite=True)  # the study's cache (result.json) decided this arm runs again
     summary = tr.fit()
     wall = time.perf_counter() - t0
     val = tr.evaluate("val", whole=True)

@@ -8,7 +8,8 @@ Layout of ``<cache_dir>/<label>-<fingerprint>/``:
   ``[ends[k-1], ends[k])``, ``ends[-1]`` = the token count): the document boundaries.
 - ``manifest.json``: format version, the inputs the fingerprint hashes (sources with sizes and
   modification times or the hub name, revision and split; tokenizer identity and hash; caps),
-  dtype, counts (documents, tokens, source bytes, replaced invalid UTF-8 sequences, empty
+  dtype, a CRC-32 of every ``BLOCK_BYTES`` block of ``tokens.bin`` (``checksums``), counts
+  (documents, tokens, source bytes, replaced invalid UTF-8 sequences, empty
   documents dropped) and the build time.
 - ``splits/<rule>-f<fraction>-s<seed>/``: a train/validation split by document (``split.json``
   and the runs of consecutive documents of each side, ``train.npy``/``val.npy``: rows
@@ -21,7 +22,9 @@ result. A build writes into ``<folder>.tmp-<host>-<pid>`` and is renamed when co
 interrupted build never looks finished; a lock whose holder died (same host, pid gone) or that
 has not been refreshed for ``STALE_S`` seconds is taken over and the build restarted. A finished
 store whose files do not match its manifest (truncated, another format version, other inputs) is
-rebuilt, never read.
+rebuilt, never read. Every open checks a sample of the blocks against their checksums (a store
+damaged since it was built is rebuilt), and readers check each block they read the first time
+(:func:`verify_block`), so damage is refused before any of its tokens reach a model.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,7 +47,9 @@ import numpy as np
 
 from .tokenize import Tokenizer, encode_chunk, token_dtype
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-block checksums of tokens.bin
+BLOCK_BYTES = 1 << 20  # tokens.bin is checksummed in blocks of this many bytes
+SAMPLED_BLOCKS = 8  # blocks checked at every open (all of them in a store this small)
 SPLIT_RULE = "blocks65536"  # the split rule's name, recorded in split.json
 SPLIT_BLOCK = 65536  # documents per split block: memory of a split is bounded by the block
 STALE_S = 120.0  # a build lock not refreshed for this long is taken over
@@ -117,6 +123,16 @@ class TokenStore:
                 return None, f"{f} holds {size} bytes, the manifest says {want} (truncated or replaced)"
         if n_doc and int(np.memmap(path / "docs.idx", dtype=np.int64, mode="r", shape=(n_doc,))[-1]) != n_tok:
             return None, f"{path / 'docs.idx'} does not end at the token count {n_tok}"
+        sums = m.get("checksums") or {}
+        crcs = sums.get("tokens.bin")
+        if not isinstance(crcs, list) or not sums.get("block_bytes"):
+            return None, f"{mpath} has no block checksums of tokens.bin"
+        picks = np.unique(np.linspace(0, len(crcs) - 1, min(SAMPLED_BLOCKS, len(crcs))).round().astype(int))
+        with open(path / "tokens.bin", "rb") as f:
+            for b in picks.tolist():
+                problem = verify_block(f.fileno(), b, sums["block_bytes"], crcs)
+                if problem:
+                    return None, f"{path / 'tokens.bin'} {problem}"
         return m, ""
 
     def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -153,6 +169,40 @@ class TokenStore:
             os.rename(tmp, folder)
         except OSError:  # another rank finished the same split first: identical content
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_block(fd: int, block: int, block_bytes: int, crcs: list[int]) -> str | None:
+    """None if block ``block`` of the file open as ``fd`` matches its CRC-32 in ``crcs``, else
+    what is wrong (one phrase)."""
+    if hasattr(os, "pread"):
+        data = os.pread(fd, block_bytes, block * block_bytes)
+    else:
+        os.lseek(fd, block * block_bytes, os.SEEK_SET)
+        data = os.read(fd, block_bytes)
+    if zlib.crc32(data) != crcs[block]:
+        return f"block {block} (bytes {block * block_bytes}-{block * block_bytes + len(data)}) fails its checksum"
+    return None
+
+
+class _BlockSums:
+    """CRC-32 of each ``block_bytes`` block of a stream written in pieces of any size."""
+
+    def __init__(self, block_bytes: int):
+        self.block_bytes, self.crcs, self._crc, self._fill = block_bytes, [], 0, 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while len(view):
+            take = min(self.block_bytes - self._fill, len(view))
+            self._crc = zlib.crc32(view[:take], self._crc)
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.block_bytes:
+                self.crcs.append(self._crc)
+                self._crc, self._fill = 0, 0
+
+    def finish(self) -> list[int]:
+        return self.crcs + ([self._crc] if self._fill else [])
 
 
 def split_documents(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
@@ -360,6 +410,7 @@ def _build(folder, source, tok, inputs, max_bytes, max_tokens, num_proc, chunk_b
     tmp.mkdir(parents=True)
     dtype = token_dtype(tok.vocab_size)
     counts = {"documents": 0, "tokens": 0, "source_bytes": 0, "replaced_invalid_utf8": 0, "empty_documents": 0}
+    sums = _BlockSums(BLOCK_BYTES)
     bar = tqdm(total=source.total_bytes(), unit="B", unit_scale=True, desc="tokenizing", disable=None, leave=False)
     try:
         with open(tmp / "tokens.bin", "wb") as ftok, open(tmp / "docs.idx", "wb") as fidx:
@@ -370,6 +421,7 @@ def _build(folder, source, tok, inputs, max_bytes, max_tokens, num_proc, chunk_b
                 counts["empty_documents"] += empty
                 ids, lengths, full = _cap(ids, lengths, counts["tokens"], max_tokens, tok.eos)
                 ftok.write(ids.tobytes())
+                sums.update(ids.tobytes())
                 fidx.write((counts["tokens"] + np.cumsum(lengths)).astype(np.int64).tobytes())
                 counts["tokens"] += int(lengths.sum())
                 counts["documents"] += len(lengths)
@@ -390,6 +442,7 @@ def _build(folder, source, tok, inputs, max_bytes, max_tokens, num_proc, chunk_b
         "inputs": inputs,
         "tokenizer": {"spec": tok.spec, **tok.identity()},
         "dtype": dtype.name,
+        "checksums": {"algorithm": "crc32", "block_bytes": BLOCK_BYTES, "tokens.bin": sums.finish()},
         "counts": counts,
         "build_seconds": round(time.time() - t0, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -45,8 +45,21 @@ class PackedRows(Dataset):
     copies only the row, and the page cache stays shared by every rank either way.
     """
 
-    def __init__(self, tokens_path: Path, dtype: np.dtype, n_tokens: int, runs: np.ndarray, seq_len: int, side: str):
+    def __init__(
+        self,
+        tokens_path: Path,
+        dtype: np.dtype,
+        n_tokens: int,
+        runs: np.ndarray,
+        seq_len: int,
+        side: str,
+        *,
+        checksums: dict | None = None,
+        vocab_size: int | None = None,
+    ):
         self.tokens_path, self.dtype = Path(tokens_path), np.dtype(dtype)
+        self.checksums, self.vocab_size = checksums, vocab_size  # manifest["checksums"]; ids must be below
+        self._verified = set()  # blocks of the token file checked in this process
         self.n_tokens, self.seq_len = n_tokens, seq_len
         self.runs = np.ascontiguousarray(runs, dtype=np.int64)
         self._vstart = np.ascontiguousarray(self.runs[:, 0])  # searched once per row: keep it contiguous
@@ -60,7 +73,7 @@ class PackedRows(Dataset):
         self._fd, self._pid = None, None
 
     def __getstate__(self):
-        return {**self.__dict__, "_fd": None, "_pid": None}
+        return {**self.__dict__, "_fd": None, "_pid": None, "_verified": set()}
 
     def __del__(self):
         if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
@@ -73,6 +86,8 @@ class PackedRows(Dataset):
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.tokens_path, os.O_RDONLY), os.getpid()
         size = self.dtype.itemsize
+        if self.checksums:
+            self._verify(start * size, (start + n) * size)
         raw = os.pread(self._fd, n * size, start * size)
         if len(raw) != n * size:
             have = os.fstat(self._fd).st_size
@@ -81,6 +96,32 @@ class PackedRows(Dataset):
                 "the token store was truncated after it was opened"
             )
         return np.frombuffer(raw, dtype=self.dtype)
+
+    def _verify(self, lo: int, hi: int) -> None:
+        """Check the blocks holding bytes [lo, hi) of the token file, once per process."""
+        from .store import verify_block
+
+        bb, crcs = self.checksums["block_bytes"], self.checksums["tokens.bin"]
+        for b in range(lo // bb, (hi - 1) // bb + 1):
+            if b in self._verified:
+                continue
+            problem = verify_block(self._fd, b, bb, crcs)
+            if problem:
+                raise ValueError(
+                    f"{self.tokens_path} {problem}: the token store was damaged after it was built; refused. "
+                    f"Delete {self.tokens_path.parent} (or run compressmamba prepare-data) to rebuild it"
+                )
+            self._verified.add(b)
+
+    def _check_ids(self, x: np.ndarray, start: int) -> None:
+        """Token ids at or above the vocabulary never reach the embedding."""
+        if self.vocab_size is not None and len(x) and int(x.max()) >= self.vocab_size:
+            i = int(np.argmax(x >= self.vocab_size))
+            raise ValueError(
+                f"{self.tokens_path}: token id {int(x[i])} at stream position {start + i} is outside the vocabulary "
+                f"of {self.vocab_size}: the token store does not belong to this tokenizer or is damaged; "
+                f"delete {self.tokens_path.parent} (or run compressmamba prepare-data) to rebuild it"
+            )
 
     def __len__(self):
         return self.n
@@ -104,8 +145,19 @@ class PackedRows(Dataset):
         if not -self.n <= i < self.n:
             raise IndexError(f"row {i} out of range for {self.n} rows")
         i %= self.n
-        x = torch.from_numpy(self.read(i * self.seq_len, (i + 1) * self.seq_len + 1))
+        ids = self.read(i * self.seq_len, (i + 1) * self.seq_len + 1)
+        self._check_ids(ids, i * self.seq_len)
+        x = torch.from_numpy(ids)
         return {"input_ids": x, "labels": x}
+
+
+def input_repairs(manifest: dict) -> str | None:
+    """What building the store changed in its input (the line prepare-data prints), or None."""
+    c = manifest.get("counts", {})
+    bad, empty = c.get("replaced_invalid_utf8", 0), c.get("empty_documents", 0)
+    if not (bad or empty):
+        return None
+    return f"repaired {bad:,} invalid UTF-8 sequences; {empty:,} empty documents"
 
 
 def _check_args(seq_len, val_fraction, max_bytes, max_tokens, seed, num_proc):
@@ -206,7 +258,10 @@ def text_lm(
     if store.n_docs < 2:
         raise ValueError(f"need at least 2 documents to split train/validation, got {store.n_docs} in {store.path}")
     train_runs, val_runs, split_info = store.split(float(val_fraction), seed)
-    rows = lambda runs, side: PackedRows(store.path / "tokens.bin", store.dtype, store.n_tokens, runs, seq_len, side)
+    sums, vocab = store.manifest.get("checksums"), tok.vocab_size
+    rows = lambda runs, side: PackedRows(
+        store.path / "tokens.bin", store.dtype, store.n_tokens, runs, seq_len, side, checksums=sums, vocab_size=vocab
+    )
     info = {"task": "lm", "vocab_size": tok.vocab_size, "seq_len": seq_len, "tokenizer": tok}
     info.update(store=str(store.path), store_built=built, manifest=store.manifest, split=split_info)
     return DataSplits(rows(train_runs, "train"), rows(val_runs, "validation"), None, info)

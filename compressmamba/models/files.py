@@ -66,8 +66,33 @@ def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
     weights = found[0]
     if weights.name == "model.safetensors":
         check_safetensors(weights)
-    elif weights.name == "pytorch_model.bin" and not zipfile.is_zipfile(weights):
-        raise ValueError(f"{weights} is corrupt or truncated: not a torch zip archive")
+    elif weights.name == "pytorch_model.bin":
+        check_torch_weights(weights)
+
+
+def check_torch_weights(path: Path) -> None:
+    """ValueError (one line) unless ``path`` is a torch archive of tensors and plain values only:
+    a pickled object that could run code is refused here, before any loader sees it, and
+    nothing in it runs (``torch.load(weights_only=True, mmap=True)``: no tensor data is read)."""
+    import pickle
+
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is corrupt or truncated: not a torch zip archive")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        obj = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"{path} holds pickled Python objects{obj} that could run code: refused, nothing was loaded; "
+            "convert trusted weights to model.safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{path} is corrupt or truncated: {str(e).strip().splitlines()[0] if str(e) else e!r}"
+        ) from None
 
 
 def hub_offline() -> bool:

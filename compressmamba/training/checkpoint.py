@@ -4,15 +4,24 @@ A training checkpoint holds only tensors and plain Python values (dict, list, st
 bool, None): RNG states are stored as tensors and lists, so it loads with
 ``torch.load(weights_only=True)`` and a file that carries any other pickled object is refused
 before anything in it runs.
+
+Every checkpoint carries a SHA-256 of its content (the archive's records, names and bytes) as
+its last record, ``.data/checksum.sha256``, appended after ``torch.save`` has written the rest
+and checked before the file replaces ``last.pt``; the checkpoint it replaces is kept as
+``prev.pt``. Loading checks the checksum first: a file changed after it was written (a bad disk,
+a partial overwrite) is refused with one line naming it and the previous checkpoint if that one
+is intact, never loaded into a run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
 import re
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -20,6 +29,8 @@ import numpy as np
 import torch
 
 FORMAT = "compressmamba-checkpoint-2"
+CHECKSUM_RECORD = ".data/checksum.sha256"  # inside the archive's folder; torch.load ignores it
+PREVIOUS = "prev.pt"  # the checkpoint last.pt replaced, kept beside it
 
 
 def _stale_temps(path: Path) -> list[Path]:
@@ -27,17 +38,17 @@ def _stale_temps(path: Path) -> list[Path]:
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync, then os.replace: a crash
-    mid-write leaves the previous file intact. The file gets the permissions the user's umask
+    """Call ``write(file)`` (a readable, seekable file) on a temp file in ``path``'s folder, fsync,
+    then os.replace: a crash mid-write leaves the previous file intact. The file gets the permissions the user's umask
     gives (like ``open``), and temp files left by an earlier killed write are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in _stale_temps(path):
         old.unlink(missing_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -48,8 +59,53 @@ def atomic_write(path: str | Path, write) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save ``obj`` to ``path`` atomically (see :func:`atomic_write`), with its checksum."""
+    atomic_write(path, lambda f: _save_with_checksum(obj, f))
+
+
+def _content_digest(zf: zipfile.ZipFile) -> str:
+    """SHA-256 over every record but the checksum: names and bytes, in archive order. Reading
+    through zipfile also checks each record's CRC and its local header against the directory."""
+    h = hashlib.sha256()
+    for info in zf.infolist():
+        if info.filename.endswith("/" + CHECKSUM_RECORD):
+            continue
+        h.update(info.filename.encode() + b"\0")
+        with zf.open(info) as r:
+            while chunk := r.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_with_checksum(obj, f) -> None:
+    """torch.save ``obj`` into ``f``, then append the checksum record (written last)."""
+    torch.save(obj, f)
+    f.flush()
+    f.seek(0)
+    with zipfile.ZipFile(f, "a") as zf:
+        folder = zf.namelist()[0].split("/")[0]
+        zf.writestr(f"{folder}/{CHECKSUM_RECORD}", _content_digest(zf))
+
+
+def verify_checksum(path) -> str | None:
+    """None if the content of ``path`` (a path or an open binary file) matches its checksum, else
+    what is wrong (one phrase). A file written before checksums existed is checked by its
+    records' CRCs alone."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return "not a torch zip archive"
+    with zf:
+        names = [n for n in zf.namelist() if n.endswith("/" + CHECKSUM_RECORD)]
+        try:
+            if not names:
+                bad = zf.testzip()
+                return None if bad is None else f"record {bad} fails its CRC check"
+            stored = zf.read(names[0]).decode(errors="replace").strip()
+            actual = _content_digest(zf)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            return f"checksum mismatch ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None if stored == actual else f"checksum mismatch (stored {stored[:12]}..., content {actual[:12]}...)"
 
 
 def rng_state() -> dict:
@@ -93,21 +149,49 @@ def save_checkpoint(
 ) -> None:
     """Write a training checkpoint; ``pragmatic_snapshot`` (score, sizes, model and optimizer
     state) is the rollback point of the pragmatic schedule, so a resumed run rolls back where
-    the uninterrupted one would."""
-    atomic_save(
-        {
-            "format": FORMAT,
-            "step": step,
-            "state_sizes": list(state_sizes),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "trainer": trainer_state,
-            "recipe": recipe,
-            "pragmatic_snapshot": pragmatic_snapshot,
-        },
-        path,
-    )
+    the uninterrupted one would. The new file is verified against its checksum before it
+    replaces ``path``; the file it replaces stays beside it as ``prev.pt``."""
+    path = Path(path)
+
+    def write(f):
+        _save_with_checksum(obj, f)
+        f.flush()
+        f.seek(0)
+        problem = verify_checksum(f)  # the file read back
+        if problem:
+            raise OSError(f"the checkpoint written for {path} does not verify ({problem}); {path} is unchanged")
+        _keep_previous(path)  # verified: now the file it replaces becomes prev.pt
+
+    obj = {
+        "format": FORMAT,
+        "step": step,
+        "state_sizes": list(state_sizes),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "trainer": trainer_state,
+        "recipe": recipe,
+        "pragmatic_snapshot": pragmatic_snapshot,
+    }
+    atomic_write(path, write)
+
+
+def _keep_previous(path: Path) -> None:
+    """Hard-link ``path`` as ``prev.pt`` (a copy where links are not supported), so the checkpoint
+    the next write replaces stays loadable."""
+    if not path.is_file():
+        return
+    prev = path.with_name(PREVIOUS)
+    tmp = path.with_name(f".{PREVIOUS}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, prev)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def checkpoint_path(path) -> Path:
@@ -146,7 +230,15 @@ def load_checkpoint(path) -> dict:
     path = checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (expected RUN_DIR/checkpoints/last.pt)")
-    ckpt = safe_torch_load(path, "checkpoint")
+    problem = verify_checksum(path)
+    if problem:
+        raise ValueError(
+            f"checkpoint {path} is corrupt or truncated: {problem}; refused, nothing was loaded. {_alternative(path)}"
+        )
+    try:
+        ckpt = safe_torch_load(path, "checkpoint")
+    except ValueError as e:
+        raise ValueError(f"{e}. {_alternative(path)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a compressmamba training checkpoint (format {fmt!r}, expected {FORMAT!r})")
@@ -154,3 +246,11 @@ def load_checkpoint(path) -> dict:
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {missing}")
     return ckpt
+
+
+def _alternative(path: Path) -> str:
+    """Where to resume from instead of the damaged ``path``: its intact ``prev.pt``, if any."""
+    prev = path.with_name(PREVIOUS)
+    if prev != path and prev.is_file() and verify_checksum(prev) is None:
+        return f"The previous checkpoint {prev} is intact: resume from it with --resume {prev}."
+    return "No intact earlier checkpoint is here: restart the run (--overwrite)."

@@ -130,17 +130,33 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value")
         key, value = item.split("=", 1)
+        try:
+            parsed = _parse_value(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = parsed
     return raw
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (1-based line and column)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
+
+
 def _section(cls, values: dict | None, section: str):
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(
+            f"recipe section '{section}' = {values!r}: expected a mapping of its keys "
+            f"(e.g. {section}: {{{fields(cls)[0].name}: ...}} or {section}.{fields(cls)[0].name}=...)"
+        )
     values = dict(values or {})
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(values) - set(valid))
@@ -248,9 +264,14 @@ def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
     if here in chain:
         loop = " -> ".join(str(p) for p in (*chain, here))
         raise ValueError(f"recipe {chain[0]}: its base chain is a cycle ({loop}); remove one of the `base:` keys")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ValueError(
+            f"recipe {path} holds a {type(raw).__name__}: expected a mapping of sections (name, model, ...)"
+        )
     if "base" not in raw:
         return raw
     base = raw.pop("base")
@@ -302,7 +323,7 @@ def _positive_int(v) -> bool:
 
 
 def _check_model(m: dict) -> None:
-    for key in ("n_layers", "d_model"):
+    for key in ("n_layers", "d_model", "expand", "d_conv", "head_dim", "n_groups", "chunk_size"):
         if key in m:
             _check(_positive_int(m[key]), f"model.{key}", m[key], "a positive integer")
     for key in ("state_size", "state_sizes"):

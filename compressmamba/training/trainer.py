@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
@@ -30,6 +32,9 @@ from .data import StepBatches, shard_batches
 from .metrics import MetricsWriter, target_bytes, write_json
 from .optim import build_optimizer, carry_optimizer_state, rewarm_factor, set_lr, snapshot_state
 from .schedule import attempt_steps, rule_rank, stepped_rank
+
+# what a run writes into its folder: a new run there is refused unless it resumes or overwrites
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model", "plots", "trackers")
 
 
 def param_hash(model: torch.nn.Module) -> str:
@@ -47,7 +52,8 @@ class Trainer:
     ``resume`` (a run folder or checkpoint file) continues a run; a recipe that differs from the
     checkpoint's in a key that changes the run (anything outside :data:`config.HARMLESS_KEYS`)
     is refused unless ``allow_recipe_change`` (e.g. to extend ``train.steps``), and then recorded
-    in metrics.jsonl and the trainer state."""
+    in metrics.jsonl and the trainer state. A run folder that already holds a run is refused
+    unless this resumes it or ``overwrite`` (which removes the old run's files first)."""
 
     def __init__(
         self,
@@ -58,6 +64,7 @@ class Trainer:
         callbacks: list | None = None,
         accelerator=None,
         allow_recipe_change: bool = False,
+        overwrite: bool = False,
     ):
         self.recipe = recipe
         self.extra_loss = extra_loss
@@ -72,6 +79,12 @@ class Trainer:
         self.run_dir = recipe.run_dir()
         self.ckpt = load_checkpoint(resume) if resume else None
         changes = self._check_recipe_change(allow_recipe_change)
+        on_cpu = accelerator.device.type == "cpu" if accelerator is not None else cpu or not _has_accelerator()
+        if t.mixed_precision == "fp16" and on_cpu:
+            raise ValueError(
+                "train.mixed_precision = 'fp16': fp16 needs a GPU (on the CPU it would train in fp32 while the run "
+                "records fp16); use train.mixed_precision=no or bf16 on the CPU"
+            )
         trackers = tracking.tracker_names(t.report_to)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=t.mixed_precision,
@@ -82,9 +95,16 @@ class Trainer:
             ),
         )
         acc = self.accelerator
+        self._claim_run_dir(resume, overwrite)
         set_seed(recipe.seed)
         self.data = build_data(recipe.data, seed=recipe.seed)
         self.task = recipe.task or self.data.info.get("task", "classification")
+        if acc.is_main_process and "manifest" in self.data.info:  # as prepare-data reports it
+            from ..data.text import input_repairs
+
+            repairs = input_repairs(self.data.info["manifest"])
+            if repairs:
+                print(f"compressmamba: token store {self.data.info['store']}: {repairs}", file=sys.stderr)
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
         if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
@@ -126,6 +146,36 @@ class Trainer:
             from .baselines import attach_baseline
 
             attach_baseline(self)
+
+    def _claim_run_dir(self, resume, overwrite: bool) -> None:
+        """Never mix two runs in one folder: unless this resumes the run in ``run_dir``, a folder
+        holding one is refused (on every rank, as the main process sees it) or, with
+        ``overwrite``, cleared of the old run's files first."""
+        acc = self.accelerator
+        if resume is not None:
+            ck = checkpoint_path(resume)
+            home = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+            if home.resolve() == self.run_dir.resolve():
+                return
+        held = [e for e in RUN_ENTRIES if (self.run_dir / e).exists()] if acc.is_main_process else []
+        if acc.num_processes > 1:
+            box = [held]
+            broadcast_object_list(box, from_process=0)
+            held = box[0]
+        if held and not overwrite:
+            raise ValueError(
+                f"run folder {self.run_dir} already holds a run ({', '.join(held)}): continue it with "
+                f"--resume {self.run_dir}, replace it with --overwrite, or write elsewhere with out_dir=NEW_FOLDER"
+            )
+        if overwrite and acc.is_main_process and self.run_dir.is_dir():
+            stale = [self.run_dir / e for e in RUN_ENTRIES]
+            stale += [*self.run_dir.glob("rank*_hashes.jsonl"), *self.run_dir.glob(".model.*")]
+            for path in stale:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        acc.wait_for_everyone()
 
     def _open_outputs(self, trackers: list[str], changes: list[dict]) -> None:
         """config.yaml, metrics.jsonl (cut back to the checkpoint's step on resume: the rows the
@@ -461,30 +511,28 @@ class Trainer:
             dynamic_ncols=True,
         )
         self._fit_start, self._time_base = time.time(), self.state["train_time_s"]
-        window_t, window_samples, window_tokens = time.time(), 0, 0
+        window = _Window()
         last_val = {}
         self.wrapped.train()
         self._stream = self.batches.stream(self.step, t.steps, t.num_workers)
         while self.step < t.steps:
             loss, n_tok, lr = self._train_step()
-            window_samples += t.batch_size * t.grad_accum * acc.num_processes
-            window_tokens += n_tok * acc.num_processes
+            window.count(t.batch_size * t.grad_accum * acc.num_processes, n_tok * acc.num_processes)
             if self.step % t.log_every == 0 or self.step == t.steps:
-                dt = max(time.time() - window_t, 1e-9)
+                samples_per_s, tokens_per_s = window.rates()
                 self._log(
                     step=self.step,
                     kind="train",
                     loss=loss,
                     lr=lr,
                     state_sizes=self.model.state_sizes,
-                    samples_per_s=window_samples / dt,
-                    tokens_per_s=window_tokens / dt,
+                    samples_per_s=samples_per_s,
+                    tokens_per_s=tokens_per_s,
                     wall_time=time.time(),
                 )
-                window_t, window_samples, window_tokens = time.time(), 0, 0
+            window.pause()  # throughput counts training steps only: not evaluation, cuts or checkpoints
             if self.step % t.eval_every == 0 or self.step == t.steps:
                 last_val = self.evaluate_and_track()
-                window_t = time.time()  # throughput counts training steps only
             if (
                 self.step in self.attempts
                 and self.step not in self.state["attempts_done"]
@@ -509,11 +557,11 @@ class Trainer:
                         last_val = self.evaluate_and_track(after_cut=True)
                         self._log_rank_hash("cut")
                         self.save()
-                window_t = time.time()
             # default: a checkpoint at every evaluation, so a crash loses at most eval_every steps
             every = t.checkpoint_every or t.eval_every
             if self.step % every == 0 and self.step < t.steps:
                 self.save()
+            window.resume()
             post = {"loss": f"{loss:.3f}", "N": _fmt_sizes(self.model.state_sizes)}
             if "accuracy" in last_val:
                 post["val_acc"] = f"{last_val['accuracy']:.3f}"
@@ -600,6 +648,42 @@ class Trainer:
         if self.accelerator.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _has_accelerator() -> bool:
+    """A CUDA, XPU or MPS device is there (Accelerate then trains on it)."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
+
+
+class _Window:
+    """Throughput of a logging window: samples and tokens over the time spent training them.
+    ``pause()``/``resume()`` bracket what is not training (evaluation, cuts, checkpoints), so
+    the counts and the clock always cover the same steps."""
+
+    def __init__(self):
+        self.samples, self.tokens, self.seconds, self._since = 0, 0, 0.0, time.time()
+
+    def count(self, samples: int, tokens: int) -> None:
+        self.samples += samples
+        self.tokens += tokens
+
+    def pause(self) -> None:
+        self.seconds += time.time() - self._since
+        self._since = None
+
+    def resume(self) -> None:
+        self._since = time.time()
+
+    def rates(self) -> tuple[float, float]:
+        """(samples/s, tokens/s) since the last call; starts the next window."""
+        if self._since is not None:
+            self.pause()
+            self.resume()
+        dt = max(self.seconds, 1e-9)
+        out = (self.samples / dt, self.tokens / dt)
+        self.samples, self.tokens, self.seconds = 0, 0, 0.0
+        return out
 
 
 class _null:

@@ -530,3 +530,48 @@ def test_step_batches_of_a_huge_dataset_draw_rows_lazily(monkeypatch):
     assert r[0]._perm is None  # nothing n-long was built
     fresh = tdata.StepBatches(ds, 5, 9, 0, 2, micro=2)
     assert fresh.indices(7, 1) == r[0].indices(7, 1) and fresh.indices(7, 1) != r[0].indices(7 + 50, 1)
+
+
+def _damage(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_a_store_damaged_in_place_is_rebuilt_on_open_or_refused_on_read(tmp_path, monkeypatch):
+    """Defect: tokens.bin overwritten at the same size trained silently on garbage (in-vocabulary
+    values) or ended in an IndexError in the embedding. Every open checks sampled blocks (all,
+    here) and rebuilds; a reader checks each block it reads and refuses damage done after open."""
+    monkeypatch.setattr(store_mod, "BLOCK_BYTES", 4096)
+    _corpus(tmp_path / "c", n=8)
+    kw = dict(files=str(tmp_path / "c" / "*.txt"), seq_len=32, cache_dir=str(tmp_path / "cache"))
+    data = text_lm(**kw)
+    tok_file = data.train.tokens_path
+    want = tok_file.read_bytes()
+    assert len(data.info["manifest"]["checksums"]["tokens.bin"]) == -(-len(want) // 4096) > 2
+    _damage(tok_file, len(want) // 2, b"aaaa")  # in the vocabulary: only the checksum sees it
+    logs = []
+    monkeypatch.setattr("sys.stderr", type("W", (), {"write": lambda s, x: logs.append(x), "flush": lambda s: 0})())
+    again = text_lm(**kw)
+    assert again.info["store_built"] and any("fails its checksum" in x for x in logs)
+    assert tok_file.read_bytes() == want
+    # damaged after it was opened: the first read of the block refuses, naming the file
+    rows = again.train
+    _damage(tok_file, len(want) - 64, b"\x00\x01" * 8)
+    with pytest.raises(ValueError) as e:
+        for i in range(len(rows)):
+            rows[i]
+    assert str(tok_file) in str(e.value) and "fails its checksum" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_token_ids_outside_the_vocabulary_never_reach_the_embedding(tmp_path):
+    from compressmamba.data.text import PackedRows
+
+    toks = np.arange(100, dtype=np.uint16) % 50
+    toks[70] = 300
+    (tmp_path / "tokens.bin").write_bytes(toks.tobytes())
+    runs = np.array([[0, 0, 100]], dtype=np.int64)
+    rows = PackedRows(tmp_path / "tokens.bin", np.uint16, 100, runs, 16, "train", vocab_size=256)
+    rows[0]
+    with pytest.raises(ValueError, match=r"token id 300 at stream position 70 is outside the vocabulary of 256"):
+        rows[4]

@@ -101,3 +101,24 @@ def test_resolve_of_an_uncached_hub_id_offline_fails_in_seconds(monkeypatch):
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         resolve("someone/no-such-mamba")
     assert time.time() - t0 < 5
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_in_pytorch_model_bin_is_refused_in_one_line(model_dir, tmp_path, capsys):
+    """Weak spot: refused, but by a 7-frame traceback that suggested weights_only=False."""
+    import torch
+
+    marker = tmp_path / "payload_ran"
+    _weights(model_dir).unlink()
+    torch.save({"x": _Payload(marker)}, model_dir / "pytorch_model.bin")
+    assert main(["convert", str(model_dir), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pytorch_model.bin" in err and "pickled Python objects" in err, err
+    assert "weights_only=False" not in err and not marker.exists()

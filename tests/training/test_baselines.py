@@ -123,7 +123,8 @@ def test_distill_from_teacher_run_records_teacher_cost(toy_recipe, tmp_path):
     tr.fit()
     s = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert s["teacher_train_time_s"] == pytest.approx(t_time) and s["final_state_sizes"] == [3, 3]
-    bad = dict(student, baseline={"name": "distill", "teacher": str(tmp_path / "nope")})
+    # a new folder: the student's own holds its finished run, which a new run may not replace
+    bad = dict(student, out_dir=str(tmp_path / "bad"), baseline={"name": "distill", "teacher": str(tmp_path / "nope")})
     with pytest.raises(FileNotFoundError, match="summary.json"):
         Trainer(recipe_from_dict(bad))
 

@@ -95,3 +95,43 @@ def test_corrupt_checkpoint_gets_one_line_naming_the_file(tmp_path, content, pro
         load_checkpoint(tmp_path / "run")
     msg = str(e.value)
     assert problem in msg and str(bad) in msg and "\n" not in msg
+
+
+def _overwrite_tensor_bytes(ck, n=4096):
+    """Overwrite up to ``n`` bytes in the middle of the largest tensor record with 0xff (NaN as
+    float32), keeping the file's size: the zip still opens and torch.load reads it happily."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(ck) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(ck.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    k = min(n, info.file_size // 2)
+    mid = start + info.file_size // 4
+    raw[mid : mid + k] = b"\xff" * k
+    ck.write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_damaged_in_place_is_refused_naming_the_previous_one(toy_recipe, tmp_path):
+    """Defect: 4 KiB overwritten inside a tensor (same size) loaded, NaN went into Adam's state.
+    Now the checksum refuses it in one line that names the intact previous checkpoint."""
+    raw = dict(toy_recipe, train={**toy_recipe["train"], "steps": 4, "eval_every": 2}, reduction={"mode": "none"})
+    Trainer(recipe_from_dict(raw)).fit()
+    ckdir = tmp_path / "run" / "checkpoints"
+    assert load_checkpoint(ckdir / "last.pt")["step"] == 4
+    _overwrite_tensor_bytes(ckdir / "last.pt")
+    for load in (
+        lambda: load_checkpoint(tmp_path / "run"),
+        lambda: Trainer(recipe_from_dict(raw), resume=tmp_path / "run"),
+    ):
+        with pytest.raises(ValueError) as e:
+            load()
+        msg = str(e.value)
+        assert "checksum mismatch" in msg and str(ckdir / "last.pt") in msg and "\n" not in msg
+        assert f"--resume {ckdir / 'prev.pt'}" in msg
+    # the previous one is intact and resumes
+    assert load_checkpoint(ckdir / "prev.pt")["step"] == 2
+    tr = Trainer(recipe_from_dict(raw), resume=ckdir / "prev.pt")
+    assert tr.step == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compressmamba.data.text import text_lm
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
 from compressmamba.training.plots import kept_mask
@@ -103,10 +104,16 @@ def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model, method):
         "train: {steps: 8, batch_size: 4, eval_every: 4, eval_batches: 2, progress: false}\n"
         f"reduction: {{mode: tolerance, tau: 0.05, method: {method}, attempts: [3, 6], calib_batches: 2}}\n"
     )
+    # Deterministic start: the token store and this seed's split are built here, once, so the two
+    # ranks never race to build them; torchrun starts the ranks directly (the accelerate launcher
+    # path is test_trainer's), and the time limit only guards against a hang. It was 300 s on the
+    # whole accelerate -> compressmamba -> torchrun chain: four interpreters importing torch,
+    # which a loaded 2-core machine can exceed (118 s measured on one core beside one busy loop).
+    text_lm(corpus="python_stdlib", max_bytes=60000, seq_len=32, seed=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "compressmamba", "train", str(recipe)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
     r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
