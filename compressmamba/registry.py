@@ -29,6 +29,7 @@ _DATA_MODULES = (
     "compressmamba.data.cifar",
     "compressmamba.data.lra",
     "compressmamba.data.text",
+    "compressmamba.data.mqar",
 )
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import tracking
+from .answers import answer_counts
 from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
@@ -84,6 +85,8 @@ class Trainer:
         set_seed(recipe.seed)
         self.data = build_data(recipe.data, seed=recipe.seed)
         self.task = recipe.task or self.data.info.get("task", "classification")
+        # a recall task (data/mqar.py): an LM scored by the accuracy of its labelled answers
+        self.answer_accuracy = self.task == "lm" and bool(self.data.info.get("answer_accuracy"))
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
         if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
@@ -211,9 +214,8 @@ class Trainer:
                 out = model(**batch)
             if self.task == "lm":
                 n = (batch["labels"][:, 1:] != -100).sum()
-                tot += torch.stack(
-                    [out.loss.double() * n, torch.zeros((), device=acc.device, dtype=torch.float64), n.double()]
-                )
+                correct = answer_counts(out.logits, batch["labels"])[0] if self.answer_accuracy else n.new_zeros(())
+                tot += torch.stack([out.loss.double() * n, correct.double(), n.double()])
             else:
                 y = batch["labels"]
                 correct = (out.logits.argmax(-1) == y).sum()
@@ -230,7 +232,7 @@ class Trainer:
         res = {"loss": loss}
         if self.task == "lm":
             res["perplexity"] = math.exp(min(loss, 50))
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
         return res
 
@@ -546,7 +548,7 @@ class Trainer:
         ]
         if self.task == "lm":
             lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}")
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             lines.append(f"  val accuracy {s['best_val_accuracy']:.4f}, test accuracy {s['test_accuracy']}")
         tr = [r for r in self.metrics_rows("train")]
         if tr:
@@ -579,7 +581,7 @@ class Trainer:
         if self.task == "lm":
             summary["val_perplexity"] = (s["val_at_best"] or {}).get("perplexity")
             summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
             summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")
         if self.accelerator.is_main_process:
