@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from . import __version__
+
 
 def _cmd_train(args) -> int:
     from .training import Trainer, load_recipe
@@ -28,6 +30,7 @@ def _cmd_train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compressmamba", description="In-training compression of state-space models.")
+    p.add_argument("--version", action="version", version=f"compressmamba {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train RECIPE.yaml; override any key with dotted key=value "
         "(e.g. reduction.tau=0.02 train.steps=500). Works under `accelerate launch`.",
     )
-    t.add_argument("recipe", help="path to a recipe YAML file")
+    t.add_argument("recipe", help="a YAML file, or a shipped recipe's name (`compressmamba recipes` lists them)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
     t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
     t.add_argument(
@@ -48,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
     t.set_defaults(func=_cmd_train)
 
-    from . import compress, env
+    from . import compress, env, evaluate, recipe_index
 
     compress.register(sub)
+    evaluate.register(sub)
     env.register(sub)
+    recipe_index.register(sub)
     from .eval import aggregate
 
     aggregate.register(sub)
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"compressmamba {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -12,7 +12,7 @@ from packaging.version import Version
 
 # The ranges CI proves (pyproject.toml's dependencies say the same; `compressmamba env` checks them).
 SUPPORTED = {
-    "torch": (">=2.13", "<2.14"),
+    "torch": (">=2.11", "<3"),
     "transformers": (">=4.45.2", "<6"),
     "accelerate": (">=1.0", "<2"),
     "datasets": (">=2.19", "<6"),

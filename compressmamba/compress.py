@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from .models.hf_interop import export_transformers, load_pretrained
+from .models.loading import export_transformers, load_pretrained
 from .training.config import ReductionConfig
 from .training.cut import compression_event
 
@@ -18,13 +18,16 @@ def _load_any(src: str):
     """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
     p = Path(src).expanduser()
     if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
-        from .registry import build_model
+        from .registry import build_model, families
         from .training.checkpoint import load_checkpoint
 
         ck = load_checkpoint(p)
         cfg = dict(ck["recipe"]["model"])
-        if cfg.get("name") not in ("mamba", "mamba2"):
-            raise ValueError(f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a Mamba")
+        lms = sorted(name for name, f in families().items() if f.causal_lm is not None)
+        if cfg.get("name") not in lms:
+            raise ValueError(
+                f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a language model, one of {lms}"
+            )
         cfg["vocab_size"] = ck["model"]["backbone.embeddings.weight"].shape[0]
         model = build_model(cfg, state_sizes=ck["state_sizes"])
         model.load_state_dict(ck["model"])
@@ -69,6 +72,14 @@ def _cmd_compress(args) -> int:
             "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "
             "use --format compressmamba"
         )
+    if args.evaluate:
+        from .evaluate import check_eval_options, parse_tasks
+
+        parse_tasks(args.evaluate)
+        try:
+            check_eval_options(args, "--eval-batch-size")  # before the work, not after it
+        except ValueError as e:
+            raise ValueError(f"--evaluate: {e}") from None
     model = _load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
@@ -82,7 +93,22 @@ def _cmd_compress(args) -> int:
         export_transformers(model, out)
     else:
         model.save_pretrained(out)
+    if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
+        from .training.export import _save_tokenizer
+
+        _save_tokenizer(args.tokenizer, out)
     print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
+    if args.evaluate:
+        from .evaluate import evaluate_and_report, parse_tasks
+
+        models = [("original", args.checkpoint, args.tokenizer), ("compressed", str(out), args.tokenizer)]
+        opts = {"include_path": args.include_path, "limit": args.limit, "device": args.device}
+        print(
+            evaluate_and_report(
+                models, parse_tasks(args.evaluate), args.eval_out, batch_size=args.eval_batch_size, **opts
+            ),
+            end="",
+        )
     return 0
 
 
@@ -94,6 +120,13 @@ def _cmd_convert(args) -> int:
         model.save_pretrained(args.dst)
     print(f"wrote {args.to} checkpoint to {args.dst} (state sizes {model.state_sizes})")
     return 0
+
+
+def _lm_energy_methods() -> list[str]:
+    """Every energy method a language-model family offers (the family specs say which)."""
+    from .registry import families
+
+    return sorted({m for f in families().values() if f.causal_lm is not None for m in f.energy_methods})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--method",
         default="output",
-        choices=["output", "hankel", "hankel_mean", "balanced"],
+        choices=_lm_energy_methods(),
         help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
         "through a state projection, which plain transformers format cannot hold",
     )
@@ -120,6 +153,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seq-len", type=int, default=256)
     c.add_argument("--format", default="compressmamba", choices=["compressmamba", "transformers"])
     c.add_argument("--out", required=True)
+    c.add_argument(
+        "--evaluate",
+        metavar="TASKS",
+        help="then run these lm-evaluation-harness tasks on the original and the compressed model, side by side "
+        "(pip install 'compressmamba[eval]')",
+    )
+    from .evaluate import add_eval_options
+
+    add_eval_options(c, out_flag="--eval-out", batch_flag="--eval-batch-size")
     c.set_defaults(func=_cmd_compress)
 
     v = sub.add_parser(

@@ -49,6 +49,13 @@ def env_info() -> dict[str, str]:
         info["CUDA kernels"] = _backends("cuda")
     else:
         info["CUDA device"] = "none"
+    from .registry import families
+
+    for f in families().values():
+        reads = ", ".join([*f.model_types, *([f"mamba-ssm {f.mamba_ssm_layer}"] if f.mamba_ssm_layer else [])])
+        info[f"model {f.name}"] = f"{f.description}; methods {', '.join(f.energy_methods)}" + (
+            f"; loads {reads}" if reads else ""
+        )
     for name, (lo, hi) in compat.SUPPORTED.items():
         info[f"{name} supported ({lo},{hi})"] = compat.version_status(name, _version(name))
     return info

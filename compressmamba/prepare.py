@@ -43,6 +43,6 @@ def register(sub) -> None:
         "its path, documents, tokens, bytes and the time taken; `compressmamba train` then starts from it "
         "without reading raw text. Override keys with dotted key=value (e.g. data.num_proc=8).",
     )
-    p.add_argument("recipe", help="path to a recipe YAML file")
+    p.add_argument("recipe", help="a YAML file, or a shipped recipe's name (`compressmamba recipes` lists them)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.max_tokens=1000000")
     p.set_defaults(func=_cmd_prepare)

@@ -1,4 +1,7 @@
-"""Name -> builder registries for models and datasets, so a recipe names what it wants.
+"""Name -> builder registries for models and datasets, so a recipe names what it wants, and the
+model families: one :class:`ModelFamily` spec per family holds every fact the package reads about
+it (builder and recipe keys, energy methods, checkpoint formats, export). Adding a family is one
+module that calls :func:`register_family` plus its line in ``_MODEL_MODULES`` (docs/adding-a-model.md).
 
 A model builder takes the recipe's ``model`` mapping (with ``state_sizes`` overridden on resume)
 and returns an ``nn.Module`` whose ``forward(**batch)`` returns an object with ``.loss`` and
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -60,6 +63,80 @@ def _register(table: dict, kind: str, name: str):
 
 def register_model(name: str):
     return _register(MODELS, "model", name)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything the package knows about one model family, in one place.
+
+    * ``name``: the recipe's ``model.name``; ``build``: the recipe builder (its named parameters
+      are the recipe's ``model`` keys; it takes ``state_sizes`` on resume and the dataset's
+      ``MODEL_INFO_KEYS``);
+    * ``energy_methods``: the ``reduction.method`` values its layers offer (the first is the default);
+    * ``causal_lm``: its ``PreTrainedModel`` class with per-layer ``state_sizes`` (None: no
+      Hugging Face form); ``model_types``: the ``config.json`` model types loaded as that class
+      (our own first, then the stock transformers type whose weight names it shares);
+    * ``mamba_ssm_layer`` and ``from_mamba_ssm(ssm_cfg, shared_fields) -> config``: the mamba-ssm
+      ``MambaLMHeadModel`` layer type it reads, and how that config becomes ours;
+    * ``transformers_export``: ``(config class, model class, config fields shared with ours)`` of
+      the stock transformers family that ``export_transformers`` writes (zero-padded to one N).
+    """
+
+    name: str
+    build: Callable[..., Any]
+    energy_methods: tuple[str, ...]
+    causal_lm: type | None = None
+    model_types: tuple[str, ...] = ()
+    mamba_ssm_layer: str | None = None
+    from_mamba_ssm: Callable[[dict, dict], Any] | None = None
+    transformers_export: tuple[str, str, tuple[str, ...]] | None = None
+    description: str = field(default="", compare=False)
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(spec: ModelFamily) -> ModelFamily:
+    """Register ``spec`` (and its builder as model ``spec.name``); returns it."""
+    if spec.name in FAMILIES and FAMILIES[spec.name] != spec:
+        raise ValueError(f"model family {spec.name!r} is registered twice")
+    register_model(spec.name)(spec.build)
+    FAMILIES[spec.name] = spec
+    if spec.causal_lm is not None and spec.model_types:
+        _register_auto(spec.model_types[0], spec.causal_lm)
+    return spec
+
+
+def _register_auto(model_type: str, model_cls) -> None:
+    """``AutoConfig``/``AutoModelForCausalLM`` know our ``model_type`` (once per process)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register(model_type, model_cls.config_class)
+        AutoModelForCausalLM.register(model_cls.config_class, model_cls)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+def families() -> dict[str, ModelFamily]:
+    """Every registered family by name (the library's own modules imported first)."""
+    _import_all(_MODEL_MODULES)
+    return dict(FAMILIES)
+
+
+def model_family(name: str) -> ModelFamily | None:
+    """The family registered as ``name`` (None: a bare builder, or unknown)."""
+    return families().get(name)
+
+
+def family_of_model_type(model_type: str) -> ModelFamily | None:
+    """The family that loads ``config.json``'s ``model_type`` (ours or stock), or None."""
+    return next((f for f in families().values() if model_type in f.model_types), None)
+
+
+def family_of_mamba_ssm_layer(layer: str) -> ModelFamily | None:
+    """The family that reads mamba-ssm checkpoints whose ``ssm_cfg.layer`` is ``layer``, or None."""
+    return next((f for f in families().values() if f.mamba_ssm_layer == layer), None)
 
 
 def register_dataset(name: str):

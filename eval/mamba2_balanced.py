@@ -13,20 +13,19 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
-import yaml
 
 from compressmamba.training import Trainer, recipe_from_dict
+from compressmamba.training.config import read_recipe
 from compressmamba.training.data import shard_batches
 
 METHODS = ("output", "hankel", "balanced")
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lm" / "stdlib_mamba2_demo.yaml"
+RECIPE = "lm/stdlib_mamba2_demo"
 
 
 def _recipe(args, seed: int, out: str) -> dict:
-    r = yaml.safe_load(Path(args.recipe).read_text())
+    r = read_recipe(args.recipe)
     r.update(seed=seed, out_dir=out, reduction={"mode": "none"})
     r["model"]["d_model"] = args.d_model
     r["train"].update(steps=args.steps, eval_every=args.steps, eval_batches=4, progress=False)
@@ -107,7 +106,7 @@ def table(rows: dict, n: int, finetune: int) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=str(RECIPE))
+    p.add_argument("--recipe", default=RECIPE)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
@@ -118,7 +117,7 @@ def main(argv=None) -> None:
     p.add_argument("--ft-lr", type=float, default=1e-3)
     p.add_argument("--out", default="runs/mamba2_balanced")
     args = p.parse_args(argv)
-    n = yaml.safe_load(Path(args.recipe).read_text())["model"]["state_size"]
+    n = read_recipe(args.recipe)["model"]["state_size"]
     print(table(run(args), n, args.finetune))
 
 

@@ -19,11 +19,12 @@ import time
 import torch
 
 from compressmamba.reduction import select_states
+from compressmamba.reduction.mamba import ENERGY_METHODS
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.data import shard_batches
 from compressmamba.training.optim import build_optimizer
 
-METHODS = ("hankel", "hankel_mean", "output")
+METHODS = ENERGY_METHODS
 ROWS = (*METHODS, "random", "smallest")
 
 

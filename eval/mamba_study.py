@@ -51,10 +51,23 @@ from pathlib import Path
 
 ARMS = ("compressed", "direct", "uniform", "full")
 OTHERS = ("direct", "uniform", "full")
-# what a study compares: the result key, its name in the tables, paired as ``paired(kind=...)``
+# what a study compares: the result key, paired as ``paired(kind=...)``, and the tables' words
+# (``what``, ``cell``, ``speed_cols``; a text study shows bits per byte beside perplexity)
 METRICS = {
-    "perplexity": {"key": "val_perplexity", "name": "ppl", "kind": "relative", "what": "validation perplexity"},
-    "accuracy": {"key": "val_accuracy", "name": "acc", "kind": "points", "what": "validation answer accuracy"},
+    "perplexity": {
+        "key": "val_perplexity",
+        "kind": "relative",
+        "what": "validation perplexity / bits per byte",
+        "cell": "ppl / bpb",
+        "speed_cols": "mean ppl | mean bpb",
+    },
+    "accuracy": {
+        "key": "val_accuracy",
+        "kind": "points",
+        "what": "validation answer accuracy",
+        "cell": "acc",
+        "speed_cols": "mean acc",
+    },
 }
 
 
@@ -120,6 +133,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "total_state": sum(summary["final_state_sizes"]),
         "val_loss": val["loss"],
         "val_perplexity": val["perplexity"],
+        "val_bits_per_byte": val.get("bits_per_byte"),
         "val_accuracy": val.get("accuracy"),  # a recall task's answer accuracy (None for text)
         "val_rows": len(tr.data.val),  # the whole split: every row evaluated
         "step_s": step_s,
@@ -381,6 +395,7 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
             "train_time_s": statistics.fmean(r["train_time_s"] for r in rs),
             "total_state": statistics.fmean(r["total_state"] for r in rs),
             "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
+            "val_bits_per_byte": _mean_or_none([r.get("val_bits_per_byte") for r in rs]),
         }
         if metric == "accuracy":
             speed[a]["val_accuracy"] = statistics.fmean(r["val_accuracy"] for r in rs)
@@ -398,10 +413,26 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
     }
 
 
+def _mean_or_none(xs: list) -> float | None:
+    """The mean, or None when a run lacks the number (a cached result from before it was recorded)."""
+    return None if any(x is None for x in xs) else statistics.fmean(xs)
+
+
 # --- report ------------------------------------------------------------------------------------
+def _bpb(x) -> str:
+    return "-" if _missing(x) else f"{x:.4f}"
+
+
 def _missing(x) -> bool:
     """NaN, or null as study.json stores it."""
     return x is None or math.isnan(x)
+
+
+def _cell(r: dict, m: dict, sep: str = " / ") -> str:
+    """A run's (or an arm's mean) score in the tables: accuracy, or perplexity and bits per byte."""
+    if m["key"] == "val_accuracy":
+        return f"{r['val_accuracy']:.4f}"
+    return f"{r['val_perplexity']:.4f}{sep}{_bpb(r.get('val_bits_per_byte'))}"
 
 
 def _metric(study: dict) -> dict:
@@ -426,7 +457,7 @@ def markdown(study: dict) -> str:
         f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}), {study['steps']} steps; "
         f"{m['what']} on the whole validation split.",
         "",
-        "| seed | compressed sizes | " + " | ".join(f"{a} {m['name']}" for a in arms) + " |",
+        "| seed | compressed sizes | " + " | ".join(f"{a} {m['cell']}" for a in arms) + " |",
         "|---|---|" + "---|" * len(arms),
     ]
     for s in study["seeds"]:
@@ -435,12 +466,13 @@ def markdown(study: dict) -> str:
         for a in arms:
             r = res[a][str(s)]
             tag = f" (N={r['sizes'][0]})" if a == "uniform" else ""
-            ppl.append(f"{r[m['key']]:.4f}{tag}")
+            ppl.append(f"{_cell(r, m)}{tag}")
         lines.append(f"| {s} | {sizes} | " + " | ".join(ppl) + " |")
     if study["comparisons"]:
         lines += [
             "",
-            f"| compressed vs | mean Δ {m['name']}, 95 % interval | seeds better | paired t p |",
+            f"| compressed vs | mean Δ {study.get('metric', 'perplexity')}, 95 % interval "
+            "| seeds better | paired t p |",
             "|---|---|---|---|",
         ]
         rows = list(study["comparisons"].items())
@@ -452,8 +484,8 @@ def markdown(study: dict) -> str:
     lines += [
         "",
         "| arm | total state | step after the cuts (one process) | training steps (one process) "
-        f"| step in its run | whole run in its worker | mean {m['name']} |",
-        "|---|---|---|---|---|---|---|",
+        f"| step in its run | whole run in its worker | {m['speed_cols']} |",
+        "|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
     ]
 
     def ms(x):
@@ -465,7 +497,7 @@ def markdown(study: dict) -> str:
     for a, sp in study["speed"].items():
         lines.append(
             f"| {a} | {sp['total_state']:.1f} | {ms(sp.get('step_s_one'))} | {sec(sp.get('train_s_one'))} "
-            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {sp[m['key']]:.4f} |"
+            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {_cell(sp, m, ' | ')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -589,18 +621,18 @@ def main(argv=None) -> dict | None:
         return None
     if not args.recipe:
         raise SystemExit("give a recipe (or --collect DIR ...)")
-    import yaml
-
-    from compressmamba.training.config import apply_overrides, load_recipe
+    from compressmamba.recipe_index import resolve_recipe
+    from compressmamba.training.config import apply_overrides, load_recipe, read_recipe
 
     if args.workers < 0 or args.threads < 1:
         raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
     seeds = parse_seeds(args.seeds)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    path = Path(args.recipe)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if raw is None:
-        raise SystemExit(f"recipe {path} not found")
+    try:
+        path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    raw = read_recipe(path)  # its base: chain merged
     steps = apply_overrides(raw, args.overrides).get("train", {}).get("steps", 1000)
     defaults = [f"train.eval_every={steps}", "train.eval_batch_size=64"]
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it

@@ -1,5 +1,5 @@
-"""The benchmark scripts run end to end on tiny CPU shapes (they time; these tests only check
-that the tables come out, and that the target check reads the rows right)."""
+"""The benchmark scripts run end to end on tiny CPU shapes: the tables come out, the target check
+reads the rows right, and bench_model's columns agree with what a fake clock reported."""
 
 from compressmamba.eval import bench_model, bench_scan
 
@@ -28,12 +28,39 @@ def test_targets_report_met_and_missed(capsys):
     assert "N=4 fwd share of copy bandwidth: 50% (target >= 60%: MISSED)" in out
 
 
-def test_bench_model_runs(capsys):
-    bench_model.main(
-        ["--batch", "1", "--seqlen", "16", "--d-model", "16", "--layers", "1", "--gen-tokens", "2", "--reps", "1"]
-    )
+def test_bench_model_times_a_training_step_and_generation_of_equal_models(capsys, monkeypatch):
+    """bench_model's table against what it timed: a fake clock runs each timed call once and
+    reports fixed seconds, so the tokens/s and speed-up columns are checked against hand
+    arithmetic, the training call must leave gradients on every parameter, generation must add
+    --gen-tokens tokens, and the two models compared must have the same parameter count."""
+    seconds = {"compressmamba": [0.5, 0.25], "transformers": [2.0, 1.0]}  # (train, generate) per model
+    seen = []
+
+    def fake_time(fn, device, reps):
+        model = fn.__defaults__[0]  # the benchmark binds its model as the lambda's default
+        name = "compressmamba" if model.__module__.startswith("compressmamba") else "transformers"
+        out = fn()
+        seen.append((name, model, out))
+        return seconds[name][sum(1 for s in seen if s[0] == name) - 1]
+
+    monkeypatch.setattr(bench_model, "_time", fake_time)
+    args = ["--batch", "2", "--seqlen", "16", "--d-model", "16", "--layers", "1", "--gen-tokens", "3", "--reps", "1"]
+    bench_model.main(args)
     out = capsys.readouterr().out
-    assert "transformers" in out
+    # 2 x 16 tokens in 0.5 s = 64 tokens/s; 3 generated tokens in 0.25 s = 12.0 tokens/s
+    assert "| compressmamba | 16 | 0.500 | 64 | 12.0 |" in out
+    assert "| transformers | 16 | 2.000 | 16 | 3.0 |" in out
+    assert "| speed-up (train) | 16 | 4.0x | | |" in out
+    models = {}
+    for name, model, result in seen:
+        models[name] = model
+        if result is None:  # the training call: loss.backward() returns None
+            assert all(p.grad is not None for p in model.parameters() if p.requires_grad), name
+        else:  # generation: the 16-token prompt plus --gen-tokens new ones
+            assert result.shape == (1, 16 + 3), name
+    assert [s[0] for s in seen] == ["compressmamba", "compressmamba", "transformers", "transformers"]
+    count = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    assert count["compressmamba"] == count["transformers"], count
 
 
 def test_bench_ssd_prints_the_table(capsys):

@@ -7,21 +7,46 @@ from pathlib import Path
 
 import pytest
 
-from compressmamba import compat
+from compressmamba import compat, env
 from compressmamba.env import env_info, format_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_env_names_every_package_and_the_support_status():
+def _without(monkeypatch, *dists):
+    """Fake the absence of ``dists`` (the GPU machines this project targets have mamba-ssm)."""
+    real = env._version
+    monkeypatch.setattr(env, "_version", lambda dist: None if dist in dists else real(dist))
+
+
+def _with_fake_dist(monkeypatch, tmp_path, dist: str, module: str, version: str):
+    """Fake an installed distribution: its metadata and an importable module on sys.path."""
+    info = tmp_path / f"{module}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (tmp_path / module).mkdir(parents=True)
+    (tmp_path / module / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_env_names_every_package_and_the_support_status(monkeypatch):
+    _without(monkeypatch, "mamba-ssm", "causal-conv1d")
     info = env_info()
     for name in ("python", "torch", "triton", "transformers", "accelerate", "datasets", "mamba-ssm", "causal-conv1d"):
         assert info[name], name
-    assert info["mamba-ssm"] == "not installed"  # never importable in the CPU test environment
+    assert info["mamba-ssm"] == "not installed" and info["causal-conv1d"] == "not installed"
     assert "selective scan" in info["CPU kernels"]
     assert info[f"transformers supported ({','.join(compat.SUPPORTED['transformers'])})"] == "ok"
     text = format_env(info)
     assert text.count("\n") == len(info) - 1 and "- transformers:" in text
+
+
+def test_env_with_mamba_ssm_and_causal_conv1d_installed(monkeypatch, tmp_path):
+    _with_fake_dist(monkeypatch, tmp_path / "a", "mamba-ssm", "mamba_ssm", "2.2.4")
+    _with_fake_dist(monkeypatch, tmp_path / "b", "causal-conv1d", "causal_conv1d", "1.5.0")
+    info = env_info()
+    assert info["mamba-ssm"] == "2.2.4" and info["causal-conv1d"] == "1.5.0"
+    assert "causal-conv1d" in env._backends("cuda")
 
 
 def test_env_command_prints_the_report():

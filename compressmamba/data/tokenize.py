@@ -12,7 +12,9 @@ This module imports only numpy (tokenizers and transformers lazily): spawned wor
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ _TOKENIZER_FILES = (
     "spiece.model",
 )
 _UTF8_FFFD = "\ufffd".encode()
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -135,6 +138,32 @@ class Tokenizer:
         """Token ids (int64) of one document, without the end-of-text separator."""
         ids, lengths, _, _ = encode_chunk(self.worker_spec(), [text], self.eos, np.dtype(np.uint32))
         return ids[: lengths[0] - 1].astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+
+    def token_bytes(self) -> np.ndarray:
+        """How many bytes of text each id stands for, (vocab_size,) int64: what bits per byte
+        divides by. ``byte``: 1 each (0x00, the end of text, too). A byte-level BPE token (GPT-2's
+        alphabet: one character per byte) counts its characters; a byte-fallback token ``<0xAB>``
+        one byte; an added token and any other token its UTF-8 text, a SentencePiece word start
+        ``▁`` as a space. A special token (the end of text) counts one byte, like the byte
+        tokenizer's 0x00, so both count the same bytes for the same documents."""
+        out = np.ones(self.vocab_size, np.int64)
+        if self._backend is None:
+            return out
+        spec = json.loads(self.backend_json)
+        byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+        added = {t["id"]: t for t in spec.get("added_tokens") or []}  # matched in raw text, before the model
+        for tok, i in self._backend.get_vocab(with_added_tokens=True).items():
+            if i >= len(out) or (i in added and added[i].get("special")):
+                continue
+            if i in added:
+                out[i] = len(added[i]["content"].encode())
+            elif byte_level:
+                out[i] = len(tok)
+            elif _BYTE_FALLBACK.fullmatch(tok):
+                out[i] = 1
+            else:
+                out[i] = len(tok.replace("\u2581", " ").encode())
+        return out
 
     def decode(self, ids) -> str:
         if self._backend is None:

@@ -21,7 +21,7 @@ __all__ = [
 
 def load_pretrained(path_or_id, *args, **kwargs):
     """Any supported checkpoint (Mamba-1 or Mamba-2; ours, transformers' or mamba-ssm's layout;
-    a folder or a hub id) as our model of its type. See :func:`hf_interop.load_pretrained`."""
-    from .hf_interop import load_pretrained as load
+    a folder or a hub id) as our model of its type. See :func:`loading.load_pretrained`."""
+    from .loading import load_pretrained as load
 
     return load(path_or_id, *args, **kwargs)

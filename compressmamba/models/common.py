@@ -16,8 +16,11 @@ def masked_mean(h: Tensor, lengths: Tensor | None = None) -> Tensor:
 
 
 def per_layer_sizes(state_size: int | list[int], state_sizes: list[int] | None, n_layers: int) -> list[int]:
-    """Recipe keys to one state size per layer: ``state_sizes`` wins; ``state_size`` is an int
-    for every layer or a list of one per layer."""
-    if state_sizes is not None:
-        return list(state_sizes)
-    return list(state_size) if isinstance(state_size, (list, tuple)) else [int(state_size)] * n_layers
+    """One state size per layer, for recipes and configs alike: ``state_sizes`` wins; ``state_size``
+    is an int for every layer or a list of one per layer. ValueError unless there are ``n_layers``
+    sizes, each >= 1."""
+    given = state_sizes if state_sizes is not None else state_size
+    sizes = [int(n) for n in given] if isinstance(given, (list, tuple)) else [int(given)] * n_layers
+    if len(sizes) != n_layers or min(sizes, default=0) < 1:
+        raise ValueError(f"state_sizes {sizes} must hold {n_layers} sizes >= 1 (one per layer)")
+    return sizes

@@ -55,8 +55,11 @@ def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
         raise ValueError(f"{cfg} is not valid JSON ({e})") from None
     if not isinstance(parsed, dict):
         raise ValueError(f"{cfg} is not a JSON mapping of config fields")
-    if parsed.get("model_type") not in (None, "compressmamba", "mamba", "compressmamba2", "mamba2"):
-        return  # not a Mamba: the loader says so, whatever the weights
+    from ..registry import family_of_model_type
+
+    mtype = parsed.get("model_type")
+    if mtype is not None and family_of_model_type(mtype) is None:
+        return  # no family of ours: the loader says so, whatever the weights
     found = [root / w for w in _WEIGHTS if (root / w).is_file()]
     if not found:
         raise FileNotFoundError(f"model folder {root} has no weights file (expected one of {list(_WEIGHTS)})")

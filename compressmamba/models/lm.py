@@ -24,14 +24,6 @@ from .. import compat
 from .protocol import CompressibleLayer
 
 
-def layer_state_sizes(state_size: int, state_sizes, n_layers: int) -> list[int]:
-    """A config's one state size per layer: ``state_sizes`` when given, else ``state_size`` for all."""
-    sizes = [int(n) for n in state_sizes] if state_sizes is not None else [int(state_size)] * n_layers
-    if len(sizes) != n_layers or min(sizes) < 1:
-        raise ValueError(f"state_sizes {sizes} must hold {n_layers} sizes >= 1 (one per layer)")
-    return sizes
-
-
 def padded_vocab(vocab_size: int, multiple: int) -> int:
     """``vocab_size`` rounded up to a multiple of ``multiple``, as mamba-ssm pads it (1: as given)."""
     if int(multiple) < 1:
@@ -148,6 +140,16 @@ class SSMForCausalLM(compat.RecurrentGenerationMixin, PreTrainedModel, Generatio
     def _init_weights(self, module):
         init_weights(module, self.config)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load any checkpoint of this class's family — ours, the stock transformers family it
+        shares weight names with, or mamba-ssm's layout — from a folder or a hub id. Strict: a
+        missing, unexpected or mis-shaped weight raises ValueError naming the key and both shapes
+        (transformers would re-initialise it silently). See ``loading.load_pretrained``."""
+        from .loading import load_pretrained
+
+        return load_pretrained(pretrained_model_name_or_path, *args, into=cls, **kwargs)
+
     def get_input_embeddings(self):
         return self.backbone.embeddings
 
@@ -201,14 +203,3 @@ class SSMForCausalLM(compat.RecurrentGenerationMixin, PreTrainedModel, Generatio
     @property
     def state_sizes(self) -> list[int]:
         return [m.state_size for m in self.ssm_layers()]
-
-
-def register_auto(model_type: str, config_cls, model_cls) -> None:
-    """Make ``AutoConfig``/``AutoModelForCausalLM`` know ``model_type`` (once per process)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        AutoConfig.register(model_type, config_cls)
-        AutoModelForCausalLM.register(config_cls, model_cls)
-    except ValueError:  # already registered (module reloaded)
-        pass

@@ -16,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..reduction.lti import balanced_truncation, hankel_singular_values, lru_to_lti, lti_to_lru
-from ..registry import register_model
+from ..reduction.lti import balanced_truncation, hankel_singular_values, lru_eigenvalues, lru_to_lti, lti_to_lru
+from ..registry import ModelFamily, register_family
 from .common import masked_mean, per_layer_sizes
+from .protocol import ENERGY_METHODS_LTI
 
 _SSM_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im")
 
@@ -80,7 +81,7 @@ class LRULayer(nn.Module):
         self.state_size = self.nu_log.shape[0]
 
     def lam(self) -> Tensor:
-        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+        return lru_eigenvalues(self.nu_log, self.theta_log)
 
     def forward(self, u: Tensor) -> Tensor:
         """u (b, l, H) real → y (b, l, H)."""
@@ -92,9 +93,9 @@ class LRULayer(nn.Module):
         return (h @ C.transpose(0, 1)).real + u * self.D
 
     # --- compressible-layer protocol -------------------------------------------------------
-    def lti(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(lam (n,), B̃ (n, H), C (H, n)) in complex128."""
-        return lru_to_lti(*(getattr(self, k) for k in _SSM_PARAMS))
+    def lti(self, detach: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """(lam (n,), B̃ (n, H), C (H, n)) in complex128 (``detach=False``: differentiable)."""
+        return lru_to_lti(*(getattr(self, k) for k in _SSM_PARAMS), detach=detach)
 
     def energy(self, stats=None, method: str = "hankel") -> Tensor:
         """Hankel singular values (n,), descending: one per balanced coordinate."""
@@ -194,7 +195,6 @@ class LRUModel(nn.Module):
         return ModelOutput(loss, logits)
 
 
-@register_model("lru")
 def build_lru(
     d_model: int = 64,
     n_layers: int = 1,
@@ -227,3 +227,13 @@ def build_lru(
         r_max=r_max,
         max_phase=max_phase,
     )
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="lru",
+        build=build_lru,
+        energy_methods=ENERGY_METHODS_LTI,
+        description="LRU (diagonal LTI), balanced truncation by Hankel singular values",
+    )
+)

@@ -24,7 +24,8 @@ from ..kernels import (
     selective_scan_fn,
     selective_state_update,
 )
-from ..registry import register_model
+from ..reduction.mamba import ENERGY_METHODS
+from ..registry import ModelFamily, register_family
 from .common import masked_mean, per_layer_sizes
 from .lm import (
     RecurrentCache,
@@ -32,10 +33,9 @@ from .lm import (
     SSMForCausalLM,
     blocks,
     init_weights,
-    layer_state_sizes,
     padded_vocab,
-    register_auto,
 )
+from .loading import MAMBA_SHARED_FIELDS
 
 
 class CompressMambaConfig(compat.PreTrainedConfig):
@@ -95,7 +95,7 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
+        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
         self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
         self.expand = expand
@@ -287,18 +287,6 @@ class CompressMambaForCausalLM(SSMForCausalLM):
     config_class = CompressMambaConfig
     mixer_cls = MambaMixer
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load ours, transformers' ``MambaForCausalLM`` (model_type "mamba") or mamba-ssm's
-        ``MambaLMHeadModel`` (config.json with d_model/n_layer + pytorch_model.bin), from a folder
-        or a hub id. Strict: a missing, unexpected or mis-shaped weight raises ValueError naming
-        the key and both shapes (transformers would re-initialise it silently)."""
-        from . import hf_interop
-
-        return hf_interop.load_pretrained(pretrained_model_name_or_path, *args, _cls=cls, **kwargs)
-
-
-register_auto("compressmamba", CompressMambaConfig, CompressMambaForCausalLM)
 
 
 @dataclass
@@ -340,7 +328,6 @@ class MambaClassifier(nn.Module):
         return [m.state_size for m in self.ssm_layers()]
 
 
-@register_model("mamba")
 def build_mamba(
     d_model: int = 256,
     n_layers: int = 4,
@@ -386,3 +373,23 @@ def build_mamba(
     if n_classes is not None:
         return MambaClassifier(cfg, n_classes, d_input=d_input)
     return CompressMambaForCausalLM(cfg)
+
+
+def _from_mamba_ssm(ssm: dict, shared: dict) -> CompressMambaConfig:
+    """mamba-ssm's ``ssm_cfg`` of a ``Mamba1`` layer (and the fields every layer type shares) → ours."""
+    return CompressMambaConfig(state_size=ssm.get("d_state", 16), time_step_rank=ssm.get("dt_rank", "auto"), **shared)
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="mamba",
+        build=build_mamba,
+        energy_methods=tuple(ENERGY_METHODS),
+        causal_lm=CompressMambaForCausalLM,
+        model_types=("compressmamba", "mamba"),
+        mamba_ssm_layer="Mamba1",
+        from_mamba_ssm=_from_mamba_ssm,
+        transformers_export=("MambaConfig", "MambaForCausalLM", MAMBA_SHARED_FIELDS),
+        description="Mamba-1 (selective scan), per-layer N",
+    )
+)

@@ -4,11 +4,11 @@ Weight names follow transformers' ``Mamba2ForCausalLM``: ``backbone.layers.{i}.m
 conv1d, dt_bias, A_log, D, norm, out_proj}`` beside the shared ``backbone.embeddings``,
 ``backbone.layers.{i}.norm``, ``backbone.norm_f`` and ``lm_head`` (models/lm.py).
 
-Per layer (DESIGN.md "Mamba-2"): in_proj(u) → z (D_in), xBC (D_in + 2·G·N), dt (H); depthwise
-causal conv over xBC, SiLU; x → H heads × P; B_t, C_t ∈ R^{G×N} (head h reads group h·G/H);
-Δ = softplus(dt + dt_bias) clamped to ``time_step_limit``; A = −exp(A_log) (H,);
-h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t; y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per
-group of D_in / G channels); out_proj.
+Per layer (docs/design.md, "Mamba-2: per-group selection and balanced truncation"):
+in_proj(u) → z (D_in), xBC (D_in + 2·G·N), dt (H); depthwise causal conv over xBC, SiLU;
+x → H heads × P; B_t, C_t ∈ R^{G×N} (head h reads group h·G/H); Δ = softplus(dt + dt_bias)
+clamped to ``time_step_limit``; A = −exp(A_log) (H,); h_t = exp(Δ A) h_{t−1} + Δ x_t ⊗ B_t;
+y_t = h_t C_t + D x_t; y ← RMSNorm_g(y · SiLU(z)) (per group of D_in / G channels); out_proj.
 
 After a balanced cut (``reduction.method: balanced``) a layer also carries ``mixer.bc_proj.{B, C}``
 (G, r, N_in): B_t, C_t (G, N_in) out of the conv and SiLU are projected to B̂_t = W_B B_t,
@@ -27,9 +27,11 @@ from torch import Tensor
 
 from .. import compat
 from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_state_update
-from ..registry import register_model
+from ..reduction.mamba import ENERGY_METHODS
+from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import RecurrentCache, SSMForCausalLM, layer_state_sizes, padded_vocab, register_auto
+from .lm import RecurrentCache, SSMForCausalLM, padded_vocab
+from .loading import MAMBA_SHARED_FIELDS
 
 
 class CompressMamba2Config(compat.PreTrainedConfig):
@@ -107,7 +109,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         if hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (Mamba-2's conv activation), got {hidden_act!r}")
         self.hidden_act = hidden_act
-        self.state_sizes = layer_state_sizes(state_size, state_sizes, num_hidden_layers)
+        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
         self.state_size = max(self.state_sizes)
         self.bc_proj_in = _projection_widths(bc_proj_in, self.state_sizes)
         self.conv_kernel = alias.get("conv_kernel", conv_kernel)
@@ -487,20 +489,8 @@ class CompressMamba2ForCausalLM(SSMForCausalLM):
     config_class = CompressMamba2Config
     mixer_cls = Mamba2Mixer
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load ours, transformers' ``Mamba2ForCausalLM`` (model_type "mamba2") or mamba-ssm's
-        ``MambaLMHeadModel`` with ``ssm_cfg.layer = "Mamba2"``, from a folder or a hub id; strict
-        about keys and shapes as for Mamba-1."""
-        from . import hf_interop
-
-        return hf_interop.load_pretrained(pretrained_model_name_or_path, *args, _cls=cls, **kwargs)
 
 
-register_auto("compressmamba2", CompressMamba2Config, CompressMamba2ForCausalLM)
-
-
-@register_model("mamba2")
 def build_mamba2(
     d_model: int = 256,
     n_layers: int = 4,
@@ -547,3 +537,51 @@ def build_mamba2(
     if n_classes is not None:
         return MambaClassifier(cfg, n_classes, d_input=d_input, mixer_cls=Mamba2Mixer)
     return CompressMamba2ForCausalLM(cfg)
+
+
+def _from_mamba_ssm(ssm: dict, shared: dict) -> CompressMamba2Config:
+    """mamba-ssm's ``ssm_cfg`` of a ``Mamba2`` layer (and the fields every layer type shares) →
+    ours; settings whose math differs from ours are refused, naming the key."""
+    for key, want in (("D_has_hdim", False), ("rmsnorm", True), ("norm_before_gate", False), ("d_ssm", None)):
+        if ssm.get(key, want) != want:
+            raise ValueError(f"ssm_cfg.{key}={ssm[key]!r} is not supported; expected {want!r}")
+    return CompressMamba2Config(
+        state_size=ssm.get("d_state", 128),
+        head_dim=ssm.get("headdim", 64),
+        n_groups=ssm.get("ngroups", 1),
+        chunk_size=ssm.get("chunk_size", 256),
+        time_step_min=ssm.get("dt_min", 0.001),
+        time_step_max=ssm.get("dt_max", 0.1),
+        time_step_floor=ssm.get("dt_init_floor", 1e-4),
+        time_step_limit=ssm.get("dt_limit", (0.0, float("inf"))),
+        **shared,
+    )
+
+
+# the config fields ours and transformers' Mamba2 share (state_size is per layer in ours)
+_SHARED_FIELDS = MAMBA_SHARED_FIELDS + (
+    "num_heads",
+    "head_dim",
+    "n_groups",
+    "hidden_act",
+    "time_step_min",
+    "time_step_max",
+    "time_step_floor",
+    "time_step_limit",
+    "rescale_prenorm_residual",
+    "chunk_size",
+)
+
+FAMILY = register_family(
+    ModelFamily(
+        name="mamba2",
+        build=build_mamba2,
+        energy_methods=(*ENERGY_METHODS, "balanced"),
+        causal_lm=CompressMamba2ForCausalLM,
+        model_types=("compressmamba2", "mamba2"),
+        mamba_ssm_layer="Mamba2",
+        from_mamba_ssm=_from_mamba_ssm,
+        transformers_export=("Mamba2Config", "Mamba2ForCausalLM", _SHARED_FIELDS),
+        description="Mamba-2 (SSD), per-layer N; balanced truncation per group",
+    )
+)

@@ -53,7 +53,12 @@ def gramians_diagonal(lam, B, C, *, layer: str | None = None) -> tuple[Tensor, T
     P_ij = (B Bᴴ)_ij / (1 − lam_i conj(lam_j)),  Q_ij = (Cᴴ C)_ij / (1 − conj(lam_i) lam_j).
     Returns (P, Q), each (n, n) complex128 Hermitian positive semidefinite.
     """
-    lam, B, C = _check_system(lam, B, C, layer)
+    return diagonal_gramian_formula(*_check_system(lam, B, C, layer))
+
+
+def diagonal_gramian_formula(lam: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """The closed form of :func:`gramians_diagonal` on complex tensors as they are: no checks, no
+    detach, so it differentiates through (the Hankel-nuclear-norm regulariser)."""
     P = (B @ B.conj().T) / (1 - lam[:, None] * lam.conj()[None, :])
     Q = (C.conj().T @ C) / (1 - lam.conj()[:, None] * lam[None, :])
     return P, Q
@@ -263,11 +268,19 @@ def lti_to_lru(A_r, B_r, C_r, *, layer: str | None = None, min_decay: float = 1e
     return out
 
 
-def lru_to_lti(nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im) -> tuple[Tensor, Tensor, Tensor]:
-    """LRU parameters → (lam (n,), B̃ = (B_re + iB_im)·γ (n, p), C (q, n)) in complex128."""
-    f = lambda t: torch.as_tensor(t).detach().to(torch.float64)
+def lru_eigenvalues(nu_log: Tensor, theta_log: Tensor) -> Tensor:
+    """The LRU's diagonal λ = exp(−exp(ν_log) + i·exp(θ_log)) (|λ| < 1 for any parameters)."""
+    return torch.exp(torch.complex(-torch.exp(nu_log), torch.exp(theta_log)))
+
+
+def lru_to_lti(
+    nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, *, detach: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LRU parameters → (lam (n,), B̃ = (B_re + iB_im)·γ (n, p), C (q, n)) in complex128;
+    ``detach=False`` keeps the graph (a regulariser differentiates through it)."""
+    f = lambda t: (torch.as_tensor(t).detach() if detach else t).to(torch.float64)
     nu_log, theta_log, gamma_log = f(nu_log), f(theta_log), f(gamma_log)
-    lam = torch.exp(torch.complex(-torch.exp(nu_log), torch.exp(theta_log)))
+    lam = lru_eigenvalues(nu_log, theta_log)
     B = torch.complex(f(B_re), f(B_im)) * torch.exp(gamma_log)[:, None]
     C = torch.complex(f(C_re), f(C_im))
     return lam, B, C

@@ -1,4 +1,5 @@
-"""Input-averaged Hankel energy of a Mamba-1 layer's states (DESIGN.md "Mamba-1").
+"""Input-averaged Hankel energy of a Mamba-1 layer's states
+(docs/design.md, "Mamba-1: input-averaged per-state energy").
 
 Every state n is its own mode in every channel d: A is diagonal and B_t, C_t are shared by all
 channels, so removing state n changes the output by exactly Σ_d C_t[n] h_t[d, n]. Over

@@ -1,5 +1,5 @@
 """Input-averaged Gramians of a Mamba-2 layer's groups and their balanced truncation
-(DESIGN.md "Mamba-2", "Past selection").
+(docs/design.md, "Mamba-2: per-group selection and balanced truncation").
 
 Symbols: b batch, l tokens, H heads of p channels, G groups of N states (head h reads group
 g(h) = h·G/H), Δ (b, l, H) the step, A (H,) the scalar decay rate per head.

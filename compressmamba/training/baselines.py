@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..reduction.lti import diagonal_gramian_formula
 from .config import DistillConfig, parse_baseline
 
 _C = torch.complex128
@@ -100,13 +101,9 @@ def load_teacher(run_dir: str | Path, info: dict, device) -> tuple[torch.nn.Modu
 # --- Hankel-nuclear-norm regularisation -------------------------------------------------------
 def lru_lti_differentiable(layer) -> tuple[Tensor, Tensor, Tensor]:
     """(lam (n,), B̃ (n, H), C (H, n)) in complex128, differentiable in the layer's parameters."""
-    if not hasattr(layer, "nu_log"):
+    if not hasattr(layer, "nu_log") or not hasattr(layer, "lti"):
         raise ValueError(f"baseline hnn: layer {type(layer).__name__} is not an LRU layer (hnn regularises LRU layers)")
-    d = lambda t: t.to(torch.float64)  # noqa: E731
-    lam = torch.exp(torch.complex(-torch.exp(d(layer.nu_log)), torch.exp(d(layer.theta_log))))
-    B = torch.complex(d(layer.B_re), d(layer.B_im)) * torch.exp(d(layer.gamma_log))[:, None]
-    C = torch.complex(d(layer.C_re), d(layer.C_im))
-    return lam, B, C
+    return layer.lti(detach=False)
 
 
 def hankel_nuclear_norm(lam: Tensor, B: Tensor, C: Tensor, eps: float = 1e-12) -> Tensor:
@@ -116,8 +113,7 @@ def hankel_nuclear_norm(lam: Tensor, B: Tensor, C: Tensor, eps: float = 1e-12) -
     lam (n,), B (n, p), C (q, n) complex. Returns a real float64 scalar.
     """
     n = lam.shape[0]
-    P = (B @ B.conj().T) / (1 - lam[:, None] * lam.conj()[None, :])
-    Q = (C.conj().T @ C) / (1 - lam.conj()[:, None] * lam[None, :])
+    P, Q = diagonal_gramian_formula(lam, B, C)
     eye = torch.eye(n, dtype=P.dtype, device=P.device)
     jp = eps * P.diagonal().real.mean().detach().clamp_min(1e-300)
     jq = eps * Q.diagonal().real.mean().detach().clamp_min(1e-300)

@@ -5,6 +5,11 @@ A recipe has top-level ``name``, ``seed``, ``task``, ``out_dir`` and the section
 ``reduction`` (fixed keys below). An unknown key in any section is rejected with the list of
 valid ones (for ``model`` and ``data``: the builder's named parameters), and every value is
 checked against its range.
+
+A recipe may name ``base: OTHER`` (a file relative to its own folder, or a shipped recipe's name
+such as ``scifar/baseline``) and state only what differs: its keys go on top of the base's,
+sections merging key by key; bases may chain, a cycle is refused. The resolved recipe (what a
+run's ``config.yaml`` holds) is complete and has no ``base``.
 """
 
 from __future__ import annotations
@@ -175,6 +180,11 @@ def _seed(v) -> int:
 
 
 def recipe_from_dict(raw: dict) -> Recipe:
+    if "base" in raw:
+        raise ValueError(
+            f"recipe key base = {raw['base']!r} is resolved when a recipe file is read: use "
+            "load_recipe(path) or read_recipe(path), not a mapping that still holds it"
+        )
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown} in recipe; valid keys: {list(_TOP)}")
@@ -195,13 +205,65 @@ def recipe_from_dict(raw: dict) -> Recipe:
     return r
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key (recursively), anything else
+    (numbers, strings, lists) is replaced whole."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _base_path(base, child: Path) -> Path:
+    """The file a recipe's ``base:`` names: a path relative to the recipe's own folder, else a
+    shipped recipe's name (``scifar/baseline``)."""
+    from ..recipe_index import resolve_recipe
+
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"recipe {child}: base = {base!r}: expected a recipe file or a shipped recipe's name")
+    beside = child.parent / base
+    if beside.is_file():
+        return beside
+    try:
+        return resolve_recipe(base)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"recipe {child}: base {base!r} is not a file beside it ({beside}) and {e}") from None
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The raw mapping of the recipe at ``path`` (a file or a shipped recipe's name) with its
+    ``base:`` chain merged in: the recipe's keys on top of its base's (sections merge key by key),
+    so a sweep file states only what differs. ``name`` is never inherited: a recipe without one
+    is named after its file (``family/stem``). No ``base`` key is left in the result."""
+    from ..recipe_index import resolve_recipe
+
+    path = resolve_recipe(path)
+    raw = _read_chain(path, ())
     raw.setdefault("name", path.stem if path.parent.name == "" else f"{path.parent.name}/{path.stem}")
-    return recipe_from_dict(apply_overrides(raw, list(overrides)))
+    return raw
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
+    here = path.resolve()
+    if here in chain:
+        loop = " -> ".join(str(p) for p in (*chain, here))
+        raise ValueError(f"recipe {chain[0]}: its base chain is a cycle ({loop}); remove one of the `base:` keys")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    inherited = _read_chain(_base_path(base, path), (*chain, here))
+    inherited.pop("name", None)  # a recipe is named by its own file, not its base's
+    return _merge(inherited, raw)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """The recipe at ``path`` (a YAML file, or the name of a shipped recipe such as
+    ``lm/stdlib_demo``), its ``base:`` chain merged (:func:`read_recipe`), with dotted
+    ``key=value`` overrides applied, every key checked."""
+    return recipe_from_dict(apply_overrides(read_recipe(path), list(overrides)))
 
 
 def _check(ok: bool, what: str, value, expected: str):
@@ -303,7 +365,7 @@ def _check_train(t: TrainConfig) -> None:
 
 
 def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
-    from ..reduction.mamba import ENERGY_METHODS
+    from ..registry import model_family
 
     _check(
         red.mode in ("tolerance", "fixed", "pragmatic", "none"),
@@ -340,8 +402,8 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
-    mamba = tuple(ENERGY_METHODS)
-    methods = {"lru": ("hankel",), "mamba": mamba, "mamba2": (*mamba, "balanced")}.get(model_name)
+    family = model_family(model_name)
+    methods = family.energy_methods if family is not None else None
     why = " (balanced needs a scalar decay per head: Mamba-2 layers only)" if red.method == "balanced" else ""
     _check(  # other models: checked by their layers at the cut
         red.method is None or methods is None or red.method in methods,

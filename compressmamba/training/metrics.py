@@ -60,3 +60,10 @@ def _atomic_text(path: Path, text: str) -> None:
 def write_json(path: str | Path, obj) -> None:
     """Write ``obj`` as indented JSON atomically (NaN/inf become null)."""
     _atomic_text(Path(path), json.dumps(_clean(obj), indent=2))
+
+
+def target_bytes(targets, token_bytes):
+    """The bytes of text that the target ids (b, l) stand for (-100: not a target), as a float64
+    scalar tensor; ``token_bytes`` (vocab,) float64 is the tokenizer's bytes per id. Bits per byte
+    is the summed loss in nats over ``ln 2`` times this."""
+    return token_bytes[targets[targets != -100]].sum()

@@ -6,6 +6,7 @@ The loop lives here; the schedule (schedule.py), the cut (cut.py), the optimizer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_che
 from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
 from .data import StepBatches, shard_batches
-from .metrics import MetricsWriter, write_json
+from .metrics import MetricsWriter, target_bytes, write_json
 from .optim import build_optimizer, carry_optimizer_state, rewarm_factor, set_lr, snapshot_state
 from .schedule import attempt_steps, rule_rank, stepped_rank
 
@@ -206,16 +207,19 @@ class Trainer:
         model = self.model
         was = model.training
         model.eval()
-        tot = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
+        tot = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss sum, correct, count, bytes
+        zero = torch.zeros((), device=acc.device, dtype=torch.float64)
         bs = t.eval_batch_size or t.batch_size
         for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, None if whole else t.eval_batches):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
                 out = model(**batch)
             if self.task == "lm":
-                n = (batch["labels"][:, 1:] != -100).sum()
-                correct = answer_counts(out.logits, batch["labels"])[0] if self.answer_accuracy else n.new_zeros(())
-                tot += torch.stack([out.loss.double() * n, correct.double(), n.double()])
+                targets = batch["labels"][:, 1:]
+                n = (targets != -100).sum()
+                nbytes = target_bytes(targets, self._token_bytes) if self._token_bytes is not None else zero
+                correct = answer_counts(out.logits, batch["labels"])[0].double() if self.answer_accuracy else zero
+                tot += torch.stack([out.loss.double() * n, correct, n.double(), nbytes])
             else:
                 y = batch["labels"]
                 correct = (out.logits.argmax(-1) == y).sum()
@@ -224,6 +228,7 @@ class Trainer:
                         out.loss.double() * len(y),
                         correct.double(),
                         torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64),
+                        zero,
                     ]
                 )
         model.train(was)
@@ -232,9 +237,18 @@ class Trainer:
         res = {"loss": loss}
         if self.task == "lm":
             res["perplexity"] = math.exp(min(loss, 50))
+            if tot[3] > 0:  # the loss in bits over the bytes the targets decode to
+                res["bits_per_byte"] = (tot[0] / tot[3]).item() / math.log(2)
         if self.task != "lm" or self.answer_accuracy:
             res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
         return res
+
+    @functools.cached_property
+    def _token_bytes(self) -> torch.Tensor | None:
+        """Bytes per token id (the tokenizer's ``token_bytes``), or None where the data has no tokenizer."""
+        tok = self.data.info.get("tokenizer")
+        table = getattr(tok, "token_bytes", None)
+        return None if table is None else torch.as_tensor(table(), dtype=torch.float64, device=self.accelerator.device)
 
     def _score(self, res: dict) -> float:
         return res["accuracy"] if "accuracy" in res else -res["loss"]
@@ -547,7 +561,8 @@ class Trainer:
             f"  state sizes per layer: {s['initial_state_sizes']} -> {s['final_state_sizes']}",
         ]
         if self.task == "lm":
-            lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}")
+            bpb = f", {s['val_bits_per_byte']:.4f} bits per byte" if s.get("val_bits_per_byte") is not None else ""
+            lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}{bpb}")
         if self.task != "lm" or self.answer_accuracy:
             lines.append(f"  val accuracy {s['best_val_accuracy']:.4f}, test accuracy {s['test_accuracy']}")
         tr = [r for r in self.metrics_rows("train")]
@@ -581,6 +596,8 @@ class Trainer:
         if self.task == "lm":
             summary["val_perplexity"] = (s["val_at_best"] or {}).get("perplexity")
             summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
+            summary["val_bits_per_byte"] = (s["val_at_best"] or {}).get("bits_per_byte")
+            summary["test_bits_per_byte"] = (s["test_at_best"] or {}).get("bits_per_byte")
         if self.task != "lm" or self.answer_accuracy:
             summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
             summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")

@@ -27,9 +27,12 @@ BLOCK_D, BLOCK_L = 16, 64  # 1024-element tiles: the backward (W² recomputation
 
 
 def _configs():
-    """Warps to tune per (d, width); the interpreter fails on autotune with several configs."""
+    """Warps to tune per (d, width); the interpreter fails on autotune with several configs, and
+    COMPRESSMAMBA_AUTOTUNE=0 keeps the 4 warps the compile report checks."""
     if _INTERPRET:
         return [triton.Config({}, num_warps=1)]
+    if os.environ.get("COMPRESSMAMBA_AUTOTUNE", "1") == "0":
+        return [triton.Config({}, num_warps=4)]
     return [triton.Config({}, num_warps=w) for w in (4, 8)]  # 2 warps spill in the backward
 
 

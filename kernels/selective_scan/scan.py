@@ -39,10 +39,20 @@ import triton.language as tl
 from ..limits import check_int32_indexing
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# COMPRESSMAMBA_AUTOTUNE=0: launch the fixed block and warps (those the compile report checks)
+# instead of autotuning, so a first call compiles one config per kernel, not a dozen
+AUTOTUNE = os.environ.get("COMPRESSMAMBA_AUTOTUNE", "1") != "0"
 MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
 CHUNK = 64  # steps between the states the forward stores for the backward (bench_scan --chunks times others)
 # BLOCK_D * BLOCK_N at most: beyond it the backward spills (python -m compressmamba.eval.kernel_report)
 MAX_TILE = 1024
+
+
+def max_tile(bn: int) -> int:
+    """The largest (BLOCK_D, BLOCK_N) tile at padded state size ``bn``: MAX_TILE, halved at
+    N = 256, where Triton 3.6 (the GPU machines' version) spills the backward at 4 x 256 with 8
+    warps (20 B per thread) and not at 2 x 256."""
+    return MAX_TILE if bn < 256 else MAX_TILE // 2
 
 
 def _configs():
@@ -60,7 +70,7 @@ def _prune(configs, named_args, **kwargs):
     """Keep blocks that divide a group's channels (a block never spans two groups), fit the
     register budget, and give each thread 2-16 tile elements; at least one config survives."""
     cpg, bn = named_args["chans_per_group"], kwargs["BLOCK_N"]
-    fits = [c for c in configs if cpg % c.kwargs["BLOCK_D"] == 0 and c.kwargs["BLOCK_D"] * bn <= MAX_TILE]
+    fits = [c for c in configs if cpg % c.kwargs["BLOCK_D"] == 0 and c.kwargs["BLOCK_D"] * bn <= max_tile(bn)]
     kept = [c for c in fits if 2 <= c.kwargs["BLOCK_D"] * bn / (32 * c.num_warps) <= 16]
     if kept:
         return kept
@@ -431,8 +441,9 @@ _bwd_tuned = _autotune(reset_to_zero=["dB_ptr", "dC_ptr"])(_bwd_kernel)
 def block_d(n: int, chans_per_group: int) -> int:
     """Channels per program where the launcher picks (the interpreter, the deterministic
     backward, the decode step): a power of two dividing a group's channels (a block never spans
-    groups), at most 32, and at most MAX_TILE // N so the (BLOCK_D, N) tiles stay in registers."""
-    cap = max(1, min(32, MAX_TILE // triton.next_power_of_2(n)))
+    groups), at most 32, and at most max_tile // N so the (BLOCK_D, N) tiles stay in registers."""
+    bn = triton.next_power_of_2(n)
+    cap = max(1, min(32, max_tile(bn) // bn))
     bd = 1
     while bd < cap and chans_per_group % (bd * 2) == 0:
         bd *= 2
@@ -440,9 +451,10 @@ def block_d(n: int, chans_per_group: int) -> int:
 
 
 def fixed_warps(bd: int, n: int) -> int:
-    """Warps where the launcher picks the block: one per 64 tile elements, 2 to 8 (the backward
-    compiles without spills at these on sm_90; tests/kernels/test_compile.py checks)."""
-    return min(8, max(2, bd * triton.next_power_of_2(n) // 64))
+    """Warps where the launcher picks the block: one per 32 tile elements, 2 to 8 (the backward
+    compiles without spills at these on sm_90 with Triton 3.6 and 3.9; one per 64 spilled 32 B
+    at 32 x 8 with Triton 3.6; tests/kernels/test_compile.py checks)."""
+    return min(8, max(2, bd * triton.next_power_of_2(n) // 32))
 
 
 def _norm_bc(X):
@@ -451,9 +463,10 @@ def _norm_bc(X):
 
 def _launch(tuned, plain, grid_of, args, flags, n, cpg, fixed_block=False):
     """Run ``tuned`` (the autotuner picks BLOCK_D and warps) on a GPU, or ``plain`` with the
-    launcher's block where the block is fixed (the interpreter, deterministic partials).
+    launcher's block where the block is fixed (the interpreter, deterministic partials,
+    COMPRESSMAMBA_AUTOTUNE=0).
     Returns the BLOCK_D used."""
-    if _INTERPRET or fixed_block:
+    if _INTERPRET or fixed_block or not AUTOTUNE:
         bd = block_d(n, cpg)
         plain[grid_of(bd)](*args, BLOCK_D=bd, num_warps=1 if _INTERPRET else fixed_warps(bd, n), **flags)
         return bd
@@ -507,6 +520,7 @@ def _launch_bwd(u, dt, A, B, C, D, z, bias, softplus, chunk, hck, dy, dlast):
     dA, dD, dbias = torch.empty(b, d, n, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
     if deterministic:
         nb = triton.cdiv(d, block_d(n, cpg))
+        check_int32_indexing(dB_partials=b * nb * n * L)
         dB, dC = torch.empty(b, nb, n, L, **f32), torch.empty(b, nb, n, L, **f32)
     else:
         dB, dC = torch.zeros(b, g, n, L, **f32), torch.zeros(b, g, n, L, **f32)
@@ -597,10 +611,12 @@ def selective_scan_triton(
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     b, d, L = u.shape
     g = B.shape[1] if B.dim() == 4 else 1
-    nb = triton.cdiv(d, block_d(n, d // g))
+    # dB: (b, g, n, L) with atomics; the deterministic partials (b, blocks, n, L) are checked
+    # again where the backward allocates them
+    nb = triton.cdiv(d, block_d(n, d // g)) if torch.are_deterministic_algorithms_enabled() else g
     check_int32_indexing(
         u=b * d * L,
-        dB=b * max(g, nb) * n * L,  # atomics: (b, g, n, L); deterministic partials: (b, blocks, n, L)
+        dB=b * max(g, nb) * n * L,
         chunk_states=b * triton.cdiv(L, chunk) * d * triton.next_power_of_2(n),
         scratch=b * chunk * d * triton.next_power_of_2(n),
     )

@@ -14,12 +14,13 @@ autograd carries their gradients on to dt, dt_bias and A:
                             the initial state
               _chunk_bwd    dx, dΔ, da, and per-head dB, dC from H_c, G_c and dy
 
-L is the causal decay matrix exp(a_t − a_s) (t ≥ s). Every program holds whole (Q, p) and
+L is the causal decay matrix exp(a_t − a_s) (t ≥ s). The forward programs hold whole (Q, p) and
 (Q, n) tiles, p and n masked to powers of two (at least 16, what tl.dot takes) in registers and
-never padded in memory. B and C gradients are written per head and summed over a group's heads
+never padded in memory; the backward walks n in blocks of BWD_N_BLOCK so that no tile of it
+grows with n. B and C gradients are written per head and summed over a group's heads
 by PyTorch (deterministic, no atomics). Inputs may be fp32, fp16 or bf16; every product
 accumulates in fp32 (tl.dot with IEEE fp32 inputs: no TF32). Correct and simple first: no
-autotuning yet, fixed warps, and chunks short enough that the backward's tiles stay in registers
+autotuning yet, fixed warps, and chunks short enough that the tiles stay in registers
 (``default_chunk``); not yet timed on a GPU.
 """
 
@@ -38,13 +39,15 @@ from .reference import process_dt, skip_and_gate
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_N = 256  # largest d_state: whole (Q, n) tiles live in registers
 MAX_P = 256  # largest headdim, for the same reason
+BWD_N_BLOCK = 16  # states per block of the backward (32 compiles without spills too, at more registers)
 NUM_WARPS = 8  # of the chunk and passing kernels; the whole-chunk tiles spill with 4
 
 
 def default_chunk(n: int) -> int:
-    """Steps per chunk where the caller does not choose: the longest of 16, 32 for which the
-    backward compiles for sm_90 with (almost) no spills at 8 warps (eval/kernel_report.py --ssd:
-    none at padded N 16 and 64, 32 B at 32, 592 B at 128; chunks of 64 spill kilobytes)."""
+    """Steps per chunk where the caller does not choose: 32 at padded N <= 32, 16 above. Chosen
+    while the backward held whole (p, n) tiles (chunks of 64 spilled kilobytes); since it walks n
+    in blocks of BWD_N_BLOCK, chunks of 32 compile without spills at every N as well
+    (eval/kernel_report.py --ssd), but have not been timed against 16."""
     return 32 if _pad2(n) <= 32 else 16
 
 
@@ -261,57 +264,76 @@ def _chunk_bwd_kernel(
     Q: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
 ):
     """Gradients of one chunk and head, given the entering state H_c, the gradient G_c of the
     leaving state and dy (b, l, h, p): dx (b, l, h, p), this head's dB, dC (b, l, h, n), and dΔ,
     da (b, h, chunks, Q). With M = C Bᵀ ∘ L, K = L ∘ (dy xᵀ) ∘ Δ, d = exp(a_last − a):
     dx = Δ R with R = Mᵀ dy + d (B G_cᵀ); dΔ = Σ_p x R; dC = K B + exp(a) dy H_c;
-    dB = Kᵀ C + d Δ x G_c; da from the decays of L, of the inter-chunk term and of the state."""
+    dB = Kᵀ C + d Δ x G_c; da from the decays of L, of the inter-chunk term and of the state.
+
+    The states n are walked in blocks of BLOCK_NB: dB and dC of a block need only K, so they are
+    written inside the walk, and what sums over n (C Bᵀ, B G_cᵀ, C H_cᵀ, G_c ∘ H_c) is
+    accumulated in (Q, Q) and (Q, p) tiles. No tile grows with n, so the kernel compiles for
+    sm_90 without register spills up to n = 256 (whole (p, n) tiles spilled from n = 32 on)."""
     pid_c, pid_b, pid_h, grp, ab = _ids(H, heads_per_group, nc, Q)
     offs_q = tl.arange(0, Q)
     t = pid_c * Q + offs_q
     mt = t < L
     offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mp, mn = offs_p < P, offs_n < N
+    mp = offs_p < P
     x = _load_tile(x_ptr, pid_b, t, pid_h, s_xb, s_xl, s_xh, s_xp, offs_p, mt, mp)
-    Bt = _load_tile(B_ptr, pid_b, t, grp, s_bb, s_bl, s_bg, s_bn, offs_n, mt, mn)
-    Ct = _load_tile(C_ptr, pid_b, t, grp, s_cb, s_cl, s_cg, s_cn, offs_n, mt, mn)
     row = ((pid_b * L + t[:, None]) * H + pid_h) * P + offs_p[None, :]  # (b, l, h, p) contiguous
     mqp = mt[:, None] & mp[None, :]
     dy = tl.load(dy_ptr + row, mask=mqp, other=0.0)
     a = tl.load(a_ptr + ab + offs_q)
     dt = tl.load(dt_ptr + ab + offs_q)
     a_last = tl.load(a_ptr + ab + Q - 1)
-    pn = (((pid_b * nc + pid_c) * H + pid_h) * P + offs_p[:, None]) * N + offs_n[None, :]
-    mpn = mp[:, None] & mn[None, :]
-    Hc = tl.load(hs_ptr + pn, mask=mpn, other=0.0)
-    Gc = tl.load(gs_ptr + pn, mask=mpn, other=0.0)
-
-    Lm = _decay_matrix(a, offs_q)
-    CB = _dot(Ct, tl.trans(Bt))
-    K = Lm * _dot(dy, tl.trans(x)) * dt[None, :]  # [t, s]
+    ea = tl.exp(a)
     to_end = tl.exp(a_last - a)
-    BG = _dot(Bt, tl.trans(Gc))  # (Q, p): G_c B_s
+    Lm = _decay_matrix(a, offs_q)
+    K = Lm * _dot(dy, tl.trans(x)) * dt[None, :]  # [t, s]
+    CB = tl.zeros((Q, Q), dtype=tl.float32)
+    BG = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # G_c B_s
+    CH = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # H_c C_t
+    gh = tl.zeros((BLOCK_P,), dtype=tl.float32)  # Σ_n G_c ∘ H_c
+    state = ((pid_b * nc + pid_c) * H + pid_h) * P
+    for n0 in range(0, N, BLOCK_NB):
+        offs_n = n0 + tl.arange(0, BLOCK_NB)
+        mn = offs_n < N
+        Bt = _load_tile(B_ptr, pid_b, t, grp, s_bb, s_bl, s_bg, s_bn, offs_n, mt, mn)
+        Ct = _load_tile(C_ptr, pid_b, t, grp, s_cb, s_cl, s_cg, s_cn, offs_n, mt, mn)
+        pn = (state + offs_p[:, None]) * N + offs_n[None, :]
+        mpn = mp[:, None] & mn[None, :]
+        Hc = tl.load(hs_ptr + pn, mask=mpn, other=0.0)
+        Gc = tl.load(gs_ptr + pn, mask=mpn, other=0.0)
+        CB += _dot(Ct, tl.trans(Bt))
+        BG += _dot(Bt, tl.trans(Gc))
+        CH += _dot(Ct, tl.trans(Hc))
+        gh += tl.sum(Gc * Hc, axis=1)
+        dC = _dot(K, Bt) + ea[:, None] * _dot(dy, Hc)
+        dB = _dot(tl.trans(K), Ct) + (to_end * dt)[:, None] * _dot(x, Gc)
+        bc = ((pid_b * L + t[:, None]) * H + pid_h) * N + offs_n[None, :]  # (b, l, h, n) contiguous
+        mqn = mt[:, None] & mn[None, :]
+        tl.store(dC_ptr + bc, dC, mask=mqn)
+        tl.store(dB_ptr + bc, dB, mask=mqn)
     R = _dot(tl.trans(CB * Lm), dy) + to_end[:, None] * BG
     tl.store(dx_ptr + row, dt[:, None] * R, mask=mqp)
     tl.store(ddt_ptr + ab + offs_q, tl.sum(x * R, axis=1))
-    ea = tl.exp(a)
-    dC = _dot(K, Bt) + ea[:, None] * _dot(dy, Hc)
-    dB = _dot(tl.trans(K), Ct) + (to_end * dt)[:, None] * _dot(x, Gc)
-    bc = ((pid_b * L + t[:, None]) * H + pid_h) * N + offs_n[None, :]  # (b, l, h, n) contiguous
-    mqn = mt[:, None] & mn[None, :]
-    tl.store(dC_ptr + bc, dC, mask=mqn)
-    tl.store(dB_ptr + bc, dB, mask=mqn)
     # da: L's exp(a_t − a_s) gives +W to t and −W to s; y's exp(a_t) H_c C_t; the state's
     # exp(a_last − a_s) gives −V to s and +V to the chunk's last step, as does exp(a_last) H_c
     W = K * CB
-    inter = ea[:, None] * _dot(Ct, tl.trans(Hc))
     V = to_end * dt * tl.sum(x * BG, axis=1)
-    da = tl.sum(W, axis=1) - tl.sum(W, axis=0) + tl.sum(dy * inter, axis=1) - V
-    last = tl.sum(V, axis=0) + tl.exp(a_last) * tl.sum(tl.sum(Gc * Hc, axis=1), axis=0)
+    da = tl.sum(W, axis=1) - tl.sum(W, axis=0) + ea * tl.sum(dy * CH, axis=1) - V
+    last = tl.sum(V, axis=0) + tl.exp(a_last) * tl.sum(gh, axis=0)
     da += tl.where(offs_q == Q - 1, last, 0.0)
     tl.store(da_ptr + ab + offs_q, da)
+
+
+def bwd_n_block(N: int) -> int:
+    """States per block of the backward's walk over n (eval/kernel_report.py --ssd: no spills
+    at any n up to MAX_N with this block)."""
+    return min(_pad2(N), BWD_N_BLOCK)
 
 
 def _grid(b, H, nc):
@@ -362,7 +384,7 @@ def _launch_bwd(x, B, C, dtp, acs, hs, dy, dfinal):
     strides = (*x.stride(), *B.stride(), *C.stride())
     # fmt: off
     _chunk_bwd_kernel[_grid(b, H, nc)](
-        x, B, C, acs, dtp, hs, gs, dy, dx, dBh, dCh, ddt, da, *dims, *strides, **blk
+        x, B, C, acs, dtp, hs, gs, dy, dx, dBh, dCh, ddt, da, *dims, *strides, BLOCK_NB=bwd_n_block(N), **blk
     )
     # fmt: on
     # a group's heads share B_t and C_t: sum their per-head gradients in a fixed order

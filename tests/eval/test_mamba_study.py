@@ -85,6 +85,7 @@ def test_study_of_a_recall_task_pairs_answer_accuracy(tmp_path):
     assert study["comparisons"]["full"]["diffs"] == pytest.approx([100 * (x - y) for x, y in zip(c, f)])
     text = ms.markdown(study)
     assert "answer accuracy" in text and "full acc" in text and " pt" in text and "mean acc" in text
+    assert "mean Δ accuracy" in text
     path = tmp_path / "base" / "study.json"
     path.parent.mkdir()
     path.write_text(json.dumps(study))
@@ -125,6 +126,7 @@ def test_parse_seeds():
             ms.parse_seeds(bad)
 
 
+@pytest.mark.slow  # trains 8 small runs end to end
 def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     res = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
     assert set(res) == set(ms.ARMS) and all(set(r) == {0, 1} for r in res.values())
@@ -136,6 +138,7 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
             r = res[arm][s]
             assert r["seed"] == s and r["arm"] == arm and math.isfinite(r["val_perplexity"]) and r["step_s"] > 0
             assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
+            assert r["val_bits_per_byte"] == pytest.approx(r["val_loss"] / math.log(2))  # byte tokenizer
     # the whole validation split: more batches than the recipe's eval_batches, and a different loss
     assert res["full"][0]["val_rows"] > RECIPE["train"]["eval_batches"] * RECIPE["train"]["batch_size"]
     summary = json.loads((tmp_path / "runs").glob("full-seed0-*/summary.json").__next__().read_text())
@@ -159,6 +162,8 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     assert study["direct_vs_uniform"]["mean"] == pytest.approx(ms.paired(d, u)["mean"])
     text = ms.markdown(study)
     assert "| compressed vs |" in text and "| direct |" in text and "(N=" in text and "direct vs uniform" in text
+    bpb = res["direct"][0]["val_bits_per_byte"]
+    assert f"{res['direct'][0]['val_perplexity']:.4f} / {bpb:.4f}" in text and "| mean bpb |" in text
 
     def boom(*a, **k):
         raise AssertionError("a cached run was trained again")

@@ -16,7 +16,7 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 RNG = np.random.default_rng(0)
 
 
-# --- fixture writers: the formats of notes/data.md ---------------------------------------------
+# --- fixture writers: each data set's real on-disk format ----------------------------------------
 def write_cifar(root: Path) -> Path:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)

@@ -3,6 +3,7 @@
 import os
 
 import torch
+
 from compressmamba.kernels import selective_scan_ref
 
 # Where the tests run the Triton kernels: natively on a GPU when there is one and the interpreter

@@ -2,6 +2,7 @@
 float64 reference run."""
 
 import torch
+
 from compressmamba.kernels import ssd_scan_ref
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")

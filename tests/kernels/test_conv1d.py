@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from compressmamba.kernels import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
 from scan_utils import TRITON_DEVICE, rel_err

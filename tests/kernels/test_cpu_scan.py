@@ -1,11 +1,12 @@
 import pytest
 import torch
+from compressmamba.kernels.selective_scan.cpu import _scan_forward, _scan_reverse, linear_scan
+
 from compressmamba.kernels import (
     selective_scan_cpu,
     selective_scan_fn,
     selective_scan_ref,
 )
-from compressmamba.kernels.selective_scan.cpu import _scan_forward, _scan_reverse, linear_scan
 
 from scan_utils import make_inputs, reference, rel_err, run
 

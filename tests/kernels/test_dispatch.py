@@ -2,8 +2,9 @@ import importlib.util
 
 import pytest
 import torch
-from compressmamba.kernels import selective_scan_fn, selective_scan_ref, selective_state_update
 from compressmamba.kernels.selective_scan import cpu
+
+from compressmamba.kernels import selective_scan_fn, selective_scan_ref, selective_state_update
 
 from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from compressmamba.kernels import selective_scan_fn, selective_state_update
 from compressmamba.kernels.conv1d import causal_conv1d_fn
+
+from compressmamba.kernels import selective_scan_fn, selective_state_update
 
 
 def _scan_inputs(b, d, L, n=5, groups=None, dtype=torch.float32):

@@ -5,6 +5,7 @@ against the scan, and the input checks."""
 
 import pytest
 import torch
+
 from compressmamba.kernels import (
     selective_scan_ref,
     ssd_scan_cpu,

@@ -3,9 +3,10 @@ iterated over a sequence against the Triton scan (outputs and final state)."""
 
 import pytest
 import torch
-from compressmamba.kernels import ssd_state_update, ssd_state_update_ref
 from compressmamba.kernels.ssd.scan import ssd_scan_triton
 from compressmamba.kernels.ssd.step import ssd_state_update_triton
+
+from compressmamba.kernels import ssd_state_update, ssd_state_update_ref
 
 from scan_utils import TRITON_DEVICE, rel_err
 from ssd_utils import make_ssd_inputs

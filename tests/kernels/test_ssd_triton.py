@@ -4,8 +4,9 @@ and every gradient, with every buffer the launchers allocate poisoned with NaN."
 
 import pytest
 import torch
-from compressmamba.kernels import ssd_scan_fn, ssd_scan_ref
 from compressmamba.kernels.ssd.scan import MAX_N, ssd_scan_triton
+
+from compressmamba.kernels import ssd_scan_fn, ssd_scan_ref
 
 from scan_utils import TRITON_DEVICE, rel_err
 from ssd_utils import make_ssd_inputs, run_ssd, ssd_reference
@@ -18,13 +19,15 @@ pytestmark = pytest.mark.usefixtures("poison_empty")
 
 ALL_OFF = dict(d_shape=None, has_z=False, has_bias=False, has_init=False, softplus=False, final=False)
 # (l, chunk, batch, h, g, p, n, flags). The interpreter is slow: N = 13, 47 (masked), 64, 128
-# each once, L never a multiple of the chunk but once, every optional input on and off somewhere.
+# and 200 each once, L never a multiple of the chunk but once, every optional input on and off somewhere.
 CASES = [
     (63, 16, 2, 6, 3, 8, 13, dict(d_shape="head", softplus=True, final=True)),
     (100, 32, 1, 6, 2, 12, 47, dict(d_shape="channel", has_z=False, has_init=False, softplus=False, final=True)),
     (48, 16, 1, 4, 1, 16, 64, dict(d_shape=None, has_bias=False, softplus=True, final=False)),
     (37, 32, 1, 2, 2, 8, 128, dict(d_shape="channel", has_init=True, softplus=True, final=True)),
     (5, 16, 2, 2, 1, 3, 1, dict(ALL_OFF, d_shape="head")),
+    # n = 200: the backward walks the states in 13 blocks of 16, the last one masked
+    (21, 16, 1, 2, 1, 5, 200, dict(d_shape="head", has_init=True, softplus=True, final=True)),
 ]
 
 

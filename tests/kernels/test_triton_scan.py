@@ -4,8 +4,17 @@ and on CUDA when a GPU is present (larger shapes, marked gpu)."""
 import pytest
 import torch
 import triton
+from compressmamba.kernels.selective_scan.scan import (
+    MAX_N,
+    MAX_TILE,
+    _configs,
+    _prune,
+    block_d,
+    fixed_warps,
+    selective_scan_triton,
+)
+
 from compressmamba.kernels import selective_scan_fn, selective_scan_ref
-from compressmamba.kernels.selective_scan.scan import MAX_N, MAX_TILE, _configs, _prune, block_d, selective_scan_triton
 
 from scan_utils import TRITON_DEVICE, make_inputs, reference, rel_err, run
 
@@ -100,6 +109,10 @@ def test_block_and_config_choice():
     assert as_pairs(_prune(_configs(), {"chans_per_group": 1536}, BLOCK_N=16)) == n16
     assert as_pairs(_prune(_configs(), {"chans_per_group": 3}, BLOCK_N=1)) == [(1, 1)]  # fallback
     assert as_pairs(_prune(_configs(), {"chans_per_group": 6}, BLOCK_N=64)) == [(1, 1), (2, 1), (2, 2)]
+    # the launcher's own choice: 2 channels at N = 256 (4 x 256 spills with Triton 3.6), a warp
+    # per 32 tile elements
+    assert block_d(256, 1536) == 2 and block_d(128, 1536) == 8 and block_d(8, 1536) == 32
+    assert fixed_warps(32, 8) == 8 and fixed_warps(32, 4) == 4 and fixed_warps(1, 1) == 2
 
 
 def test_deterministic_mode_sums_partials_in_order():
@@ -142,11 +155,31 @@ def test_autotuned_launch_path(monkeypatch):
 
     one = lambda **kw: triton.autotune([triton.Config({"BLOCK_D": 2}, num_warps=1)], key=["BLOCK_N", "d"], **kw)  # noqa: E731
     monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "AUTOTUNE", True)  # whatever COMPRESSMAMBA_AUTOTUNE says
     monkeypatch.setattr(scan, "_fwd_tuned", one()(scan._fwd_kernel))
     monkeypatch.setattr(scan, "_bwd_tuned", one(reset_to_zero=["dB_ptr", "dC_ptr"])(scan._bwd_kernel))
     flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
     _check(5, 19, 2, 8, flags, chunk=8, seed=11)
     assert scan._fwd_tuned.best_config.kwargs["BLOCK_D"] == 2
+
+
+class _NoAutotuner:
+    def __getitem__(self, grid):
+        raise AssertionError("the autotuner ran although COMPRESSMAMBA_AUTOTUNE=0")
+
+
+def test_autotune_off_launches_the_fixed_block(monkeypatch):
+    """COMPRESSMAMBA_AUTOTUNE=0 (scan.AUTOTUNE False; eval/gpu_session.sh sets it): the GPU launch
+    path runs the launcher's own block and warps, those the compile report checks, and never the
+    autotuner."""
+    from compressmamba.kernels.selective_scan import scan
+
+    monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "AUTOTUNE", False)
+    monkeypatch.setattr(scan, "_fwd_tuned", _NoAutotuner())
+    monkeypatch.setattr(scan, "_bwd_tuned", _NoAutotuner())
+    flags = dict(F0, has_d=True, has_z=True, has_bias=True, softplus=True, last=True, groups=2)
+    _check(5, 19, 2, 8, flags, chunk=8, seed=12)
 
 
 def test_strided_views_as_mamba_makes_them():

@@ -1,7 +1,8 @@
 import pytest
 import torch
-from compressmamba.kernels import selective_scan_ref, selective_state_update, selective_state_update_ref
 from compressmamba.kernels.selective_scan.step import selective_state_update_triton
+
+from compressmamba.kernels import selective_scan_ref, selective_state_update, selective_state_update_ref
 
 from scan_utils import TRITON_DEVICE, make_inputs, rel_err
 

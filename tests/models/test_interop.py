@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, MambaForCausalLM
 
-from compressmamba.models.hf_interop import export_transformers, load_pretrained
+from compressmamba.models.loading import export_transformers, load_pretrained
 from compressmamba.models.mamba import CompressMambaConfig, CompressMambaForCausalLM, build_mamba
 
 from test_mamba import _hf

@@ -9,7 +9,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from compressmamba import compat
 from compressmamba.models import CompressMamba2ForCausalLM, CompressMambaForCausalLM, build_mamba2, load_pretrained
-from compressmamba.models.hf_interop import export_transformers
+from compressmamba.models.loading import export_transformers
 from compressmamba.models.protocol import declared_parameter_names
 from compressmamba.reduction import select_states
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from compressmamba.kernels import causal_conv1d_ref, ssd_scan_ref
 
 from compressmamba import compat
+from compressmamba.kernels import causal_conv1d_ref, ssd_scan_ref
 from compressmamba.models import CompressMamba2ForCausalLM, build_mamba2, load_pretrained
-from compressmamba.models.hf_interop import export_transformers
+from compressmamba.models.loading import export_transformers
 from compressmamba.reduction.ssd import balanced_projections
 
 from test_mamba2 import _tiny2

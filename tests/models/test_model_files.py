@@ -7,7 +7,7 @@ import pytest
 
 from compressmamba.cli import main
 from compressmamba.models import files
-from compressmamba.models.hf_interop import load_pretrained
+from compressmamba.models.loading import load_pretrained
 from compressmamba.models.mamba import CompressMambaConfig, CompressMambaForCausalLM
 
 
@@ -94,7 +94,7 @@ def test_a_missing_path_is_not_taken_for_a_hub_id(tmp_path):
 
 
 def test_resolve_of_an_uncached_hub_id_offline_fails_in_seconds(monkeypatch):
-    from compressmamba.models.hf_interop import resolve
+    from compressmamba.models.loading import resolve
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.time()

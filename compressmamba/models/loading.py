@@ -1,4 +1,8 @@
-"""Loading Mamba-1 and Mamba-2 checkpoints of three layouts, and exporting to plain transformers.
+"""Loading checkpoints of every registered model family, and exporting to plain transformers.
+
+A leaf module: it reads the family specs (``registry.ModelFamily``) and never imports a model
+file, so the model files import it (their ``from_pretrained`` is :func:`load_pretrained`).
+For the Mamba families, three layouts:
 
 * ours (``model_type: compressmamba`` / ``compressmamba2``, per-layer ``state_sizes``) and
   transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (``model_type: mamba`` / ``mamba2``,
@@ -17,21 +21,19 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from .. import compat
+from ..registry import ModelFamily, families, family_of_mamba_ssm_layer, family_of_model_type
 from .files import check_model_dir, guard_hub_id
-from .lm import SSMForCausalLM
-from .mamba import CompressMambaConfig, CompressMambaForCausalLM
-from .mamba2 import CompressMamba2Config, CompressMamba2ForCausalLM
 
-# model_type → our class; mamba-ssm configs carry no model_type but ssm_cfg.layer
-FAMILIES = {
-    "compressmamba": CompressMambaForCausalLM,
-    "mamba": CompressMambaForCausalLM,
-    "compressmamba2": CompressMamba2ForCausalLM,
-    "mamba2": CompressMamba2ForCausalLM,
-}
-_MAMBA_SSM_LAYERS = {"Mamba1": CompressMambaForCausalLM, "Mamba2": CompressMamba2ForCausalLM}
+
+def _mamba_ssm_layers() -> list[str]:
+    return sorted(f.mamba_ssm_layer for f in families().values() if f.mamba_ssm_layer)
+
+
+def _model_types() -> list[str]:
+    return sorted(t for f in families().values() for t in f.model_types)
 
 
 def resolve(path_or_id: str | Path) -> Path:
@@ -69,12 +71,15 @@ def read_config(path_or_id: str | Path, **hub_kwargs) -> dict | None:
     return json.loads(Path(f).read_text())
 
 
-def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig | CompressMamba2Config:
-    """mamba-ssm's MambaConfig (d_model, n_layer, ssm_cfg, pad_vocab_size_multiple...) → ours."""
+def _mamba_ssm_config(cfg: dict):
+    """mamba-ssm's MambaConfig (d_model, n_layer, ssm_cfg, pad_vocab_size_multiple...) → (our
+    family, our config): the fields every layer type shares here, the rest by the family's
+    ``from_mamba_ssm``."""
     ssm = dict(cfg.get("ssm_cfg", {}) or {})
     layer = ssm.pop("layer", "Mamba1") or "Mamba1"
-    if layer not in _MAMBA_SSM_LAYERS:
-        raise ValueError(f"ssm_cfg.layer={layer!r} is not supported; expected one of {sorted(_MAMBA_SSM_LAYERS)}")
+    family = family_of_mamba_ssm_layer(layer)
+    if family is None:
+        raise ValueError(f"ssm_cfg.layer={layer!r} is not supported; expected one of {_mamba_ssm_layers()}")
     if not cfg.get("rms_norm", True):
         raise ValueError("rms_norm=False (LayerNorm blocks) is not supported; expected rms_norm=True")
     if cfg.get("attn_layer_idx"):
@@ -94,24 +99,7 @@ def _mamba_ssm_config(cfg: dict) -> CompressMambaConfig | CompressMamba2Config:
         tie_word_embeddings=cfg.get("tie_embeddings", True),
         layer_norm_epsilon=cfg.get("norm_epsilon", 1e-5),
     )
-    if layer == "Mamba1":
-        return CompressMambaConfig(
-            state_size=ssm.get("d_state", 16), time_step_rank=ssm.get("dt_rank", "auto"), **shared
-        )
-    for key, want in (("D_has_hdim", False), ("rmsnorm", True), ("norm_before_gate", False), ("d_ssm", None)):
-        if ssm.get(key, want) != want:
-            raise ValueError(f"ssm_cfg.{key}={ssm[key]!r} is not supported; expected {want!r}")
-    return CompressMamba2Config(
-        state_size=ssm.get("d_state", 128),
-        head_dim=ssm.get("headdim", 64),
-        n_groups=ssm.get("ngroups", 1),
-        chunk_size=ssm.get("chunk_size", 256),
-        time_step_min=ssm.get("dt_min", 0.001),
-        time_step_max=ssm.get("dt_max", 0.1),
-        time_step_floor=ssm.get("dt_init_floor", 1e-4),
-        time_step_limit=ssm.get("dt_limit", (0.0, float("inf"))),
-        **shared,
-    )
+    return family, family.from_mamba_ssm(ssm, shared)
 
 
 def _raise_if_bad(source: str, missing, unexpected, mismatched) -> None:
@@ -135,11 +123,11 @@ def _load_strict(model: torch.nn.Module, sd: dict, source: str) -> None:
     model.load_state_dict(sd, strict=not tied)
 
 
-def load_mamba_ssm(root: Path, cfg: dict) -> SSMForCausalLM:
+def load_mamba_ssm(root: Path, cfg: dict) -> PreTrainedModel:
     """A mamba-ssm ``MambaLMHeadModel`` folder (config.json + pytorch_model.bin or
     model.safetensors) with ``backbone.embedding.*`` keys → our Mamba-1 or Mamba-2 model
     (vocabulary padded as mamba-ssm pads it)."""
-    config = _mamba_ssm_config(cfg)
+    family, config = _mamba_ssm_config(cfg)
     if (root / "pytorch_model.bin").is_file():
         sd = torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
     elif (root / "model.safetensors").is_file():
@@ -149,61 +137,73 @@ def load_mamba_ssm(root: Path, cfg: dict) -> SSMForCausalLM:
     else:
         raise FileNotFoundError(f"mamba-ssm checkpoint {root} has no pytorch_model.bin or model.safetensors")
     sd = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}
-    model = (CompressMambaForCausalLM if isinstance(config, CompressMambaConfig) else CompressMamba2ForCausalLM)(config)
+    model = family.causal_lm(config)
     _load_strict(model, sd, str(root))
     return model.eval()
 
 
-def checkpoint_family(path_or_id, **hub_kwargs) -> tuple[type[SSMForCausalLM] | None, dict | None]:
-    """(our class for the checkpoint, its config.json) — (None, None) when no config is to be had
-    (transformers then reports the problem in its own words). Raises ValueError for a type we do
-    not read."""
+def checkpoint_family(path_or_id, **hub_kwargs) -> tuple[ModelFamily | None, dict | None]:
+    """(the family that reads the checkpoint, its config.json) — (None, None) when no config is to
+    be had (transformers then reports the problem in its own words). Raises ValueError for a type
+    no registered family reads."""
     cfg = read_config(path_or_id, **hub_kwargs)
     if cfg is None:
         return None, None
     mtype = cfg.get("model_type")
     if mtype is None and "d_model" in cfg and "n_layer" in cfg:
         layer = (cfg.get("ssm_cfg") or {}).get("layer", "Mamba1") or "Mamba1"
-        return _MAMBA_SSM_LAYERS.get(layer, CompressMambaForCausalLM), cfg
-    if mtype not in FAMILIES:
+        family = family_of_mamba_ssm_layer(layer)
+        if family is None:
+            raise ValueError(
+                f"{path_or_id}: ssm_cfg.layer={layer!r} is not supported; expected one of {_mamba_ssm_layers()}"
+            )
+        return family, cfg
+    family = family_of_model_type(mtype) if mtype else None
+    if family is None or family.causal_lm is None:
         raise ValueError(
-            f"{path_or_id}: unknown model type {mtype!r}; expected one of {sorted(FAMILIES)} "
+            f"{path_or_id}: unknown model type {mtype!r}; expected one of {_model_types()} "
             "or a mamba-ssm config with d_model and n_layer"
         )
-    return FAMILIES[mtype], cfg
+    return family, cfg
 
 
-def load_pretrained(path_or_id: str | Path, *args, _cls=None, **kwargs) -> SSMForCausalLM:
-    """Load any supported checkpoint — Mamba-1 or Mamba-2; ours, transformers' or mamba-ssm's
-    layout; a folder or a hub id — as our model of its family (``_cls``, when a class's
-    ``from_pretrained`` calls, must be that family). ``kwargs`` go to transformers'
-    ``from_pretrained``.
+def _kind(cfg: dict) -> str:
+    return cfg.get("model_type") or f"mamba-ssm {(cfg.get('ssm_cfg') or {}).get('layer', 'Mamba1')}"
 
-    Raises ValueError for an unknown model type, a checkpoint of the other family than ``_cls``,
+
+def load_pretrained(path_or_id: str | Path, *args, into: type | None = None, **kwargs) -> PreTrainedModel:
+    """Load any checkpoint a registered family reads — for the Mambas: Mamba-1 or Mamba-2; ours,
+    transformers' or mamba-ssm's layout; a folder or a hub id — as our model of its family.
+    ``into`` (a family's class, as its ``from_pretrained`` passes) requires that family.
+    ``kwargs`` go to transformers' ``from_pretrained``.
+
+    Raises ValueError for an unknown model type, a checkpoint of another family than ``into``,
     or weights that do not fit the config (naming every key and both shapes)."""
-    cls = _cls
+    cls = into
     if Path(path_or_id).expanduser().is_dir():  # whole files, or one line naming the broken one
         check_model_dir(path_or_id, kwargs.get("subfolder", ""))
     else:
         kwargs = guard_hub_id(str(path_or_id), kwargs)
     if kwargs.get("config") is None:
         family, cfg = checkpoint_family(path_or_id, **kwargs)
-        if family is not None and cls is not None and not issubclass(family, cls):
+        if family is not None and cls is not None and not issubclass(family.causal_lm, cls):
+            name = family.causal_lm.__name__
             raise ValueError(
-                f"{path_or_id} is a {family.__name__} checkpoint (model type "
-                f"{cfg.get('model_type') or 'mamba-ssm ' + str((cfg.get('ssm_cfg') or {}).get('layer', 'Mamba1'))}); "
-                f"load it with {family.__name__}.from_pretrained or compressmamba.models.load_pretrained"
+                f"{path_or_id} is a {name} checkpoint (model type {_kind(cfg)}); "
+                f"load it with {name}.from_pretrained or compressmamba.models.load_pretrained"
             )
-        cls = cls or family
+        cls = cls or (family.causal_lm if family is not None else None)
         if cfg is not None and cfg.get("model_type") is None:
             model = load_mamba_ssm(resolve(path_or_id), cfg)
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
             return model.to(dtype) if isinstance(dtype, torch.dtype) else model
-    cls = cls or CompressMambaForCausalLM
+    if cls is None:
+        raise ValueError(f"{path_or_id}: no config.json to tell its model family; give a model folder or hub id")
     want_info = kwargs.pop("output_loading_info", False)
     allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-    model, info = super(SSMForCausalLM, cls).from_pretrained(
-        path_or_id, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    # transformers' own loading, as the class would run it without our override
+    model, info = PreTrainedModel.from_pretrained.__func__(
+        cls, path_or_id, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
     mismatched = {} if allow_mismatch else compat.mismatched_shapes(info)
     if any(found is None for found in mismatched.values()):
@@ -229,8 +229,9 @@ def _stored_shapes(path_or_id, keys: list[str], **hub_kwargs) -> dict[str, tuple
     return shapes
 
 
-# the config fields ours and transformers' share, per family (state_size is per layer in ours)
-_SHARED = (
+# the config fields ours and transformers' Mamba share (state_size is per layer in ours); the
+# family specs name them for export
+MAMBA_SHARED_FIELDS = (
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -246,38 +247,35 @@ _SHARED = (
     "bos_token_id",
     "eos_token_id",
 )
-_SHARED_MAMBA2 = _SHARED + (
-    "num_heads",
-    "head_dim",
-    "n_groups",
-    "hidden_act",
-    "time_step_min",
-    "time_step_max",
-    "time_step_floor",
-    "time_step_limit",
-    "rescale_prenorm_residual",
-    "chunk_size",
-)
+
+
+def _family_of(model) -> ModelFamily:
+    for f in families().values():
+        if f.causal_lm is not None and type(model) is f.causal_lm:
+            return f
+    raise ValueError(f"{type(model).__name__} is no registered family's causal LM; nothing to export")
 
 
 @torch.no_grad()
-def export_transformers(model: SSMForCausalLM, out_dir: str | Path) -> Path:
-    """Write a plain transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` folder: every layer
-    is zero-padded to the largest state size (each mixer's ``padded``: the padded states get zero
-    input weights, so they stay at zero and outputs are unchanged)."""
+def export_transformers(model, out_dir: str | Path) -> Path:
+    """Write a plain transformers folder of the model's stock family (``MambaForCausalLM`` /
+    ``Mamba2ForCausalLM``): every layer is zero-padded to the largest state size (each mixer's
+    ``padded``: the padded states get zero input weights, so they stay at zero and outputs are
+    unchanged)."""
     import transformers
 
-    if isinstance(model, CompressMamba2ForCausalLM):
-        hf_config, hf_model, keys = transformers.Mamba2Config, transformers.Mamba2ForCausalLM, _SHARED_MAMBA2
-    else:
-        hf_config, hf_model, keys = transformers.MambaConfig, transformers.MambaForCausalLM, _SHARED
+    family = _family_of(model)
+    if family.transformers_export is None:
+        raise ValueError(f"model family {family.name!r} has no stock transformers form to export to")
+    config_name, model_name, keys = family.transformers_export
+    hf_config, hf_model = getattr(transformers, config_name), getattr(transformers, model_name)
     c = model.config
     n_max = max(model.state_sizes)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     for i, mixer in enumerate(model.ssm_layers()):
         sd.update({f"backbone.layers.{i}.mixer.{k}": v for k, v in mixer.padded(n_max).items()})
     fields = {k: getattr(c, k) for k in keys}
-    if hf_model is transformers.Mamba2ForCausalLM and c.tie_word_embeddings and not compat.MAMBA2_SAVES_TIED:
+    if model_name == "Mamba2ForCausalLM" and c.tie_word_embeddings and not compat.MAMBA2_SAVES_TIED:
         fields["tie_word_embeddings"] = False  # an equal, untied copy: outputs unchanged
         sd["lm_head.weight"] = sd["backbone.embeddings.weight"].clone()
     hf = hf_model(hf_config(state_size=n_max, **fields))
