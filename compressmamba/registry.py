@@ -32,6 +32,7 @@ _DATA_MODULES = (
     "compressmamba.data.cifar",
     "compressmamba.data.lra",
     "compressmamba.data.text",
+    "compressmamba.data.mqar",
 )
 
 
@@ -40,7 +41,8 @@ class DataSplits:
     """Train / validation / test datasets; items are dicts of tensors (see README "Recipes").
 
     ``info`` carries what the model needs to know (``d_input``, ``n_classes``, ``vocab_size``,
-    ``seq_len``, ``task``: ``"classification"`` or ``"lm"``).
+    ``seq_len``, ``task``: ``"classification"`` or ``"lm"``; ``answer_accuracy``: an LM task scored
+    by the accuracy of its labelled positions, as a recall task's answers).
     """
 
     train: Dataset

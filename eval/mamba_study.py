@@ -10,8 +10,10 @@ four arms train on the same data order:
 * ``full``: the recipe without cuts.
 
 Every final model is evaluated on the whole validation split. Each comparison is paired by seed:
-the relative difference of validation perplexity, ``ppl(compressed) / ppl(other) - 1``, with its
-mean, a 95 % t interval over the seeds and how many seeds the compressed run wins. Time is
+for a language model the relative difference of validation perplexity, ``ppl(compressed) /
+ppl(other) - 1``; for a recall task (``data.name: mqar``, whose data reports answer accuracy) the
+difference of answer accuracy in points, ``100 * (acc(compressed) - acc(other))``; with its mean,
+a 95 % t interval over the seeds and how many seeds the compressed run wins. Time is
 measured twice. Inside each run's worker: the whole run and its median step over the second half
 (after every cut), which depend on what ran beside it. Then in one process after the runs: every
 arm's final sizes, and each stretch of a compressed run between its cuts, timed round-robin
@@ -49,6 +51,24 @@ from pathlib import Path
 
 ARMS = ("compressed", "direct", "uniform", "full")
 OTHERS = ("direct", "uniform", "full")
+# what a study compares: the result key, paired as ``paired(kind=...)``, and the tables' words
+# (``what``, ``cell``, ``speed_cols``; a text study shows bits per byte beside perplexity)
+METRICS = {
+    "perplexity": {
+        "key": "val_perplexity",
+        "kind": "relative",
+        "what": "validation perplexity / bits per byte",
+        "cell": "ppl / bpb",
+        "speed_cols": "mean ppl | mean bpb",
+    },
+    "accuracy": {
+        "key": "val_accuracy",
+        "kind": "points",
+        "what": "validation answer accuracy",
+        "cell": "acc",
+        "speed_cols": "mean acc",
+    },
+}
 
 
 # --- the arms ----------------------------------------------------------------------------------
@@ -114,6 +134,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "val_loss": val["loss"],
         "val_perplexity": val["perplexity"],
         "val_bits_per_byte": val.get("bits_per_byte"),
+        "val_accuracy": val.get("accuracy"),  # a recall task's answer accuracy (None for text)
         "val_rows": len(tr.data.val),  # the whole split: every row evaluated
         "step_s": step_s,
         "train_time_s": summary["train_time_s"],
@@ -298,23 +319,31 @@ def add_timing(results: dict, raw: dict, threads: int = 1) -> None:
 
 
 def _progress(arm: str, seed: int, res: dict) -> None:
+    acc = res.get("val_accuracy")
+    score = f"val acc {acc:.4f}" if acc is not None else f"val ppl {res['val_perplexity']:.4f}"
     print(
-        f"  {arm:>10} seed {seed}: sizes {res['sizes']}, val ppl {res['val_perplexity']:.4f}, "
-        f"{res['train_time_s']:.0f} s",
+        f"  {arm:>10} seed {seed}: sizes {res['sizes']}, {score}, {res['train_time_s']:.0f} s",
         file=sys.stderr,
         flush=True,
     )
 
 
 # --- statistics --------------------------------------------------------------------------------
-def paired(a: list[float], b: list[float]) -> dict:
-    """Paired relative differences ``a_i / b_i - 1`` in percent: mean, 95 % t interval, the
-    number of seeds where ``a`` is lower (better), and the two-sided paired t-test p-value."""
+def paired(a: list[float], b: list[float], kind: str = "relative") -> dict:
+    """Paired differences: ``relative`` (perplexity) ``100 (a_i / b_i - 1)`` in percent, ``a``
+    better where lower; ``points`` (accuracy) ``100 (a_i - b_i)`` in points, ``a`` better where
+    higher. Returns the mean, the 95 % t interval, the number of seeds where ``a`` is better
+    (``wins``), and the two-sided paired t-test p-value."""
     from scipy import stats
 
     if len(a) != len(b) or not a:
         raise ValueError(f"paired samples need equal, non-zero lengths, got {len(a)} and {len(b)}")
-    d = [100.0 * (x / y - 1.0) for x, y in zip(a, b)]
+    if kind not in ("relative", "points"):
+        raise ValueError(f"kind = {kind!r}: expected 'relative' or 'points'")
+    if kind == "relative":
+        d = [100.0 * (x / y - 1.0) for x, y in zip(a, b)]
+    else:
+        d = [100.0 * (x - y) for x, y in zip(a, b)]
     n = len(d)
     mean = statistics.fmean(d)
     if n > 1:
@@ -329,23 +358,31 @@ def paired(a: list[float], b: list[float]) -> dict:
         "mean": mean,
         "low": mean - half,
         "high": mean + half,
-        "wins": sum(x < 0 for x in d),
+        "wins": sum(x < 0 for x in d) if kind == "relative" else sum(x > 0 for x in d),
         "p": p,
     }
+
+
+def study_metric(results: dict) -> str:
+    """``accuracy`` when every run reports answer accuracy (a recall task), else ``perplexity``."""
+    runs = [r for per in results.values() for r in per.values()]
+    return "accuracy" if runs and all(r.get("val_accuracy") is not None for r in runs) else "perplexity"
 
 
 def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> dict:
     arms = [a for a in ARMS if a in results]
     seeds = sorted(set.intersection(*(set(results[a]) for a in arms)))
+    metric = study_metric(results)
+    key, kind = METRICS[metric]["key"], METRICS[metric]["kind"]
     comparisons = {}
     if "compressed" in arms:
-        c = [results["compressed"][s]["val_perplexity"] for s in seeds]
+        c = [results["compressed"][s][key] for s in seeds]
         for other in OTHERS:
             if other in arms:
-                comparisons[other] = paired(c, [results[other][s]["val_perplexity"] for s in seeds])
+                comparisons[other] = paired(c, [results[other][s][key] for s in seeds], kind)
     sizes = None  # what the per-layer sizes buy: trained directly at them vs at a uniform N, same total
     if {"direct", "uniform"} <= set(arms):
-        sizes = paired(*([results[a][s]["val_perplexity"] for s in seeds] for a in ("direct", "uniform")))
+        sizes = paired(*([results[a][s][key] for s in seeds] for a in ("direct", "uniform")), kind)
     speed = {}
     for a in arms:
         rs = [results[a][s] for s in seeds]
@@ -360,8 +397,11 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
             "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
             "val_bits_per_byte": _mean_or_none([r.get("val_bits_per_byte") for r in rs]),
         }
+        if metric == "accuracy":
+            speed[a]["val_accuracy"] = statistics.fmean(r["val_accuracy"] for r in rs)
     return {
         "label": label,
+        "metric": metric,
         "recipe": recipe.get("name"),
         "overrides": overrides,
         "steps": recipe.get("train", {}).get("steps"),
@@ -388,22 +428,36 @@ def _missing(x) -> bool:
     return x is None or math.isnan(x)
 
 
-def _ci(c: dict) -> str:
+def _cell(r: dict, m: dict, sep: str = " / ") -> str:
+    """A run's (or an arm's mean) score in the tables: accuracy, or perplexity and bits per byte."""
+    if m["key"] == "val_accuracy":
+        return f"{r['val_accuracy']:.4f}"
+    return f"{r['val_perplexity']:.4f}{sep}{_bpb(r.get('val_bits_per_byte'))}"
+
+
+def _metric(study: dict) -> dict:
+    """The study's metric (:data:`METRICS`); a study.json written before accuracy existed: perplexity."""
+    return METRICS[study.get("metric", "perplexity")]
+
+
+def _ci(c: dict, kind: str = "relative") -> str:
+    unit = "%" if kind == "relative" else "pt"
     if _missing(c["low"]):
-        return f"{c['mean']:+.2f} % (one seed)"
-    return f"{c['mean']:+.2f} % [{c['low']:+.2f}, {c['high']:+.2f}]"
+        return f"{c['mean']:+.2f} {unit} (one seed)"
+    return f"{c['mean']:+.2f} {unit} [{c['low']:+.2f}, {c['high']:+.2f}]"
 
 
 def markdown(study: dict) -> str:
     arms = list(study["results"])
     res = study["results"]
+    m = _metric(study)
     lines = [
         f"### {study['label']}: `{study['recipe']}` {' '.join(f'`{o}`' for o in study['overrides'])}".rstrip(),
         "",
         f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}), {study['steps']} steps; "
-        "validation perplexity / bits per byte on the whole validation split.",
+        f"{m['what']} on the whole validation split.",
         "",
-        "| seed | compressed sizes | " + " | ".join(f"{a} ppl / bpb" for a in arms) + " |",
+        "| seed | compressed sizes | " + " | ".join(f"{a} {m['cell']}" for a in arms) + " |",
         "|---|---|" + "---|" * len(arms),
     ]
     for s in study["seeds"]:
@@ -412,12 +466,13 @@ def markdown(study: dict) -> str:
         for a in arms:
             r = res[a][str(s)]
             tag = f" (N={r['sizes'][0]})" if a == "uniform" else ""
-            ppl.append(f"{r['val_perplexity']:.4f} / {_bpb(r.get('val_bits_per_byte'))}{tag}")
+            ppl.append(f"{_cell(r, m)}{tag}")
         lines.append(f"| {s} | {sizes} | " + " | ".join(ppl) + " |")
     if study["comparisons"]:
         lines += [
             "",
-            "| compressed vs | mean Δ perplexity, 95 % interval | seeds better | paired t p |",
+            f"| compressed vs | mean Δ {study.get('metric', 'perplexity')}, 95 % interval "
+            "| seeds better | paired t p |",
             "|---|---|---|---|",
         ]
         rows = list(study["comparisons"].items())
@@ -425,12 +480,12 @@ def markdown(study: dict) -> str:
             rows.append(("*direct vs uniform (the per-layer sizes)*", study["direct_vs_uniform"]))
         for name, c in rows:
             p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
-            lines.append(f"| {name} | {_ci(c)} | {c['wins']} of {c['n']} | {p} |")
+            lines.append(f"| {name} | {_ci(c, m['kind'])} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
         "| arm | total state | step after the cuts (one process) | training steps (one process) "
-        "| step in its run | whole run in its worker | mean ppl | mean bpb |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| step in its run | whole run in its worker | {m['speed_cols']} |",
+        "|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
     ]
 
     def ms(x):
@@ -442,8 +497,7 @@ def markdown(study: dict) -> str:
     for a, sp in study["speed"].items():
         lines.append(
             f"| {a} | {sp['total_state']:.1f} | {ms(sp.get('step_s_one'))} | {sec(sp.get('train_s_one'))} "
-            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {sp['val_perplexity']:.4f} "
-            f"| {_bpb(sp.get('val_bits_per_byte'))} |"
+            f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {_cell(sp, m, ' | ')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -459,8 +513,8 @@ def collect(dirs: list[Path]) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"{d}: no study.json (run the study with --out/--label first)")
         st = json.loads(path.read_text())
-        comp = st["comparisons"]
-        cell = {o: (f"{_ci(comp[o])}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
+        comp, kind = st["comparisons"], _metric(st)["kind"]
+        cell = {o: (f"{_ci(comp[o], kind)}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
         sp = st["speed"]
         ratio = "-"
         key = "step_s_one" if sp["compressed"].get("step_s_one") else "step_s"
@@ -479,12 +533,12 @@ def plot(study: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res, seeds = study["results"], study["seeds"]
+    res, seeds, m = study["results"], study["seeds"], _metric(study)
     arms = list(res)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for s in seeds:
-        ax1.plot(arms, [res[a][str(s)]["val_perplexity"] for a in arms], marker="o", alpha=0.7, label=f"seed {s}")
-    ax1.set_ylabel("validation perplexity (whole split)")
+        ax1.plot(arms, [res[a][str(s)][m["key"]] for a in arms], marker="o", alpha=0.7, label=f"seed {s}")
+    ax1.set_ylabel(f"{m['what']} (whole split)")
     ax1.set_title("each seed across the arms")
     ax1.legend(fontsize=7)
     comp = study["comparisons"]
@@ -496,7 +550,10 @@ def plot(study: dict, path: Path) -> None:
             )
     ax2.axhline(0, color="grey", lw=0.8)
     ax2.set_xticks(range(len(comp)), [f"vs {o}" for o in comp])
-    ax2.set_ylabel("compressed perplexity difference (%)\n< 0: compressed better")
+    if m["kind"] == "relative":
+        ax2.set_ylabel("compressed perplexity difference (%)\n< 0: compressed better")
+    else:
+        ax2.set_ylabel("compressed accuracy difference (points)\n> 0: compressed better")
     ax2.set_title("paired by seed: mean and 95 % interval")
     fig.suptitle(f"{study['label']}: {study['recipe']}")
     fig.tight_layout()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import tracking
+from .answers import answer_counts
 from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_differences, recipe_from_dict
 from .cut import CutReport, compression_event
@@ -105,6 +106,8 @@ class Trainer:
             repairs = input_repairs(self.data.info["manifest"])
             if repairs:
                 print(f"compressmamba: token store {self.data.info['store']}: {repairs}", file=sys.stderr)
+        # a recall task (data/mqar.py): an LM scored by the accuracy of its labelled answers
+        self.answer_accuracy = self.task == "lm" and bool(self.data.info.get("answer_accuracy"))
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
         if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
@@ -265,7 +268,8 @@ class Trainer:
                 targets = batch["labels"][:, 1:]
                 n = (targets != -100).sum()
                 nbytes = target_bytes(targets, self._token_bytes) if self._token_bytes is not None else zero
-                tot += torch.stack([out.loss.double() * n, zero, n.double(), nbytes])
+                correct = answer_counts(out.logits, batch["labels"])[0].double() if self.answer_accuracy else zero
+                tot += torch.stack([out.loss.double() * n, correct, n.double(), nbytes])
             else:
                 y = batch["labels"]
                 correct = (out.logits.argmax(-1) == y).sum()
@@ -285,7 +289,7 @@ class Trainer:
             res["perplexity"] = math.exp(min(loss, 50))
             if tot[3] > 0:  # the loss in bits over the bytes the targets decode to
                 res["bits_per_byte"] = (tot[0] / tot[3]).item() / math.log(2)
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
         return res
 
@@ -607,7 +611,7 @@ class Trainer:
         if self.task == "lm":
             bpb = f", {s['val_bits_per_byte']:.4f} bits per byte" if s.get("val_bits_per_byte") is not None else ""
             lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}{bpb}")
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             lines.append(f"  val accuracy {s['best_val_accuracy']:.4f}, test accuracy {s['test_accuracy']}")
         tr = [r for r in self.metrics_rows("train")]
         if tr:
@@ -642,7 +646,7 @@ class Trainer:
             summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
             summary["val_bits_per_byte"] = (s["val_at_best"] or {}).get("bits_per_byte")
             summary["test_bits_per_byte"] = (s["test_at_best"] or {}).get("bits_per_byte")
-        else:
+        if self.task != "lm" or self.answer_accuracy:
             summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
             summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")
         if self.accelerator.is_main_process:

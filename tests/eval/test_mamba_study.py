@@ -48,6 +48,54 @@ def test_paired_matches_a_float64_t_interval():
         ms.paired([1.0, 2.0], [1.0])
 
 
+def test_paired_points_for_accuracy():
+    a, b = [0.61, 0.55, 0.70, 0.40], [0.50, 0.57, 0.52, 0.31]
+    res = ms.paired(a, b, kind="points")
+    d = 100 * (np.array(a, dtype=np.float64) - np.array(b, dtype=np.float64))
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / math.sqrt(4)
+    assert res["diffs"] == pytest.approx(list(d), rel=1e-12) and res["mean"] == pytest.approx(d.mean(), rel=1e-12)
+    assert res["low"] == pytest.approx(d.mean() - half, rel=1e-12)
+    assert res["wins"] == 3  # higher accuracy is better
+    with pytest.raises(ValueError, match="kind"):
+        ms.paired(a, b, kind="ratio")
+
+
+MQAR = {
+    "name": "mqar/study-tiny",
+    "seed": 0,
+    "model": {"name": "mamba2", "d_model": 16, "n_layers": 2, "state_size": 12, "head_dim": 8, "chunk_size": 16},
+    "data": {"name": "mqar", "vocab_size": 24, "n_pairs": 4, "seq_len": 20, "n_train": 64, "n_val": 40},
+    "optim": {"lr": 3e-3},
+    "train": {"steps": 6, "batch_size": 8, "eval_every": 6, "eval_batches": 1, "log_every": 2},
+    "reduction": {"mode": "fixed", "fraction": 0.5, "attempts": [3], "calib_batches": 1, "plots": False},
+}
+
+
+def test_study_of_a_recall_task_pairs_answer_accuracy(tmp_path):
+    res = ms.run_study(MQAR, [0, 1], ["compressed", "direct", "full"], tmp_path)
+    for per in res.values():
+        for r in per.values():
+            assert 0 <= r["val_accuracy"] <= 1 and r["val_rows"] == 40
+    study = ms.summarise(res, "base", MQAR, [])
+    assert study["metric"] == "accuracy"
+    c = [res["compressed"][s]["val_accuracy"] for s in (0, 1)]
+    f = [res["full"][s]["val_accuracy"] for s in (0, 1)]
+    assert study["comparisons"]["full"]["diffs"] == pytest.approx([100 * (x - y) for x, y in zip(c, f)])
+    text = ms.markdown(study)
+    assert "answer accuracy" in text and "full acc" in text and " pt" in text and "mean acc" in text
+    assert "mean Δ accuracy" in text
+    path = tmp_path / "base" / "study.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(study))
+    assert " pt " in ms.collect([path.parent])
+    ms.plot(study, tmp_path / "study.png")
+    text_study = {**study, "metric": None}
+    del text_study["metric"]  # a study.json written before the metric was recorded: perplexity
+    assert ms._metric(text_study)["key"] == "val_perplexity"
+
+
 def test_arm_recipes():
     c = ms.arm_recipe(RECIPE, "compressed", 3)
     assert c["seed"] == 3 and c["reduction"] == RECIPE["reduction"] and c["name"] == "lm/study-tiny/compressed"
