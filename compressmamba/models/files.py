@@ -73,26 +73,34 @@ def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
 def check_torch_weights(path: Path) -> None:
     """ValueError (one line) unless ``path`` is a torch archive of tensors and plain values only:
     a pickled object that could run code is refused here, before any loader sees it, and
-    nothing in it runs (``torch.load(weights_only=True, mmap=True)``: no tensor data is read)."""
+    nothing in it runs (memory-mapped: no tensor data is read)."""
+    safe_torch_load(path, "model weights", mmap=True, fix="convert trusted weights to model.safetensors")
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint", mmap: bool = False, fix: str = ""):
+    """``torch.load(path, weights_only=True)``: tensors and plain values only. A file that
+    carries other pickled objects (which could run code) or that is truncated or corrupt raises
+    one ValueError naming ``what``, the file and the problem (and ``fix``); nothing in it runs."""
     import pickle
 
     import torch
 
+    path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is corrupt or truncated: not a torch zip archive")
+        size = path.stat().st_size
+        raise ValueError(f"{what} {path} is corrupt or truncated: not a torch zip archive ({size} bytes)")
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         obj = f" ({found.group(1)})" if found else ""
         raise ValueError(
-            f"{path} holds pickled Python objects{obj} that could run code: refused, nothing was loaded; "
-            "convert trusted weights to model.safetensors"
+            f"{what} {path} holds pickled Python objects{obj} that could run code: refused, nothing was loaded; "
+            + (fix or "only tensors and plain values are accepted")
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(
-            f"{path} is corrupt or truncated: {str(e).strip().splitlines()[0] if str(e) else e!r}"
-        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} {path} is corrupt or truncated: {first}") from None
 
 
 def hub_offline() -> bool:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import random
-import re
 import secrets
 import shutil
 import zipfile
@@ -27,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..models.files import safe_torch_load
 
 FORMAT = "compressmamba-checkpoint-2"
 CHECKSUM_RECORD = ".data/checksum.sha256"  # inside the archive's folder; torch.load ignores it
@@ -200,28 +200,6 @@ def checkpoint_path(path) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
     return path
-
-
-def safe_torch_load(path: str | Path, what: str = "checkpoint"):
-    """``torch.load(path, weights_only=True)``: tensors and plain values only. A file that
-    carries other pickled objects (which could run code) or that is truncated or corrupt raises
-    one ValueError naming the file and the problem; nothing in the file runs."""
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        size = path.stat().st_size
-        raise ValueError(f"{what} {path} is corrupt or truncated: not a torch zip archive ({size} bytes)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        obj = f" ({found.group(1)})" if found else ""
-        raise ValueError(
-            f"{what} {path} holds pickled Python objects{obj} that could run code: refused, nothing was loaded; "
-            "only tensors and plain values are accepted"
-        ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{what} {path} is corrupt or truncated: {first}") from None
 
 
 def load_checkpoint(path) -> dict:
