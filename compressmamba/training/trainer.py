@@ -1,41 +1,37 @@
 """The one trainer: any compressible model, any dataset, one GPU to many through Accelerate.
 
-The loop lives here; the schedule (schedule.py), the cut (cut.py), the optimizer policy
-(optim.py) and checkpoints (checkpoint.py) live beside it.
+The loop lives here; evaluation (evaluation.py), the run folder and its summary
+(run_folder.py), the schedule (schedule.py), the cut (cut.py), the optimizer policy (optim.py)
+and checkpoints (checkpoint.py) live beside it.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import tracking
-from .answers import answer_counts
-from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
-from .config import Recipe, recipe_differences, recipe_from_dict
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, set_rng_state
+from .config import Recipe, recipe_from_dict
 from .cut import CutReport, compression_event
-from .data import StepBatches, shard_batches
-from .metrics import MetricsWriter, target_bytes, write_json
+from .data import StepBatches
+from .evaluation import Evaluation
 from .optim import build_optimizer, carry_optimizer_state, rewarm_factor, set_lr, snapshot_state
+from .run_folder import RunFolder, fmt_sizes
 from .schedule import attempt_steps, rule_rank, stepped_rank
-
-# what a run writes into its folder: a new run there is refused unless it resumes or overwrites
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model", "plots", "trackers")
 
 
 def param_hash(model: torch.nn.Module) -> str:
@@ -46,7 +42,7 @@ def param_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class Trainer:
+class Trainer(RunFolder, Evaluation):
     """Train ``recipe``; ``extra_loss(model, batch, output) -> Tensor`` adds a loss term
     (distillation, regularisers); ``callbacks`` get ``on_cut(trainer, report)``.
 
@@ -150,75 +146,6 @@ class Trainer:
 
             attach_baseline(self)
 
-    def _claim_run_dir(self, resume, overwrite: bool) -> None:
-        """Never mix two runs in one folder: unless this resumes the run in ``run_dir``, a folder
-        holding one is refused (on every rank, as the main process sees it) or, with
-        ``overwrite``, cleared of the old run's files first."""
-        acc = self.accelerator
-        if resume is not None:
-            ck = checkpoint_path(resume)
-            home = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
-            if home.resolve() == self.run_dir.resolve():
-                return
-        held = [e for e in RUN_ENTRIES if (self.run_dir / e).exists()] if acc.is_main_process else []
-        if acc.num_processes > 1:
-            box = [held]
-            broadcast_object_list(box, from_process=0)
-            held = box[0]
-        if held and not overwrite:
-            raise ValueError(
-                f"run folder {self.run_dir} already holds a run ({', '.join(held)}): continue it with "
-                f"--resume {self.run_dir}, replace it with --overwrite, or write elsewhere with out_dir=NEW_FOLDER"
-            )
-        if overwrite and acc.is_main_process and self.run_dir.is_dir():
-            stale = [self.run_dir / e for e in RUN_ENTRIES]
-            stale += [*self.run_dir.glob("rank*_hashes.jsonl"), *self.run_dir.glob(".model.*")]
-            for path in stale:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.exists() or path.is_symlink():
-                    path.unlink()
-        acc.wait_for_everyone()
-
-    def _open_outputs(self, trackers: list[str], changes: list[dict]) -> None:
-        """config.yaml, metrics.jsonl (cut back to the checkpoint's step on resume: the rows the
-        dead run wrote after it are written again), the trackers, and the record of a recipe change."""
-        acc = self.accelerator
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
-            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
-        self.metrics = MetricsWriter(
-            self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
-            append=self.ckpt is not None,
-            keep_until_step=self.step if self.ckpt else None,
-        )
-        if trackers:
-            acc.init_trackers(_tracker_project(self.recipe.name), config=tracking.flat_config(self.recipe.to_dict()))
-        if changes:
-            self.state["recipe_changes"].append({"step": self.step, "changes": changes})
-            self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
-
-    def _check_recipe_change(self, allow: bool) -> list[dict]:
-        """The differences between this recipe and the checkpoint's that change the run's meaning:
-        refused (naming each key) unless ``allow``; returned for the record."""
-        if not self.ckpt:
-            return []
-        changes = recipe_differences(self.ckpt["recipe"], self.recipe.to_dict())
-        if changes and not allow:
-            listed = "; ".join(f"{c['key']}: {c['old']!r} -> {c['new']!r}" for c in changes)
-            raise ValueError(
-                f"the recipe differs from the checkpoint's in keys that change the run: {listed}. "
-                "Resume with the run's own recipe (its config.yaml), or pass --allow-recipe-change "
-                "(Trainer(allow_recipe_change=True)) to continue under the new values; the change is recorded"
-            )
-        return changes
-
-    def _log(self, **row) -> None:
-        """One metrics.jsonl row, also sent to the trackers (``train.report_to``)."""
-        self.metrics.write(**row)
-        tracking.log_row(self.accelerator, row)
-
     # --- model / optimizer lifecycle ----------------------------------------------------------
     def _build_model(self, state_sizes=None):
         info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
@@ -247,84 +174,6 @@ class Trainer:
     def unwrapped(self):
         return self.model
 
-    # --- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, split: str, *, whole: bool = False) -> dict:
-        """Mean loss (and perplexity or accuracy) on ``split``: its first ``train.eval_batches``
-        batches, or all of it with ``whole``."""
-        ds = getattr(self.data, split)
-        acc, t = self.accelerator, self.recipe.train
-        model = self.model
-        was = model.training
-        model.eval()
-        tot = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss sum, correct, count, bytes
-        zero = torch.zeros((), device=acc.device, dtype=torch.float64)
-        bs = t.eval_batch_size or t.batch_size
-        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, None if whole else t.eval_batches):
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with acc.autocast():
-                out = model(**batch)
-            if self.task == "lm":
-                targets = batch["labels"][:, 1:]
-                n = (targets != -100).sum()
-                nbytes = target_bytes(targets, self._token_bytes) if self._token_bytes is not None else zero
-                correct = answer_counts(out.logits, batch["labels"])[0].double() if self.answer_accuracy else zero
-                tot += torch.stack([out.loss.double() * n, correct, n.double(), nbytes])
-            else:
-                y = batch["labels"]
-                correct = (out.logits.argmax(-1) == y).sum()
-                tot += torch.stack(
-                    [
-                        out.loss.double() * len(y),
-                        correct.double(),
-                        torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64),
-                        zero,
-                    ]
-                )
-        model.train(was)
-        tot = acc.reduce(tot, reduction="sum")
-        loss = (tot[0] / tot[2].clamp_min(1)).item()
-        res = {"loss": loss}
-        if self.task == "lm":
-            res["perplexity"] = math.exp(min(loss, 50))
-            if tot[3] > 0:  # the loss in bits over the bytes the targets decode to
-                res["bits_per_byte"] = (tot[0] / tot[3]).item() / math.log(2)
-        if self.task != "lm" or self.answer_accuracy:
-            res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
-        return res
-
-    @functools.cached_property
-    def _token_bytes(self) -> torch.Tensor | None:
-        """Bytes per token id (the tokenizer's ``token_bytes``), or None where the data has no tokenizer."""
-        tok = self.data.info.get("tokenizer")
-        table = getattr(tok, "token_bytes", None)
-        return None if table is None else torch.as_tensor(table(), dtype=torch.float64, device=self.accelerator.device)
-
-    def _score(self, res: dict) -> float:
-        return res["accuracy"] if "accuracy" in res else -res["loss"]
-
-    def evaluate_and_track(self, after_cut: bool = False) -> dict:
-        val = self.evaluate("val")
-        self._log(
-            step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
-        )
-        best = self.state["best_val"]
-        if after_cut or best is None or self._score(val) > best:
-            self.state["best_val"] = self._score(val)
-            self.state["val_at_best"] = val
-            if self.data.test is not None:
-                test = self.evaluate("test")
-                self.state["test_at_best"] = test
-                self._log(
-                    step=self.step,
-                    kind="eval",
-                    split="test",
-                    state_sizes=self.model.state_sizes,
-                    wall_time=time.time(),
-                    **test,
-                )
-        return val
-
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[float, int, float]:
         acc, t = self.accelerator, self.recipe.train
@@ -336,7 +185,7 @@ class Trainer:
             batch = {k: v.to(acc.device) for k, v in raw.items()}
             bad_inputs += [k for k, v in batch.items() if v.is_floating_point() and not torch.isfinite(v).all()]
             sync = micro == t.grad_accum - 1
-            ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else _null()
+            ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     out = self.wrapped(**batch)
@@ -566,7 +415,7 @@ class Trainer:
             if self.step % every == 0 and self.step < t.steps:
                 self.save()
             window.resume()
-            post = {"loss": f"{loss:.3f}", "N": _fmt_sizes(self.model.state_sizes)}
+            post = {"loss": f"{loss:.3f}", "N": fmt_sizes(self.model.state_sizes)}
             if "accuracy" in last_val:
                 post["val_acc"] = f"{last_val['accuracy']:.3f}"
             if "perplexity" in last_val:
@@ -586,73 +435,6 @@ class Trainer:
         if acc.is_main_process and t.progress:
             self._print_summary(summary)
         return summary
-
-    def _export_model(self) -> None:
-        """RUN_DIR/model/: the final model (training/export.py), main process."""
-        if self.accelerator.is_main_process:
-            from .export import save_final_model
-
-            info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
-            save_final_model(
-                self.model,
-                self.run_dir,
-                model_cfg=self.recipe.model,
-                info=info,
-                tokenizer=self.recipe.data.get("tokenizer") if self.task == "lm" else None,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _print_summary(self, s: dict) -> None:
-        lines = [
-            f"{self.recipe.name}: {s['steps']} steps in {s['train_time_s']:.0f} s "
-            f"({s['n_cuts']} cuts, {s['cut_time_s']:.1f} s cutting)",
-            f"  state sizes per layer: {s['initial_state_sizes']} -> {s['final_state_sizes']}",
-        ]
-        if self.task == "lm":
-            bpb = f", {s['val_bits_per_byte']:.4f} bits per byte" if s.get("val_bits_per_byte") is not None else ""
-            lines.append(f"  validation perplexity (best after last cut): {s['val_perplexity']:.3f}{bpb}")
-        if self.task != "lm" or self.answer_accuracy:
-            lines.append(f"  val accuracy {s['best_val_accuracy']:.4f}, test accuracy {s['test_accuracy']}")
-        tr = [r for r in self.metrics_rows("train")]
-        if tr:
-            key = "tokens_per_s" if self.task == "lm" else "samples_per_s"
-            lines.append(f"  throughput: first {tr[0][key]:.0f}, last {tr[-1][key]:.0f} {key.replace('_per_s', '')}/s")
-        lines.append(f"  run folder: {self.run_dir}")
-        print("\n".join(lines))
-
-    def metrics_rows(self, kind: str) -> list[dict]:
-        from .metrics import read_metrics
-
-        path = self.run_dir / "metrics.jsonl"
-        return [r for r in read_metrics(path) if r.get("kind") == kind] if path.exists() else []
-
-    def summary(self) -> dict:
-        s = self.state
-        summary = {
-            "recipe": self.recipe.name,
-            "name": self.recipe.name,
-            "seed": self.recipe.seed,
-            "steps": self.step,
-            "task": self.task,
-            "initial_state_sizes": s["initial_state_sizes"],
-            "final_state_sizes": self.model.state_sizes,
-            "n_cuts": s["n_cuts"],
-            "train_time_s": s["train_time_s"],
-            "cut_time_s": s["cut_time_s"],
-            "best_val_loss": (s["val_at_best"] or {}).get("loss"),
-        }
-        if self.task == "lm":
-            summary["val_perplexity"] = (s["val_at_best"] or {}).get("perplexity")
-            summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
-            summary["val_bits_per_byte"] = (s["val_at_best"] or {}).get("bits_per_byte")
-            summary["test_bits_per_byte"] = (s["test_at_best"] or {}).get("bits_per_byte")
-        if self.task != "lm" or self.answer_accuracy:
-            summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
-            summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")
-        if self.accelerator.is_main_process:
-            write_json(self.run_dir / "summary.json", summary)
-        return summary
-
 
 def _has_accelerator() -> bool:
     """A CUDA, XPU or MPS device is there (Accelerate then trains on it)."""
@@ -690,14 +472,6 @@ class _Window:
         return out
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _clone_state(sd):
     if torch.is_tensor(sd):
         return sd.detach().clone()
@@ -706,19 +480,6 @@ def _clone_state(sd):
     if isinstance(sd, list):
         return [_clone_state(v) for v in sd]
     return sd
-
-
-def _tracker_project(name: str) -> str:
-    """A tracker project / run name from a recipe name ("smnist/demo" → "smnist-demo")."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
-
-
-def _fmt_sizes(sizes: list[int]) -> str:
-    return (
-        ",".join(map(str, sizes))
-        if len(sizes) <= 6
-        else f"{min(sizes)}..{max(sizes)} (mean {sum(sizes) / len(sizes):.0f})"
-    )
 
 
 def train(recipe: Recipe | dict, resume=None, **kw) -> dict:

@@ -1,0 +1,96 @@
+"""Evaluation during training: mean loss with perplexity and bits per byte (language models) or
+accuracy (classifiers, recall tasks), summed across ranks; the best validation point and the test
+score there. The Trainer inherits these."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import torch
+
+from .answers import answer_counts
+from .data import shard_batches
+from .metrics import target_bytes
+
+
+class Evaluation:
+    """Evaluation of the Trainer's model (see ``trainer.Trainer``)."""
+
+    @torch.no_grad()
+    def evaluate(self, split: str, *, whole: bool = False) -> dict:
+        """Mean loss (and perplexity or accuracy) on ``split``: its first ``train.eval_batches``
+        batches, or all of it with ``whole``."""
+        ds = getattr(self.data, split)
+        acc, t = self.accelerator, self.recipe.train
+        model = self.model
+        was = model.training
+        model.eval()
+        tot = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss sum, correct, count, bytes
+        zero = torch.zeros((), device=acc.device, dtype=torch.float64)
+        bs = t.eval_batch_size or t.batch_size
+        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, None if whole else t.eval_batches):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.autocast():
+                out = model(**batch)
+            if self.task == "lm":
+                targets = batch["labels"][:, 1:]
+                n = (targets != -100).sum()
+                nbytes = target_bytes(targets, self._token_bytes) if self._token_bytes is not None else zero
+                correct = answer_counts(out.logits, batch["labels"])[0].double() if self.answer_accuracy else zero
+                tot += torch.stack([out.loss.double() * n, correct, n.double(), nbytes])
+            else:
+                y = batch["labels"]
+                correct = (out.logits.argmax(-1) == y).sum()
+                tot += torch.stack(
+                    [
+                        out.loss.double() * len(y),
+                        correct.double(),
+                        torch.tensor(float(len(y)), device=acc.device, dtype=torch.float64),
+                        zero,
+                    ]
+                )
+        model.train(was)
+        tot = acc.reduce(tot, reduction="sum")
+        loss = (tot[0] / tot[2].clamp_min(1)).item()
+        res = {"loss": loss}
+        if self.task == "lm":
+            res["perplexity"] = math.exp(min(loss, 50))
+            if tot[3] > 0:  # the loss in bits over the bytes the targets decode to
+                res["bits_per_byte"] = (tot[0] / tot[3]).item() / math.log(2)
+        if self.task != "lm" or self.answer_accuracy:
+            res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
+        return res
+
+    @functools.cached_property
+    def _token_bytes(self) -> torch.Tensor | None:
+        """Bytes per token id (the tokenizer's ``token_bytes``), or None where the data has no tokenizer."""
+        tok = self.data.info.get("tokenizer")
+        table = getattr(tok, "token_bytes", None)
+        return None if table is None else torch.as_tensor(table(), dtype=torch.float64, device=self.accelerator.device)
+
+    def _score(self, res: dict) -> float:
+        return res["accuracy"] if "accuracy" in res else -res["loss"]
+
+    def evaluate_and_track(self, after_cut: bool = False) -> dict:
+        val = self.evaluate("val")
+        self._log(
+            step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
+        )
+        best = self.state["best_val"]
+        if after_cut or best is None or self._score(val) > best:
+            self.state["best_val"] = self._score(val)
+            self.state["val_at_best"] = val
+            if self.data.test is not None:
+                test = self.evaluate("test")
+                self.state["test_at_best"] = test
+                self._log(
+                    step=self.step,
+                    kind="eval",
+                    split="test",
+                    state_sizes=self.model.state_sizes,
+                    wall_time=time.time(),
+                    **test,
+                )
+        return val
