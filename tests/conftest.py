@@ -9,6 +9,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The DDP tests compare the ranks' parameter hashes: multi-process runs the tests start write them
+# (training/rank_hashes.py); production runs do not.
+os.environ.setdefault("COMPRESSMAMBA_RANK_HASHES", "1")
 # Token stores built by tests (and by the training runs they start) go to a throw-away folder,
 # never the user's cache; subprocesses inherit it.
 _TOKEN_CACHE = tempfile.mkdtemp(prefix="compressmamba-test-cache-")

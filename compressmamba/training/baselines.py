@@ -182,18 +182,16 @@ class PostHocTruncation:
 
         red = replace(trainer.recipe.reduction, mode="tolerance", tau=self.tau, gate=1.0)
         red = replace(red, calib_batches=self.calib_batches)
-        before_val = trainer.state["val_at_best"]
+        before_val = trainer.state.val_at_best
         t0 = time.time()
         rng = torch.Generator().manual_seed(trainer.recipe.seed)  # only used by selection "random"
         report = compression_event(
             trainer.model, red, trainer.step, trainer.calibration_batches(), trainer.accelerator, rng
         )
-        trainer.state["cut_time_s"] += report.seconds
+        trainer.cuts.record(report, posthoc=True)  # metrics.jsonl and the trackers, as a training cut
         if report.changed:
-            trainer.state["n_cuts"] += 1
             trainer.set_optimizer(build_optimizer(trainer.model, trainer.recipe.optim))
-            trainer.metrics.write(step=trainer.step, **report.row(), posthoc=True, wall_time=time.time())
-        trainer.state["best_val"] = None
+        trainer.state.best_val = None
         trainer.evaluate_and_track(after_cut=True)
         trainer.save()
         _update_summary(

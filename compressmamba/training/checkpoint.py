@@ -226,6 +226,15 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def resume_hint(run_dir: Path, saved_step: int | None) -> str:
+    """Where a run that stops now resumes from: its last checkpoint (written or loaded at
+    ``saved_step``), or nowhere yet."""
+    ck = checkpoint_path(run_dir)
+    if saved_step is not None and ck.is_file():
+        return f"The last checkpoint (step {saved_step}) is in {ck.parent}: resume with --resume {run_dir}."
+    return "No checkpoint has been written yet: restart the run."
+
+
 def _alternative(path: Path) -> str:
     """Where to resume from instead of the damaged ``path``: its intact ``prev.pt``, if any."""
     prev = path.with_name(PREVIOUS)

@@ -78,13 +78,13 @@ class Evaluation:
         self._log(
             step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
         )
-        best = self.state["best_val"]
+        best = self.state.best_val
         if after_cut or best is None or self._score(val) > best:
-            self.state["best_val"] = self._score(val)
-            self.state["val_at_best"] = val
+            self.state.best_val = self._score(val)
+            self.state.val_at_best = val
             if self.data.test is not None:
                 test = self.evaluate("test")
-                self.state["test_at_best"] = test
+                self.state.test_at_best = test
                 self._log(
                     step=self.step,
                     kind="eval",

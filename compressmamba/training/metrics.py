@@ -1,9 +1,10 @@
-"""metrics.jsonl writer (main process only)."""
+"""metrics.jsonl writer (main process only), atomic JSON, and the throughput of a logging window."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -67,3 +68,34 @@ def target_bytes(targets, token_bytes):
     scalar tensor; ``token_bytes`` (vocab,) float64 is the tokenizer's bytes per id. Bits per byte
     is the summed loss in nats over ``ln 2`` times this."""
     return token_bytes[targets[targets != -100]].sum()
+
+
+class Throughput:
+    """Throughput of a logging window: samples and tokens over the time spent training them.
+    ``pause()``/``resume()`` bracket what is not training (evaluation, cuts, checkpoints), so
+    the counts and the clock always cover the same steps."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock  # seconds (the trainer's time.time)
+        self.samples, self.tokens, self.seconds, self._since = 0, 0, 0.0, clock()
+
+    def count(self, samples: int, tokens: int) -> None:
+        self.samples += samples
+        self.tokens += tokens
+
+    def pause(self) -> None:
+        self.seconds += self.clock() - self._since
+        self._since = None
+
+    def resume(self) -> None:
+        self._since = self.clock()
+
+    def rates(self) -> tuple[float, float]:
+        """(samples/s, tokens/s) since the last call; starts the next window."""
+        if self._since is not None:
+            self.pause()
+            self.resume()
+        dt = max(self.seconds, 1e-9)
+        out = (self.samples / dt, self.tokens / dt)
+        self.samples, self.tokens, self.seconds = 0, 0, 0.0
+        return out

@@ -69,7 +69,7 @@ class RunFolder:
         if trackers:
             acc.init_trackers(_tracker_project(self.recipe.name), config=tracking.flat_config(self.recipe.to_dict()))
         if changes:
-            self.state["recipe_changes"].append({"step": self.step, "changes": changes})
+            self.state.recipe_changes.append({"step": self.step, "changes": changes})
             self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
 
     def _check_recipe_change(self, allow: bool) -> list[dict]:
@@ -139,21 +139,21 @@ class RunFolder:
             "seed": self.recipe.seed,
             "steps": self.step,
             "task": self.task,
-            "initial_state_sizes": s["initial_state_sizes"],
+            "initial_state_sizes": s.initial_state_sizes,
             "final_state_sizes": self.model.state_sizes,
-            "n_cuts": s["n_cuts"],
-            "train_time_s": s["train_time_s"],
-            "cut_time_s": s["cut_time_s"],
-            "best_val_loss": (s["val_at_best"] or {}).get("loss"),
+            "n_cuts": s.n_cuts,
+            "train_time_s": s.train_time_s,
+            "cut_time_s": s.cut_time_s,
+            "best_val_loss": (s.val_at_best or {}).get("loss"),
         }
         if self.task == "lm":
-            summary["val_perplexity"] = (s["val_at_best"] or {}).get("perplexity")
-            summary["test_perplexity"] = (s["test_at_best"] or {}).get("perplexity")
-            summary["val_bits_per_byte"] = (s["val_at_best"] or {}).get("bits_per_byte")
-            summary["test_bits_per_byte"] = (s["test_at_best"] or {}).get("bits_per_byte")
+            summary["val_perplexity"] = (s.val_at_best or {}).get("perplexity")
+            summary["test_perplexity"] = (s.test_at_best or {}).get("perplexity")
+            summary["val_bits_per_byte"] = (s.val_at_best or {}).get("bits_per_byte")
+            summary["test_bits_per_byte"] = (s.test_at_best or {}).get("bits_per_byte")
         if self.task != "lm" or self.answer_accuracy:
-            summary["best_val_accuracy"] = (s["val_at_best"] or {}).get("accuracy")
-            summary["test_accuracy"] = (s["test_at_best"] or {}).get("accuracy")
+            summary["best_val_accuracy"] = (s.val_at_best or {}).get("accuracy")
+            summary["test_accuracy"] = (s.test_at_best or {}).get("accuracy")
         if self.accelerator.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
         return summary

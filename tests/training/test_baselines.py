@@ -8,7 +8,7 @@ import torch
 
 from compressmamba.models.lru import LRULayer
 from compressmamba.reduction import hankel_singular_values
-from compressmamba.training import Trainer, recipe_from_dict
+from compressmamba.training import Trainer, recipe_from_dict, tracking
 from compressmamba.training.baselines import (
     DistillationLoss,
     distillation_kl,
@@ -142,3 +142,16 @@ def test_hnn_regularises_then_truncates_post_hoc(toy_recipe, tmp_path):
     cuts = [m for m in read_metrics(run / "metrics.jsonl") if m["kind"] == "cut"]
     assert len(cuts) == 1 and cuts[0]["posthoc"] and cuts[0]["new_sizes"] == s["final_state_sizes"]
     assert tr.model.state_sizes == s["final_state_sizes"]
+
+
+def test_post_hoc_cut_reaches_the_trackers(toy_recipe, tmp_path, monkeypatch):
+    """Defect: the post-hoc cut wrote its metrics.jsonl row but never reached the trackers
+    (train.report_to), which saw every training cut."""
+    sent = []
+    monkeypatch.setattr(tracking, "log_row", lambda accelerator, row: sent.append(row))
+    r = _recipe(
+        toy_recipe, tmp_path, "hnn", reduction={"mode": "none"}, baseline={"name": "hnn", "lam": 0.1, "tau": 0.3}
+    )
+    Trainer(recipe_from_dict(r)).fit()
+    cuts = [row for row in sent if row["kind"] == "cut"]
+    assert len(cuts) == 1 and cuts[0]["posthoc"] and cuts[0]["step"] == 6
