@@ -3,7 +3,6 @@
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -275,16 +274,20 @@ def test_waiters_wait_for_the_builder_then_map_its_store(tmp_path):
     folder = root / f"{store_mod._label(inputs)}-{store_mod.fingerprint(inputs)}"
     lock = BuildLock(folder.with_name(folder.name + ".lock"))
     assert lock.acquire() and not BuildLock(lock.path).acquire()  # exclusive
-    result, logs = {}, []
+    result, logs, logged = {}, [], threading.Event()
+
+    def log(line):
+        logs.append(line)
+        logged.set()
 
     def waiter():
         result["store"] = store_mod.open_or_build(
-            src, tok, inputs, root, max_bytes=None, max_tokens=None, num_proc=1, log=logs.append, poll_s=0.02
+            src, tok, inputs, root, max_bytes=None, max_tokens=None, num_proc=1, log=log, poll_s=0.02
         )
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.3)
+    assert logged.wait(30)  # the waiter found the lock held and said so (no sleep-then-read race)
     assert th.is_alive() and "waiting for" in logs[0]  # the holder is alive: nobody else builds
     store_mod._build(folder, src, tok, inputs, None, None, 1, 1 << 20)  # "the other rank" finishes
     lock.release()
