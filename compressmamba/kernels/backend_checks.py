@@ -1,4 +1,5 @@
-"""Checks shared by the kernel dispatchers: where the Triton kernels can run, and empty inputs."""
+"""Checks shared by the kernel dispatchers: input shapes, devices and dtypes, which backend runs,
+where the Triton kernels can run, and empty inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,35 @@ import os
 
 import torch
 from torch import Tensor
+
+
+def shape_error(name: str, t: Tensor, expected: str):
+    """Raise the ValueError for input ``name`` whose shape is not ``expected`` (in words)."""
+    raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
+
+
+def check_devices_and_floats(tensors: dict[str, Tensor | None]) -> None:
+    """ValueError unless the given (non-None) tensors share one device and are floating point."""
+    devices = {k: t.device for k, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
+    for k, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
+
+
+def pick_backend(backend: str, backends: tuple[str, ...], x: Tensor, op: str, module: str) -> str:
+    """The backend that runs ``op`` on ``x``: ``backend`` if it is one of ``backends`` (ValueError
+    otherwise), with ``auto`` resolved to ``triton`` for CUDA tensors when ``module``'s Triton
+    kernels import and to ``cpu`` otherwise; a forced ``triton`` is checked to be able to run
+    (:func:`check_triton_device`)."""
+    if backend not in backends:
+        raise ValueError(f"backend must be one of {backends}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and triton_available(module) else "cpu"
+    if backend == "triton":
+        check_triton_device(x, op)
+    return backend
 
 
 def check_triton_device(x: Tensor, op: str) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backend_checks import check_triton_device, empty_like_graph
+from ..backend_checks import check_triton_device, empty_like_graph, shape_error
 
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
@@ -26,11 +26,11 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, act
 
 def _check(x, weight, bias, activation):
     if x.dim() != 3:
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected (batch, dim, seqlen)")
+        shape_error("x", x, "(batch, dim, seqlen)")
     if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected ({x.shape[1]}, width)")
+        shape_error("weight", weight, f"({x.shape[1]}, width)")
     if bias is not None and bias.shape != (x.shape[1],):
-        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({x.shape[1]},)")
+        shape_error("bias", bias, f"({x.shape[1]},)")
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     devices = {k: t.device for k, t in (("x", x), ("weight", weight), ("bias", bias)) if t is not None}
@@ -102,9 +102,7 @@ def causal_conv1d_update(
     """One decode step: x (b, d); conv_state (b, d, w) holds the last w inputs (oldest first) and
     is updated in place (shifted left, x appended). Returns (b, d)."""
     if conv_state.dim() != 3 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
-        raise ValueError(
-            f"conv_state has shape {tuple(conv_state.shape)}, expected ({x.shape[0]}, {x.shape[1]}, {weight.shape[1]})"
-        )
+        shape_error("conv_state", conv_state, f"({x.shape[0]}, {x.shape[1]}, {weight.shape[1]})")
     conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
     out = (conv_state * weight[None]).sum(-1)
     if bias is not None:

@@ -6,53 +6,40 @@ import importlib
 
 import torch
 
-from ..backend_checks import check_triton_device, empty_like_graph, triton_available
+from ..backend_checks import check_devices_and_floats, empty_like_graph, pick_backend, shape_error
 from .cpu import selective_scan_cpu
 from .reference import selective_scan_ref, selective_state_update_ref
 
+TRITON_MODULE = "compressmamba.kernels.selective_scan.scan"
 BACKENDS = ("auto", "triton", "cpu", "ref", "mamba_ssm")
-
-
-def _shape_error(name, t, expected):
-    raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
-
-
-def _check_devices_and_floats(tensors: dict) -> None:
-    """ValueError unless the given (non-None) tensors share one device and are floating point."""
-    devices = {k: t.device for k, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"inputs are on different devices: {devices}")
-    for k, t in tensors.items():
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
 
 
 def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     """ValueError naming the argument, the shape found and the shape expected."""
     if u.dim() != 3:
-        _shape_error("u", u, "(batch, dim, seqlen)")
+        shape_error("u", u, "(batch, dim, seqlen)")
     b, d, l = u.shape
     if delta.shape != u.shape:
-        _shape_error("delta", delta, f"({b}, {d}, {l}) like u")
+        shape_error("delta", delta, f"({b}, {d}, {l}) like u")
     if A.dim() != 2 or A.shape[0] != d:
-        _shape_error("A", A, f"({d}, d_state)")
+        shape_error("A", A, f"({d}, d_state)")
     n = A.shape[1]
     for name, X in (("B", B), ("C", C)):
         if X.dim() == 3:
             if X.shape != (b, n, l):
-                _shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
+                shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
         elif X.dim() == 4:
             if X.shape[0] != b or X.shape[2:] != (n, l) or d % X.shape[1] != 0:
-                _shape_error(name, X, f"({b}, groups dividing {d}, {n}, {l})")
+                shape_error(name, X, f"({b}, groups dividing {d}, {n}, {l})")
         else:
-            _shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
+            shape_error(name, X, f"({b}, {n}, {l}) or ({b}, groups, {n}, {l})")
     if z is not None and z.shape != u.shape:
-        _shape_error("z", z, f"({b}, {d}, {l}) like u")
+        shape_error("z", z, f"({b}, {d}, {l}) like u")
     for name, v in (("D", D), ("delta_bias", delta_bias)):
         if v is not None and v.shape != (d,):
-            _shape_error(name, v, f"({d},)")
+            shape_error(name, v, f"({d},)")
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
-    _check_devices_and_floats(tensors)
+    check_devices_and_floats(tensors)
     for k, t, like in (("delta", delta, "u"), ("z", z, "u"), ("C", C, "B")):
         ref = tensors[like]
         if t is not None and t.dtype != ref.dtype:
@@ -62,22 +49,22 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
 def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
     """Decode-step inputs: ValueError naming the argument, the shape found and the shape expected."""
     if state.dim() != 3:
-        _shape_error("state", state, "(batch, dim, d_state)")
+        shape_error("state", state, "(batch, dim, d_state)")
     b, d, n = state.shape
     for name, t in (("x", x), ("dt", dt), ("z", z)):
         if t is not None and t.shape != (b, d):
-            _shape_error(name, t, f"({b}, {d}) like state's first two dims")
+            shape_error(name, t, f"({b}, {d}) like state's first two dims")
     if A.shape != (d, n):
-        _shape_error("A", A, f"({d}, {n})")
+        shape_error("A", A, f"({d}, {n})")
     for name, X in (("B", B), ("C", C)):
         ok = X.shape == (b, n) or (X.dim() == 3 and X.shape[0] == b and X.shape[2] == n and d % X.shape[1] == 0)
         if not ok:
-            _shape_error(name, X, f"({b}, {n}) or ({b}, groups dividing {d}, {n})")
+            shape_error(name, X, f"({b}, {n}) or ({b}, groups dividing {d}, {n})")
     for name, v in (("D", D), ("dt_bias", dt_bias)):
         if v is not None and v.shape != (d,):
-            _shape_error(name, v, f"({d},)")
+            shape_error(name, v, f"({d},)")
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
-    _check_devices_and_floats(tensors)
+    check_devices_and_floats(tensors)
 
 
 def _mamba_ssm_fn():
@@ -105,16 +92,11 @@ def selective_scan_fn(
     """Selective scan (mamba-ssm's signature). CPU tensors → the vectorised PyTorch scan; CUDA
     tensors → Triton when available, else the PyTorch scan; ``backend`` forces one of
     ``triton`` (also on CPU tensors under TRITON_INTERPRET=1), ``cpu``, ``ref``, ``mamba_ssm``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if backend == "triton":
-        check_triton_device(u, "selective_scan_fn")
+    backend = pick_backend(backend, BACKENDS, u, "selective_scan_fn", TRITON_MODULE)
     if u.numel() == 0:  # batch, dim or seqlen 0: nothing to scan
         return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend == "auto":
-        backend = "triton" if u.is_cuda and _triton_available() else "cpu"
     if backend == "triton":
         from .scan import selective_scan_triton
 
@@ -146,19 +128,11 @@ def selective_state_update(
     dtype. CUDA tensors → Triton; otherwise the (already vectorised) PyTorch reference;
     ``backend="triton"`` forces the kernel (CPU tensors under TRITON_INTERPRET=1)."""
     check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        check_triton_device(state, "selective_state_update")
-    if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
+    if pick_backend(backend, BACKENDS, state, "selective_state_update", TRITON_MODULE) == "triton":
         from .step import selective_state_update_triton
 
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-
-
-def _triton_available() -> bool:
-    return triton_available("compressmamba.kernels.selective_scan.scan")
 
 
 __all__ = ["selective_scan_fn", "selective_state_update", "check_scan_inputs", "check_step_inputs"]

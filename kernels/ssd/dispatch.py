@@ -2,81 +2,68 @@
 
 from __future__ import annotations
 
-from ..backend_checks import check_triton_device, triton_available
+from ..backend_checks import check_devices_and_floats, pick_backend, shape_error
 from .cpu import ssd_scan_cpu
 from .reference import ssd_scan_ref, ssd_state_update_ref
 
+TRITON_MODULE = "compressmamba.kernels.ssd.scan"
 BACKENDS = ("auto", "triton", "cpu", "ref")
-
-
-def _shape_error(name, t, expected):
-    raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
-
-
-def _check_devices_and_floats(tensors: dict) -> None:
-    """ValueError unless the given (non-None) tensors share one device and are floating point."""
-    devices = {k: t.device for k, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"inputs are on different devices: {devices}")
-    for k, t in tensors.items():
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
 
 
 def _check_head_params(h, p, A, D, dt_bias) -> None:
     if A.shape != (h,):
-        _shape_error("A", A, f"({h},): one scalar per head")
+        shape_error("A", A, f"({h},): one scalar per head")
     if D is not None and D.shape not in ((h,), (h, p)):
-        _shape_error("D", D, f"({h},) or ({h}, {p})")
+        shape_error("D", D, f"({h},) or ({h}, {p})")
     if dt_bias is not None and dt_bias.shape != (h,):
-        _shape_error("dt_bias", dt_bias, f"({h},)")
+        shape_error("dt_bias", dt_bias, f"({h},)")
 
 
 def _check_groups(name, X, lead, h) -> None:
     """B or C: (*lead, groups, d_state) with groups dividing the number of heads."""
     k = len(lead)
     if X.dim() != k + 2 or tuple(X.shape[:k]) != tuple(lead) or X.shape[k] < 1 or h % X.shape[k] != 0:
-        _shape_error(name, X, f"({', '.join(map(str, lead))}, groups dividing {h}, d_state)")
+        shape_error(name, X, f"({', '.join(map(str, lead))}, groups dividing {h}, d_state)")
 
 
 def check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states) -> None:
     """ValueError naming the argument, the shape found and the shape expected."""
     if x.dim() != 4 or x.shape[1] < 1:
-        _shape_error("x", x, "(batch, seqlen >= 1, nheads, headdim)")
+        shape_error("x", x, "(batch, seqlen >= 1, nheads, headdim)")
     b, l, h, p = x.shape
     if dt.shape != (b, l, h):
-        _shape_error("dt", dt, f"({b}, {l}, {h}) (batch, seqlen, nheads)")
+        shape_error("dt", dt, f"({b}, {l}, {h}) (batch, seqlen, nheads)")
     _check_head_params(h, p, A, D, dt_bias)
     _check_groups("B", B, (b, l), h)
     if C.shape != B.shape:
-        _shape_error("C", C, f"{tuple(B.shape)} like B")
+        shape_error("C", C, f"{tuple(B.shape)} like B")
     if z is not None and z.shape != x.shape:
-        _shape_error("z", z, f"{tuple(x.shape)} like x")
+        shape_error("z", z, f"{tuple(x.shape)} like x")
     n = B.shape[-1]
     if initial_states is not None and initial_states.shape != (b, h, p, n):
-        _shape_error("initial_states", initial_states, f"({b}, {h}, {p}, {n}) (batch, nheads, headdim, d_state)")
+        shape_error("initial_states", initial_states, f"({b}, {h}, {p}, {n}) (batch, nheads, headdim, d_state)")
     tensors = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
-    _check_devices_and_floats(tensors)
+    check_devices_and_floats(tensors)
 
 
 def check_ssd_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
     """Decode-step inputs: ValueError naming the argument, the shape found and the shape expected."""
     if state.dim() != 4:
-        _shape_error("state", state, "(batch, nheads, headdim, d_state)")
+        shape_error("state", state, "(batch, nheads, headdim, d_state)")
     b, h, p, n = state.shape
     for name, t in (("x", x), ("z", z)):
         if t is not None and t.shape != (b, h, p):
-            _shape_error(name, t, f"({b}, {h}, {p}) like state's first three dims")
+            shape_error(name, t, f"({b}, {h}, {p}) like state's first three dims")
     if dt.shape != (b, h):
-        _shape_error("dt", dt, f"({b}, {h}) (batch, nheads)")
+        shape_error("dt", dt, f"({b}, {h}) (batch, nheads)")
     _check_head_params(h, p, A, D, dt_bias)
     _check_groups("B", B, (b,), h)
     if B.shape[-1] != n:
-        _shape_error("B", B, f"({b}, groups, {n}) with state's d_state")
+        shape_error("B", B, f"({b}, groups, {n}) with state's d_state")
     if C.shape != B.shape:
-        _shape_error("C", C, f"{tuple(B.shape)} like B")
+        shape_error("C", C, f"{tuple(B.shape)} like B")
     tensors = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    _check_devices_and_floats(tensors)
+    check_devices_and_floats(tensors)
 
 
 def ssd_scan_fn(
@@ -112,9 +99,8 @@ def ssd_scan_fn(
     the result does not depend on the block beyond rounding), else ``cpu``; ``ref`` is the step-by-step
     specification. ``backend="triton"`` also runs on CPU tensors under TRITON_INTERPRET=1.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    backend = pick_backend(backend, BACKENDS, x, "ssd_scan_fn", TRITON_MODULE)
     kw = dict(
         D=D,
         z=z,
@@ -123,10 +109,7 @@ def ssd_scan_fn(
         dt_softplus=dt_softplus,
         return_final_states=return_final_states,
     )
-    if backend == "auto":
-        backend = "triton" if x.is_cuda and _triton_available() else "cpu"
     if backend == "triton":
-        check_triton_device(x, "ssd_scan_fn")
         from .scan import ssd_scan_triton
 
         return ssd_scan_triton(x, dt, A, B, C, None, **kw)
@@ -145,20 +128,12 @@ def ssd_state_update(
     CUDA tensors -> Triton; otherwise the (already vectorised) PyTorch step (``cpu`` and ``ref``
     are the same); ``backend="triton"`` forces the kernel (CPU tensors under TRITON_INTERPRET=1).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_ssd_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    if backend == "triton":
-        check_triton_device(state, "ssd_state_update")
-    if backend == "triton" or (backend == "auto" and state.is_cuda and _triton_available()):
+    if pick_backend(backend, BACKENDS, state, "ssd_state_update", TRITON_MODULE) == "triton":
         from .step import ssd_state_update_triton
 
         return ssd_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-
-
-def _triton_available() -> bool:
-    return triton_available("compressmamba.kernels.ssd.scan")
 
 
 __all__ = ["ssd_scan_fn", "ssd_state_update", "check_ssd_inputs", "check_ssd_step_inputs"]
