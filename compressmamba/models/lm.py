@@ -21,7 +21,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .. import compat
-from .protocol import CompressibleLayer
+from .protocol import IGNORE_INDEX, CompressibleLayer, next_token_pairs
 
 
 def padded_vocab(vocab_size: int, multiple: int) -> int:
@@ -181,9 +181,8 @@ class SSMForCausalLM(compat.RecurrentGenerationMixin, PreTrainedModel, Generatio
         logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+            pred, target = next_token_pairs(logits, labels)
+            loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
         return SSMLMOutput(loss=loss, logits=logits, **{compat.CACHE_NAME: cache})
 
     def prepare_inputs_for_generation(self, input_ids, use_cache=True, **kwargs):

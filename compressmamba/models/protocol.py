@@ -50,6 +50,8 @@ from torch import Tensor
 
 StateMap = Callable[[Tensor], Tensor]
 
+IGNORE_INDEX = -100  # a label that is not a target (padding, the prompt of a recall task)
+
 ENERGY_METHODS_LTI = ("hankel",)
 SELECTIONS = ("largest", "smallest", "random")
 
@@ -70,6 +72,15 @@ class CompressibleModel(Protocol):
 
     @property
     def state_sizes(self) -> list[int]: ...
+
+
+def next_token_pairs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """A causal language model's predictions and targets: ``logits[:, t]`` predicts
+    ``labels[:, t + 1]``, and labels equal to :data:`IGNORE_INDEX` do not count.
+
+    logits (b, l, V), labels (b, l) → (b, l − 1, V), (b, l − 1). The LM's loss, evaluation,
+    answer accuracy and distillation all read the pairs from here."""
+    return logits[:, :-1], labels[:, 1:]
 
 
 def declared_parameter_names(model, rule: str) -> set[str]:

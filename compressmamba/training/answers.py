@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-IGNORE = -100
+from ..models.protocol import IGNORE_INDEX, next_token_pairs
 
 
 def answer_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -13,9 +13,9 @@ def answer_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     ``logits`` (b, l, V) and ``labels`` (b, l), shifted as the LM's loss is: ``logits[:, t]``
     predicts ``labels[:, t + 1]``. Returns (correct, count), two 0-d int64 tensors.
     """
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    hit = (logits[:, :-1].argmax(-1) == target) & keep
+    pred, target = next_token_pairs(logits, labels)
+    keep = target != IGNORE_INDEX
+    hit = (pred.argmax(-1) == target) & keep
     return hit.sum(), keep.sum()
 
 

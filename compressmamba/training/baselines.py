@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.protocol import IGNORE_INDEX, next_token_pairs
 from ..reduction.lti import diagonal_gramian_formula
 from .config import DistillConfig, parse_baseline
 
@@ -73,8 +74,9 @@ class DistillationLoss:
             t_logits = self.teacher(**batch).logits
         s_logits, mask = output.logits, None
         if s_logits.dim() == 3 and "labels" in batch and batch["labels"].dim() == 2:  # LM: the model shifts
-            s_logits, t_logits = s_logits[:, :-1], t_logits[:, :-1]
-            mask = batch["labels"][:, 1:] != -100
+            s_logits, target = next_token_pairs(s_logits, batch["labels"])
+            t_logits, _ = next_token_pairs(t_logits, batch["labels"])
+            mask = target != IGNORE_INDEX
         kl = distillation_kl(s_logits, t_logits, self.temperature, mask)
         return self.alpha * (self.temperature**2 * kl - output.loss)
 

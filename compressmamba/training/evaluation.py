@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from ..models.protocol import IGNORE_INDEX, next_token_pairs
 from .answers import answer_counts
 from .data import shard_batches
 from .metrics import target_bytes
@@ -35,8 +36,8 @@ class Evaluation:
             with acc.autocast():
                 out = model(**batch)
             if self.task == "lm":
-                targets = batch["labels"][:, 1:]
-                n = (targets != -100).sum()
+                _, targets = next_token_pairs(out.logits, batch["labels"])
+                n = (targets != IGNORE_INDEX).sum()
                 nbytes = target_bytes(targets, self._token_bytes) if self._token_bytes is not None else zero
                 correct = answer_counts(out.logits, batch["labels"])[0].double() if self.answer_accuracy else zero
                 tot += torch.stack([out.loss.double() * n, correct, n.double(), nbytes])

@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..models.protocol import IGNORE_INDEX
+
 
 def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
@@ -67,7 +69,7 @@ def target_bytes(targets, token_bytes):
     """The bytes of text that the target ids (b, l) stand for (-100: not a target), as a float64
     scalar tensor; ``token_bytes`` (vocab,) float64 is the tokenizer's bytes per id. Bits per byte
     is the summed loss in nats over ``ln 2`` times this."""
-    return token_bytes[targets[targets != -100]].sum()
+    return token_bytes[targets[targets != IGNORE_INDEX]].sum()
 
 
 class Throughput:
