@@ -219,14 +219,15 @@ def markdown_table(named: dict[str, dict]) -> str:
 
 def write_outputs(out: str | Path, named: dict[str, dict], files: dict[str, str]) -> Path:
     """``out/<file>`` per model (lm-eval's results, JSON) and ``out/summary.md``; returns the summary's path."""
-    from .training.metrics import _atomic_text, write_json
+    from .atomic import atomic_write_text
+    from .training.metrics import write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for label, res in named.items():
         write_json(out / files[label], json.loads(json.dumps(res, default=str)))
     text = "# lm-evaluation-harness\n\n" + "\n".join(f"- {lb}: `{files[lb]}`" for lb in named) + "\n\n"
-    _atomic_text(out / "summary.md", text + markdown_table(named))
+    atomic_write_text(out / "summary.md", text + markdown_table(named))
     return out / "summary.md"
 
 

@@ -72,7 +72,7 @@ def copy_recipe(name: str, dest: str | os.PathLike) -> Path:
     target = dest / src.name if dest.suffix not in (".yaml", ".yml") else dest
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another destination or remove it first")
-    from .training.checkpoint import atomic_write
+    from .atomic import atomic_write
 
     text = src.read_bytes()
     atomic_write(target, lambda f: f.write(text))

@@ -13,9 +13,10 @@ Written from the specification, not copied; Python's ``random.Random(seed)`` mak
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
+
+from ..atomic import atomic_write_text
 
 VALUE_P = 0.25  # LRA's constant: a draw r > VALUE_P makes a value leaf
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -106,13 +107,7 @@ def generate_listops(
 
 def write_tsv(path, rows: list[tuple[str, int]]) -> None:
     """Write rows in the LRA release format: header ``Source\\tTarget``, one tree per line."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("Source\tTarget\n")
-        for src, tgt in rows:
-            f.write(f"{src}\t{tgt}\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "Source\tTarget\n" + "".join(f"{src}\t{tgt}\n" for src, tgt in rows))
 
 
 def write_listops_release(

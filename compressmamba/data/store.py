@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .tokenize import Tokenizer, encode_chunk, token_dtype
 
 FORMAT_VERSION = 2  # 2: per-block checksums of tokens.bin
@@ -83,9 +84,7 @@ def _label(inputs: dict) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 # --- the opened store ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes (temp file, then rename) that record every layer's state size.
+"""Checkpoints: atomic writes (``compressmamba/atomic.py``) that record every layer's state size.
 
 A training checkpoint holds only tensors and plain Python values (dict, list, str, int, float,
 bool, None): RNG states are stored as tensors and lists, so it loads with
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import secrets
 import shutil
 import zipfile
 from pathlib import Path
@@ -26,36 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..models.files import safe_torch_load
 
 FORMAT = "compressmamba-checkpoint-2"
 CHECKSUM_RECORD = ".data/checksum.sha256"  # inside the archive's folder; torch.load ignores it
 PREVIOUS = "prev.pt"  # the checkpoint last.pt replaced, kept beside it
-
-
-def _stale_temps(path: Path) -> list[Path]:
-    return [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file)`` (a readable, seekable file) on a temp file in ``path``'s folder, fsync,
-    then os.replace: a crash mid-write leaves the previous file intact. The file gets the permissions the user's umask
-    gives (like ``open``), and temp files left by an earlier killed write are removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for old in _stale_temps(path):
-        old.unlink(missing_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_save(obj, path: str | Path) -> None:

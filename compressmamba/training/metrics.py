@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..models.protocol import IGNORE_INDEX
 
 
@@ -33,7 +34,7 @@ class MetricsWriter:
                 self.path.write_text("")
             elif keep_until_step is not None and self.path.is_file():
                 kept = [line for line in self.path.read_text().splitlines() if _row_at_most(line, keep_until_step)]
-                _atomic_text(self.path, "".join(line + "\n" for line in kept))
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, **row) -> None:
         if self.path:
@@ -54,15 +55,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from .checkpoint import atomic_write
-
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def write_json(path: str | Path, obj) -> None:
     """Write ``obj`` as indented JSON atomically (NaN/inf become null)."""
-    _atomic_text(Path(path), json.dumps(_clean(obj), indent=2))
+    atomic_write_text(Path(path), json.dumps(_clean(obj), indent=2))
 
 
 def target_bytes(targets, token_bytes):

@@ -10,9 +10,10 @@ import time
 import yaml
 from accelerate.utils import broadcast_object_list
 
+from ..atomic import atomic_write_text
 from ..registry import MODEL_INFO_KEYS
 from . import tracking
-from .checkpoint import atomic_write, checkpoint_path
+from .checkpoint import checkpoint_path
 from .config import recipe_differences
 from .metrics import MetricsWriter, write_json
 
@@ -60,7 +61,7 @@ class RunFolder:
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
-            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
+            atomic_write_text(self.run_dir / "config.yaml", text)
         self.metrics = MetricsWriter(
             self.run_dir / "metrics.jsonl" if acc.is_main_process else None,
             append=self.ckpt is not None,
