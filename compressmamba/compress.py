@@ -18,20 +18,17 @@ def _load_any(src: str):
     """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
     p = Path(src).expanduser()
     if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
-        from .registry import build_model, families
-        from .training.checkpoint import load_checkpoint
+        from .registry import families
+        from .training.checkpoint import load_checkpoint, model_from_checkpoint
 
         ck = load_checkpoint(p)
-        cfg = dict(ck["recipe"]["model"])
-        lms = sorted(name for name, f in families().items() if f.causal_lm is not None)
-        if cfg.get("name") not in lms:
+        name = ck["recipe"]["model"].get("name")
+        lms = sorted(n for n, f in families().items() if f.causal_lm is not None)
+        if name not in lms:
             raise ValueError(
-                f"{src} is a checkpoint of a {cfg.get('name')!r} model; compress expects a language model, one of {lms}"
+                f"{src} is a checkpoint of a {name!r} model; compress expects a language model, one of {lms}"
             )
-        cfg["vocab_size"] = ck["model"]["backbone.embeddings.weight"].shape[0]
-        model = build_model(cfg, state_sizes=ck["state_sizes"])
-        model.load_state_dict(ck["model"])
-        return model.eval()
+        return model_from_checkpoint(ck, {"vocab_size": ck["model"]["backbone.embeddings.weight"].shape[0]})
     return load_pretrained(src).eval()
 
 

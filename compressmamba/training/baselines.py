@@ -84,18 +84,14 @@ class DistillationLoss:
 def load_teacher(run_dir: str | Path, info: dict, device) -> tuple[torch.nn.Module, float]:
     """Build the teacher from a finished run folder. Returns (model in eval mode, the teacher's
     cost in seconds: its ``train_time_s`` plus its own teacher's, if it was distilled)."""
-    from ..registry import MODEL_INFO_KEYS, build_model
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
 
     run = Path(run_dir)
     summary_path = run / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"baseline.teacher = {str(run)!r}: expected a finished run with {summary_path}")
     summary = json.loads(summary_path.read_text())
-    ckpt = load_checkpoint(run)
-    keys = {k: v for k, v in info.items() if k in MODEL_INFO_KEYS}
-    teacher = build_model(ckpt["recipe"]["model"], **keys, state_sizes=ckpt["state_sizes"])
-    teacher.load_state_dict(ckpt["model"])
+    teacher = model_from_checkpoint(load_checkpoint(run), info)
     cost = float(summary.get("train_time_s") or 0.0) + float(summary.get("teacher_train_time_s") or 0.0)
     return teacher.to(device).eval(), cost
 

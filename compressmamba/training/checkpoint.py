@@ -201,6 +201,20 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def model_from_checkpoint(ckpt: dict, info: dict | None = None) -> torch.nn.Module:
+    """Rebuild the model a training checkpoint (:func:`load_checkpoint`'s dict) holds: its
+    recipe's model config with ``info`` (the data facts its builder takes, e.g. ``vocab_size``;
+    keys outside ``MODEL_INFO_KEYS`` are ignored), at the checkpoint's per-layer state sizes,
+    with its weights. Returns the model on the CPU in eval mode. The one place a run folder
+    becomes a model again (compress, evaluate, a distillation teacher)."""
+    from ..registry import MODEL_INFO_KEYS, build_model
+
+    keys = {k: v for k, v in (info or {}).items() if k in MODEL_INFO_KEYS}
+    model = build_model({**ckpt["recipe"]["model"], **keys}, state_sizes=ckpt["state_sizes"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
 def resume_hint(run_dir: Path, saved_step: int | None) -> str:
     """Where a run that stops now resumes from: its last checkpoint (written or loaded at
     ``saved_step``), or nowhere yet."""
