@@ -11,6 +11,7 @@ Mamba2 models: ``backbone.embeddings``, ``backbone.layers.{i}.{norm, mixer}``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import make_dataclass
 
 import torch
@@ -106,6 +107,33 @@ class Backbone(nn.Module):
         if cache is not None:
             cache.offset += input_ids.shape[1]
         return self.norm_f(h)
+
+
+class MixerBase(nn.Module):
+    """What the Mamba-1 and Mamba-2 mixers share: calibration statistics (``self.stats``, set by
+    their ``start_stats``) and mamba-ssm's initialisation of Δ's bias and of ``out_proj``."""
+
+    def pop_stats(self) -> dict:
+        s, self.stats = self.stats, None
+        if s is None:
+            raise RuntimeError("pop_stats() without start_stats()")
+        return s.as_dict()
+
+    @staticmethod
+    def initial_dt_bias(n: int, config) -> Tensor:
+        """(n,) softplus⁻¹(Δ) with Δ log-uniform in [time_step_min, time_step_max], floored at
+        time_step_floor (mamba-ssm's dt initialisation)."""
+        lo, hi = math.log(config.time_step_min), math.log(config.time_step_max)
+        dt = torch.exp(torch.rand(n) * (hi - lo) + lo).clamp(min=config.time_step_floor)
+        return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+    @torch.no_grad()
+    def rescale_out_proj(self, where) -> None:
+        """``rescale_prenorm_residual``: out_proj's Kaiming-uniform weight divided by √depth."""
+        c = self.config
+        if c.rescale_prenorm_residual and where(self.out_proj.weight):
+            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+            self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import masked_mean, per_layer_sizes
 from .lm import (
+    MixerBase,
     RecurrentCache,
     RMSNorm,
     SSMForCausalLM,
@@ -121,7 +122,7 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         )
 
 
-class MambaMixer(nn.Module):
+class MambaMixer(MixerBase):
     """in_proj → causal conv1d → SiLU → x_proj (dt, B, C) → dt_proj → selective scan (D skip,
     SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
 
@@ -156,18 +157,12 @@ class MambaMixer(nn.Module):
             std = self.dt_rank**-0.5 * c.time_step_scale
             self.dt_proj.weight.uniform_(-std, std)
         if where(self.dt_proj.bias):
-            dt = torch.exp(
-                torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
-                + math.log(c.time_step_min)
-            ).clamp(min=c.time_step_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            self.dt_proj.bias.copy_(self.initial_dt_bias(self.d_inner, c))
         if where(self.A_log):
             self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
         if where(self.D):
             self.D.fill_(1.0)
-        if c.rescale_prenorm_residual and where(self.out_proj.weight):
-            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
-            self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
+        self.rescale_out_proj(where)
 
     def ssm_inputs(self, hidden: Tensor):
         """hidden (b, l, H) → u, z (b, d, l), dt (b, d, l) before bias, B, C (b, n, l)."""
@@ -228,12 +223,6 @@ class MambaMixer(nn.Module):
         from ..reduction.mamba import MambaStats
 
         self.stats = MambaStats(self.d_inner, self.state_size)
-
-    def pop_stats(self) -> dict:
-        s, self.stats = self.stats, None
-        if s is None:
-            raise RuntimeError("pop_stats() without start_stats()")
-        return s.as_dict()
 
     def energy(self, stats: dict | None, method: str = "output") -> Tensor:
         from ..reduction.mamba import mamba_energy

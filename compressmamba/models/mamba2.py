@@ -30,7 +30,7 @@ from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_s
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import RecurrentCache, SSMForCausalLM, padded_vocab
+from .lm import MixerBase, RecurrentCache, SSMForCausalLM, padded_vocab
 from .loading import MAMBA_SHARED_FIELDS
 
 
@@ -177,7 +177,7 @@ class GatedRMSNorm(nn.Module):
         return self.weight * h.to(y.dtype)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(MixerBase):
     """in_proj → (z, xBC, dt); causal conv1d + SiLU over xBC; SSD scan (D skip); gated RMSNorm;
     out_proj. Implements the compressible-layer protocol with G groups of N states: energies are
     (G, N) and ``truncate_`` keeps the same count in every group. ``energy(stats, "balanced")``
@@ -217,11 +217,7 @@ class Mamba2Mixer(nn.Module):
         which ``where`` holds."""
         c = self.config
         if where(self.dt_bias):
-            dt = torch.exp(
-                torch.rand(self.n_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
-                + math.log(c.time_step_min)
-            ).clamp(min=c.time_step_floor)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            self.dt_bias.copy_(self.initial_dt_bias(self.n_heads, c))
         if where(self.A_log):
             self.A_log.copy_(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
         if where(self.D):
@@ -231,9 +227,7 @@ class Mamba2Mixer(nn.Module):
         for w in (self.bc_proj.B, self.bc_proj.C) if self.bc_proj is not None else ():
             if where(w):
                 w.copy_(torch.eye(*w.shape[1:]).expand_as(w))
-        if c.rescale_prenorm_residual and where(self.out_proj.weight):
-            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
-            self.out_proj.weight /= math.sqrt(c.num_hidden_layers)
+        self.rescale_out_proj(where)
 
     def _split(self, zxbcdt: Tensor):
         gn = self.n_groups * self.bc_width
@@ -287,12 +281,6 @@ class Mamba2Mixer(nn.Module):
         from ..reduction.ssd import Mamba2Stats
 
         self.stats = Mamba2Stats(self.n_heads, self.head_dim, self.n_groups, self.state_size)
-
-    def pop_stats(self) -> dict:
-        s, self.stats = self.stats, None
-        if s is None:
-            raise RuntimeError("pop_stats() without start_stats()")
-        return s.as_dict()
 
     def energy(self, stats: dict | None, method: str = "output") -> Tensor:
         """Per-state energies (G, N) float64. ``balanced``: each group's Hankel singular values
