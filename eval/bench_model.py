@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from compressmamba.eval.bench_scan import _time
+from compressmamba.eval.bench_timing import best_time as _time
 from transformers import MambaConfig, MambaForCausalLM
 
 from compressmamba.models.mamba import build_mamba

@@ -21,14 +21,18 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import os
-import time
 
 import torch
+from compressmamba.eval.bench_timing import (
+    DTYPES,
+    best_time,
+    interpreting,
+    print_table,
+    reference_bandwidth,
+    time_row,
+)
 
 from compressmamba.kernels import causal_conv1d_fn, selective_scan_fn
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _inputs(b, d, n, l, device, dtype):
@@ -46,37 +50,11 @@ def _inputs(b, d, n, l, device, dtype):
     )
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, reps):
-    """Best of ``reps`` timed calls after one warm-up (the minimum is robust to other load)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def copy_bandwidth(device, reps=5, mib=1024) -> float:
-    """GB/s of a ``mib`` MiB device-to-device copy (read + write): the practical bandwidth ceiling."""
-    x = torch.randn(mib * 2**18, device=device, dtype=torch.float32)
-    y = torch.empty_like(x)
-    t = _time(lambda: y.copy_(x), device, reps)
-    return 2 * x.numel() * 4 / t / 1e9
-
-
 def _variants(args):
     """(label, scan function) per backend; the Triton kernel once per ``--chunks`` value, labelled
     plain "triton" at its default chunk."""
     variants = []
-    if args.device.startswith("cuda") or _interpreting():
+    if args.device.startswith("cuda") or interpreting():
         from compressmamba.kernels.selective_scan.scan import CHUNK, selective_scan_triton
 
         for c in args.chunks or [CHUNK]:
@@ -90,17 +68,11 @@ def _variants(args):
     return variants
 
 
-def _interpreting() -> bool:
-    """Triton's interpreter runs the Triton kernels on CPU tensors (eval/gpu_session.sh --dry-run)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def bench(args):
     dtype = DTYPES[args.dtype]
     b, d, l = args.batch, args.dim, args.seqlen
     rows = []
     for backend, scan in _variants(args):
-        base = None
         for n in args.states:
             inp = _inputs(b, d, n, l, args.device, dtype)
             fwd = lambda inp=inp, scan=scan: scan(**inp, delta_softplus=True)  # noqa: E731
@@ -110,37 +82,15 @@ def bench(args):
                 y = scan(**inp, delta_softplus=True)
                 torch.autograd.grad(y.float().sum(), list(grads.values()))
 
-            try:
-                with torch.no_grad():
-                    t_f = _time(fwd, args.device, args.reps)
-                t_fb = _time(fwd_bwd, args.device, args.reps)
-            except Exception as e:  # a backend that cannot run here
-                rows.append((backend, n, None, None, None, None, f"{type(e).__name__}: {e}"[:60]))
-                break
-            bpe = dtype.itemsize if hasattr(dtype, "itemsize") else torch.finfo(dtype).bits // 8
+            bpe = torch.finfo(dtype).bits // 8
             bytes_f = bpe * (4 * b * d * l + 2 * b * n * l)
             bytes_fb = bytes_f + bpe * (5 * b * d * l + 4 * b * n * l)
-            base = base or (n, t_fb)
-            rows.append((backend, n, t_f * 1e3, t_fb * 1e3, bytes_f / t_f / 1e9, bytes_fb / t_fb / 1e9, ""))
-    bw = None
-    if args.device.startswith("cuda"):
-        bw = copy_bandwidth(args.device)
-    elif _interpreting():  # the dry run: the same code path at a size a CPU copies at once
-        bw = copy_bandwidth(args.device, reps=1, mib=4)
+            rows.append(time_row(backend, n, fwd, fwd_bwd, args.device, args.reps, (bytes_f, bytes_fb)))
+            if rows[-1][2] is None:
+                break
+    bw = reference_bandwidth(args.device)
     print(f"selective scan, batch {b}, dim {d}, seqlen {l}, {args.dtype}, device {args.device}")
-    share_head = " fwd % of copy |" if bw else ""
-    print(
-        f"| backend | N | fwd ms | fwd+bwd ms | fwd GB/s | fwd+bwd GB/s |{share_head} speed-up vs N={args.states[0]} |"
-    )
-    print("|---|---|---|---|---|---|---|" + ("---|" if bw else ""))
-    ref = {r[0]: r[3] for r in rows if r[1] == args.states[0] and r[3]}
-    for backend, n, tf, tfb, gf, gfb, note in rows:
-        if tf is None:
-            print(f"| {backend} | {n} | — | — | — | — |{' — |' if bw else ''} {note} |")
-            continue
-        sp = f"{ref[backend] / tfb:.2f}x" if backend in ref else ""
-        share = f" {gf / bw:.0%} |" if bw else ""
-        print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} |{share} {sp} |")
+    print_table(rows, bw, args.states[0])
     if bw:
         _targets(rows, bw)
     return rows
@@ -170,7 +120,7 @@ def bench_conv(args, width=4):
     dtype = DTYPES[args.dtype]
     b, d, l = args.batch, args.dim, args.seqlen
     backends = ["torch"]
-    if args.device.startswith("cuda") or _interpreting():
+    if args.device.startswith("cuda") or interpreting():
         backends = ["triton", "torch"]
         try:
             import causal_conv1d  # noqa: F401
@@ -194,8 +144,8 @@ def bench_conv(args, width=4):
             torch.autograd.grad(causal_conv1d_fn(x, w, bias, "silu", backend=backend).float().sum(), (x, w, bias))
 
         with torch.no_grad():
-            t_f = _time(fwd, args.device, args.reps)
-        t_fb = _time(fwd_bwd, args.device, args.reps)
+            t_f = best_time(fwd, args.device, args.reps)
+        t_fb = best_time(fwd_bwd, args.device, args.reps)
         gbs = f"{bytes_f / t_f / 1e9:.1f} | {bytes_fb / t_fb / 1e9:.1f}"
         print(f"| {backend} | {t_f * 1e3:.3f} | {t_fb * 1e3:.3f} | {gbs} |")
 

@@ -16,15 +16,11 @@ SiLU(z) gate); the forward+backward differentiates every input. The CPU path run
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import torch
-from compressmamba.eval.bench_scan import copy_bandwidth
+from compressmamba.eval.bench_timing import DTYPES, print_table, reference_bandwidth, time_row
 
 from compressmamba.kernels import ssd_scan_fn
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _inputs(b, l, h, p, g, n, device, dtype):
@@ -40,24 +36,6 @@ def _inputs(b, l, h, p, g, n, device, dtype):
         z=r(b, l, h, p).to(device, dtype),
         dt_bias=(torch.rand(h, generator=gen) * 0.1).to(device),
     )
-
-
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, reps):
-    """Best of ``reps`` timed calls after one warm-up (the minimum is robust to other load)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _chunk(args, backend):
@@ -93,36 +71,17 @@ def bench(args):
             def fwd_bwd(inp=inp, kw=kw, leaves=leaves):
                 torch.autograd.grad(ssd_scan_fn(**inp, **kw).float().sum(), leaves)
 
-            try:
-                with torch.no_grad():
-                    t_f = _time(fwd, args.device, args.reps)
-                t_fb = _time(fwd_bwd, args.device, args.reps)
-            except Exception as e:  # a backend that cannot run here
-                rows.append((backend, n, None, None, None, None, f"{type(e).__name__}: {e}"[:60]))
+            mins = _min_bytes(args.batch, args.seqlen, h, p, args.groups, n, bpe)
+            rows.append(time_row(backend, n, fwd, fwd_bwd, args.device, args.reps, mins))
+            if rows[-1][2] is None:
                 break
-            b_f, b_fb = _min_bytes(args.batch, args.seqlen, h, p, args.groups, n, bpe)
-            rows.append((backend, n, t_f * 1e3, t_fb * 1e3, b_f / t_f / 1e9, b_fb / t_fb / 1e9, ""))
-    bw = None
-    if args.device.startswith("cuda"):
-        bw = copy_bandwidth(args.device)
-    elif os.environ.get("TRITON_INTERPRET", "0") == "1":  # the dry run: same code path, tiny copy
-        bw = copy_bandwidth(args.device, reps=1, mib=4)
+    bw = reference_bandwidth(args.device)
     print(
         f"SSD scan, batch {args.batch}, seqlen {args.seqlen}, {h} heads x headdim {p}, {args.groups} group(s), "
         f"chunk {args.chunk_size} (triton: {args.chunk_size if args.chunk_size <= 128 else 'its default'}), "
         f"{args.dtype}, device {args.device}"
     )
-    head = "| backend | N | fwd ms | fwd+bwd ms | fwd GB/s | fwd+bwd GB/s |" + (" fwd % of copy |" if bw else "")
-    print(f"{head} speed-up vs N={args.states[0]} (fwd+bwd) |")
-    print("|---|---|---|---|---|---|---|" + ("---|" if bw else ""))
-    base = {r[0]: r[3] for r in rows if r[1] == args.states[0] and r[3]}
-    for backend, n, tf, tfb, gf, gfb, note in rows:
-        if tf is None:
-            print(f"| {backend} | {n} | — | — | — | — |{' — |' if bw else ''} {note} |")
-            continue
-        sp = f"{base[backend] / tfb:.2f}x" if backend in base else ""
-        share = f" {gf / bw:.0%} |" if bw else ""
-        print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} |{share} {sp} |")
+    print_table(rows, bw, args.states[0], " (fwd+bwd)")
     if bw:
         print(f"\ndevice copy bandwidth: {bw:.0f} GB/s")
     return rows
