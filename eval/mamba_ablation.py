@@ -2,8 +2,9 @@
 mamba``) or Mamba-2 (``--model mamba2``: G groups of N states, every group keeps the same count k,
 each its own states) on the Python standard library, then cut every layer to k states by each
 method and measure the rise in validation loss: right after the cut, and (``--finetune STEPS``)
-after a short fine-tune, against the uncut model fine-tuned on the same batches. Prints a
-markdown table (mean ± std over seeds).
+after a short fine-tune, against the uncut model fine-tuned on the same batches. For Mamba-2 the
+methods include ``balanced`` (each group's leading k balanced coordinates, against selecting k
+of its states). Prints a markdown table (mean ± std over seeds).
 
     python -m compressmamba.eval.mamba_ablation --steps 300 --seeds 0,1,2 --keep 8,4
     python -m compressmamba.eval.mamba_ablation --model mamba2 --n 64 --n-groups 2 --keep 16,4 --finetune 50
@@ -24,8 +25,13 @@ from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.data import shard_batches
 from compressmamba.training.optim import build_optimizer
 
-METHODS = ENERGY_METHODS
-ROWS = (*METHODS, "random", "smallest")
+METHODS = ENERGY_METHODS  # state selection by each energy estimate
+RANDOM_ROWS = ("random", "smallest")  # selections the "output" energy orders
+
+
+def methods(args) -> tuple[str, ...]:
+    """The energy methods compared: Mamba-2 adds balanced truncation."""
+    return (*METHODS, "balanced") if args.model == "mamba2" else tuple(METHODS)
 
 
 def _model_cfg(args) -> dict:
@@ -55,15 +61,14 @@ def _val_loss(model, batches):
 
 
 @torch.no_grad()
-def _energies(model, calib):
-    """Per method, one energy per layer: (n,) for Mamba, (G, n) for Mamba-2."""
+def _stats(model, calib) -> list[dict]:
+    """Each layer's calibration statistics over ``calib``."""
     layers = model.ssm_layers()
     for layer in layers:
         layer.start_stats()
     for b in calib:
         model(**b)
-    stats = [layer.pop_stats() for layer in layers]
-    return {m: [layer.energy(s, m) for layer, s in zip(layers, stats)] for m in METHODS}
+    return [layer.pop_stats() for layer in layers]
 
 
 def keep_indices(energy, keep: int, selection: str, gen) -> torch.Tensor:
@@ -75,10 +80,14 @@ def keep_indices(energy, keep: int, selection: str, gen) -> torch.Tensor:
     return torch.stack([select_states(row, keep, selection, gen) for row in e])
 
 
-def _cut(model, energies, keep, selection, gen):
+@torch.no_grad()
+def _cut(model, stats, method, keep, selection, gen):
+    """A copy of ``model`` with every layer cut to ``keep`` states (per group) chosen by
+    ``selection`` on ``method``'s energy, measured on the copy's own layer: ``balanced`` makes the
+    layer's next ``truncate_`` keep balanced coordinates."""
     m = copy.deepcopy(model)
-    for layer, e in zip(m.ssm_layers(), energies):
-        layer.truncate_(keep_indices(e, keep, selection, gen))
+    for layer, s in zip(m.ssm_layers(), stats):
+        layer.truncate_(keep_indices(layer.energy(s, method), keep, selection, gen))
     return m
 
 
@@ -129,14 +138,14 @@ def _one_seed(args, seed, results) -> float:
     calib = [tr.batches.batch(10_000 + i) for i in range(args.calib_batches)]
     ft = [tr.batches.batch(args.steps + i) for i in range(args.finetune)]  # the batches after training's
     score = _Scorer(model, val, ft, tr.recipe, args.finetune_lr)
-    en = _energies(model, calib)
+    stats = _stats(model, calib)
     for keep in args.keep:
-        for m in METHODS:
-            _record(results, (m, keep), [score(_cut(model, en[m], keep, "largest", None))])
+        for m in methods(args):
+            _record(results, (m, keep), [score(_cut(model, stats, m, keep, "largest", None))])
         gen = torch.Generator().manual_seed(seed)
-        draws = [score(_cut(model, en["output"], keep, "random", gen)) for _ in range(args.random_draws)]
+        draws = [score(_cut(model, stats, "output", keep, "random", gen)) for _ in range(args.random_draws)]
         _record(results, ("random", keep), draws)
-        _record(results, ("smallest", keep), [score(_cut(model, en["output"], keep, "smallest", None))])
+        _record(results, ("smallest", keep), [score(_cut(model, stats, "output", keep, "smallest", None))])
     return score.base
 
 
@@ -164,7 +173,7 @@ def table(results, args) -> str:
     if args.finetune:
         cols = [c for k in args.keep for c in (((k,), f"keep {k}/{args.n}{per}"), ((k, "ft"), f"+ {args.finetune} ft"))]
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for m in ROWS:
+    for m in (*methods(args), *RANDOM_ROWS):
         lines.append(f"| {m} | " + " | ".join(_cell(results[(m, *c[0])]) for c in cols) + " |")
     return "\n".join(lines)
 
