@@ -42,6 +42,18 @@ def check_safetensors(path: Path) -> None:
         raise ValueError(f"{path} is truncated: {size} bytes, the header describes {8 + n + end}")
 
 
+def read_config_json(path: Path) -> dict:
+    """A folder's config.json as a mapping; ValueError, one line naming the file, when it is not
+    valid JSON or not a mapping."""
+    try:
+        parsed = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{path} is not a JSON mapping of config fields")
+    return parsed
+
+
 def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
     """A local model folder: config.json is a JSON mapping, a weights file exists and is whole.
     Raises FileNotFoundError or ValueError, one line naming the file."""
@@ -49,12 +61,7 @@ def check_model_dir(folder: str | Path, subfolder: str = "") -> None:
     cfg = root / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"model folder {root} has no config.json")
-    try:
-        parsed = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg} is not valid JSON ({e})") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{cfg} is not a JSON mapping of config fields")
+    parsed = read_config_json(cfg)
     from ..registry import family_of_model_type
 
     mtype = parsed.get("model_type")

@@ -93,6 +93,7 @@ def load_classifier(path: str | Path) -> torch.nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from ..models.files import read_config_json
     from ..registry import build_model
 
     path = Path(path)
@@ -100,11 +101,8 @@ def load_classifier(path: str | Path) -> torch.nn.Module:
     for f in (cfg_path, weights):
         if not f.is_file():
             raise FileNotFoundError(f"classifier folder {path}: missing {f.name}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != CLASSIFIER_FORMAT:
+    cfg = read_config_json(cfg_path)
+    if cfg.get("format") != CLASSIFIER_FORMAT:
         raise ValueError(f"{cfg_path} is not a compressmamba classifier config (expected format {CLASSIFIER_FORMAT})")
     model = build_model(cfg["model"], **cfg["info"], state_sizes=cfg["state_sizes"])
     try:
