@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ..limits import check_int32_indexing
+from ..triton_math import softplus as _softplus
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # COMPRESSMAMBA_AUTOTUNE=0: launch the fixed block and warps (those the compile report checks)
@@ -86,11 +87,6 @@ def _autotune(**kw):
     return triton.autotune(
         configs=_configs(), key=["BLOCK_N", "d"], prune_configs_by={"early_config_prune": _prune}, **kw
     )
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
 
 @triton.jit

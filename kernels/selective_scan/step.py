@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .scan import MAX_N, _channel_params, _softplus, _tile, block_d, fixed_warps
+from ..triton_math import softplus as _softplus
+from .scan import MAX_N, _channel_params, _tile, block_d, fixed_warps
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

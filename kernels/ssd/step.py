@@ -10,14 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_math import softplus as _softplus
 from .scan import MAX_N, MAX_P
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
 
 @triton.jit
