@@ -192,6 +192,8 @@ def load_pretrained(path_or_id: str | Path, *args, into: type | None = None, **k
                 f"{path_or_id} is a {name} checkpoint (model type {_kind(cfg)}); "
                 f"load it with {name}.from_pretrained or compressmamba.models.load_pretrained"
             )
+        if family is not None and family.load is not None:
+            return family.load(path_or_id, cfg, **kwargs)
         cls = cls or (family.causal_lm if family is not None else None)
         if cfg is not None and cfg.get("model_type") is None:
             model = load_mamba_ssm(resolve(path_or_id), cfg)
@@ -251,7 +253,7 @@ MAMBA_SHARED_FIELDS = (
 
 def _family_of(model) -> ModelFamily:
     for f in families().values():
-        if f.causal_lm is not None and type(model) is f.causal_lm:
+        if f.causal_lm is not None and isinstance(model, f.causal_lm):
             return f
     raise ValueError(f"{type(model).__name__} is no registered family's causal LM; nothing to export")
 
@@ -265,6 +267,8 @@ def export_transformers(model, out_dir: str | Path) -> Path:
     import transformers
 
     family = _family_of(model)
+    if family.export is not None:
+        return family.export(model, out_dir)
     if family.transformers_export is None:
         raise ValueError(f"model family {family.name!r} has no stock transformers form to export to")
     config_name, model_name, keys = family.transformers_export

@@ -82,6 +82,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         eos_token_id: int = 0,
         use_cache: bool = True,
         bc_proj_in: list[int | None] | None = None,
+        intermediate_size: int | None = None,
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
@@ -96,7 +97,8 @@ class CompressMamba2Config(compat.PreTrainedConfig):
             expand,
             head_dim,
         )
-        self.intermediate_size = int(expand * hidden_size)
+        # d_inner: expand·hidden_size unless given (hybrids whose d_inner is heads·head_dim)
+        self.intermediate_size = int(intermediate_size) if intermediate_size else int(expand * hidden_size)
         self.num_heads = int(num_heads) if num_heads is not None else self.intermediate_size // head_dim
         if self.num_heads * head_dim != self.intermediate_size:
             raise ValueError(

@@ -1,0 +1,59 @@
+"""Tiny configs of each transformers hybrid family (no download): awkward sizes, two groups, an
+attention layer between Mamba-2 layers, chunks shorter than the test sequences."""
+
+COMMON = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0}
+
+TINY = {
+    "bamba": {
+        "num_hidden_layers": 3,
+        "intermediate_size": 48,
+        "attn_layer_indices": [1],
+        "mamba_d_state": 12,
+        "mamba_n_groups": 2,
+        "mamba_n_heads": 4,
+        "mamba_d_head": 16,
+        "mamba_expand": 2,
+        "mamba_chunk_size": 8,
+    },
+    "granitemoehybrid": {
+        "num_hidden_layers": 3,
+        "intermediate_size": 48,
+        "shared_intermediate_size": 40,
+        "num_local_experts": 0,
+        "layer_types": ["mamba", "attention", "mamba"],
+        "mamba_d_state": 12,
+        "mamba_n_groups": 2,
+        "mamba_n_heads": 4,
+        "mamba_d_head": 16,
+        "mamba_expand": 2,
+        "mamba_chunk_size": 8,
+    },
+    "zamba2": {
+        "num_hidden_layers": 4,
+        "intermediate_size": 48,
+        "layers_block_type": ["mamba", "hybrid", "mamba", "mamba"],
+        "mamba_d_state": 12,
+        "mamba_ngroups": 2,
+        "n_mamba_heads": 4,
+        "mamba_expand": 2,
+        "chunk_size": 8,
+        "num_mem_blocks": 1,
+        "adapter_rank": 4,
+    },
+    "nemotron_h": {
+        "num_hidden_layers": 4,
+        "intermediate_size": 48,
+        "hybrid_override_pattern": "M*-M",
+        "ssm_state_size": 12,
+        "n_groups": 2,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 12,
+        "chunk_size": 8,
+        "head_dim": 8,
+    },
+}
+
+
+def tiny_config(model_type: str, vocab_size: int = 97) -> dict:
+    """The stock config fields (with ``model_type``) of a tiny ``model_type`` model."""
+    return {"model_type": model_type, "vocab_size": vocab_size, **COMMON, **TINY[model_type]}
