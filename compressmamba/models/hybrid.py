@@ -89,9 +89,10 @@ def available(model_type: str) -> str | None:
     have = hasattr(transformers, h.causal_lm) and hasattr(transformers.Cache, "get_conv_state")
     if have:
         return None
+    need = _version_needed(h)
     return (
         f"model type {model_type!r} ({h.description}) with one state size per layer needs transformers >= "
-        f"{_version_needed(h)} (installed: {transformers.__version__}): pip install -U 'transformers>={_version_needed(h)}'"
+        f"{need} (installed: {transformers.__version__}): pip install -U 'transformers>={need}'"
     )
 
 
@@ -243,17 +244,18 @@ def _mixer_config(model: nn.Module, stock: nn.Module) -> CompressMamba2Config:
 @torch.no_grad()
 def take_over_mixers_(model: nn.Module, state_sizes=None, bc_proj_in=None) -> list[HybridMamba2Mixer]:
     """Replace every stock Mamba-2 mixer of ``model`` by :class:`HybridMamba2Mixer` (the same
-    parameters), then cut layer i to ``state_sizes[i]`` (the first states of each group: the
-    shapes a checkpoint of a cut model is loaded into) with a ``bc_proj`` from ``bc_proj_in[i]``
-    where given. Returns the mixers in layer order."""
+    parameters; mixers taken over already stay), then cut layer i to ``state_sizes[i]`` (the
+    first states of each group: the shapes a checkpoint of a cut model is loaded into) with a
+    ``bc_proj`` from ``bc_proj_in[i]`` where given. Returns the mixers in layer order."""
     stock = [(name, m) for name, m in model.named_modules() if is_stock_mamba2_mixer(m)]
-    if not stock:
-        raise ValueError(f"{type(model).__name__} has no Mamba-2 mixer to take over")
-    config = _mixer_config(model, stock[0][1])
-    for name, m in stock:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, HybridMamba2Mixer.from_stock(m, config))
+    if stock:
+        config = _mixer_config(model, stock[0][1])
+        for name, m in stock:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, HybridMamba2Mixer.from_stock(m, config))
     mixers = ssm_mixers(model)
+    if not mixers:
+        raise ValueError(f"{type(model).__name__} has no Mamba-2 mixer to take over")
     sizes = list(state_sizes) if state_sizes is not None else [m.state_size for m in mixers]
     widths = list(bc_proj_in) if bc_proj_in is not None else [None] * len(mixers)
     if len(sizes) != len(mixers) or len(widths) != len(mixers):
@@ -438,7 +440,8 @@ def export_stock(model: nn.Module, out_dir: str | Path, uniform: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / "model.safetensors", {"format": "pt"})
+        tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        save_file(tensors, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(original, indent=2, sort_keys=True) + "\n")
         for f in ("model.safetensors", "config.json"):
             os.replace(tmp / f, out / f)

@@ -259,16 +259,19 @@ def _family_of(model) -> ModelFamily:
 
 
 @torch.no_grad()
-def export_transformers(model, out_dir: str | Path) -> Path:
+def export_transformers(model, out_dir: str | Path, uniform: bool = False) -> Path:
     """Write a plain transformers folder of the model's stock family (``MambaForCausalLM`` /
     ``Mamba2ForCausalLM``): every layer is zero-padded to the largest state size (each mixer's
     ``padded``: the padded states get zero input weights, so they stay at zero and outputs are
-    unchanged)."""
+    unchanged). A family with its own ``export`` (the hybrids) writes its stock form, with
+    ``uniform`` the stock config at the one N every layer has."""
     import transformers
 
     family = _family_of(model)
     if family.export is not None:
-        return family.export(model, out_dir)
+        return family.export(model, out_dir, uniform=uniform)
+    if uniform and len(set(model.state_sizes)) > 1:
+        raise ValueError(f"uniform export needs one state size in every layer, the model has {model.state_sizes}")
     if family.transformers_export is None:
         raise ValueError(f"model family {family.name!r} has no stock transformers form to export to")
     config_name, model_name, keys = family.transformers_export

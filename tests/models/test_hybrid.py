@@ -10,11 +10,12 @@ import json
 import pytest
 import torch
 import transformers
-from hybrid_configs import tiny_config
 
 from compressmamba.models import hybrid
 from compressmamba.models.loading import load_pretrained
 from compressmamba.models.protocol import declared_parameter_names
+
+from hybrid_configs import tiny_config
 
 FAMILIES = sorted(hybrid.HYBRIDS)
 
