@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
 
@@ -73,6 +74,7 @@ HYBRIDS = {
         ),
         Hybrid("zamba2", "Zamba2ForCausalLM", "Zamba2Config", "mamba_d_state", "4.49", "Zyphra Zamba2"),
         Hybrid("nemotron_h", "NemotronHForCausalLM", "NemotronHConfig", "ssm_state_size", "5.3", "NVIDIA Nemotron-H"),
+        Hybrid("falcon_h1", "FalconH1ForCausalLM", "FalconH1Config", "mamba_d_state", "4.53", "TII Falcon-H1"),
     )
 }
 OUR_PREFIX = "compressmamba_"
@@ -126,8 +128,9 @@ class HybridMamba2Mixer(Mamba2Mixer):
     recurrent states in transformers' cache."""
 
     @classmethod
-    def from_stock(cls, stock: nn.Module, config: CompressMamba2Config) -> HybridMamba2Mixer:
-        """Take over ``stock``'s parameters (the same tensors, not copies)."""
+    def from_stock(cls, stock: nn.Module, config: CompressMamba2Config, hf_config=None) -> HybridMamba2Mixer:
+        """Take over ``stock``'s parameters (the same tensors, not copies); ``hf_config`` is the
+        model's transformers config."""
         if getattr(stock, "activation", "silu") != "silu":
             raise ValueError(
                 f"layer {stock.layer_idx}: the mixer's conv activation is {stock.activation!r}; "
@@ -137,8 +140,41 @@ class HybridMamba2Mixer(Mamba2Mixer):
             ours = cls(config, stock.layer_idx)
         for name in ("in_proj", "conv1d", "out_proj", "A_log", "dt_bias", "D"):
             setattr(ours, name, getattr(stock, name))
-        ours.norm.weight = stock.norm.weight
+        # Falcon-H1: a scalar on the input, per-segment multipliers on in_proj's output (z, x, B,
+        # C, dt: read off its mup vector), and a gated norm that may come before the gate or not
+        # at all
+        ours.in_multiplier = float(getattr(stock, "ssm_in_multiplier", 1.0))
+        if getattr(stock, "mup_vector", None) is not None:  # Falcon-H1's config field; the buffer may be on meta
+            ours.segment_multipliers = tuple(float(m) for m in hf_config.ssm_multipliers)
+        if isinstance(stock.norm, nn.Identity):
+            ours.norm = None
+        else:
+            ours.norm.weight = stock.norm.weight
+            ours.norm.norm_before_gate = bool(getattr(stock.norm, "norm_before_gate", False))
+            if getattr(stock.norm, "n_groups", None) is not None:  # Falcon-H1 names groups, not their size
+                ours.norm.group_size = stock.intermediate_size // stock.norm.n_groups
         return ours
+
+    in_multiplier: float = 1.0
+    segment_multipliers: tuple[float, ...] | None = None
+
+    def _project(self, hidden: Tensor) -> Tensor:
+        """in_proj, with Falcon-H1's multipliers (per segment of [z | x | B | C | dt], whatever
+        the layer's N is now)."""
+        if self.in_multiplier != 1.0:
+            hidden = hidden * self.in_multiplier
+        zxbcdt = self.in_proj(hidden)
+        if self.segment_multipliers is None:
+            return zxbcdt
+        gn = self.n_groups * self.bc_width
+        widths = (self.d_inner, self.d_inner, gn, gn, self.n_heads)
+        mup = torch.cat([torch.full((w,), m) for w, m in zip(widths, self.segment_multipliers)])
+        return zxbcdt * mup.to(device=zxbcdt.device, dtype=zxbcdt.dtype)
+
+    def _gate(self, y: Tensor, z: Tensor) -> Tensor:
+        if self.norm is None:
+            return y * F.silu(z)
+        return self.norm(y, z)
 
     @torch.no_grad()
     def resize_(self, r: int, n_in: int | None = None) -> None:
@@ -182,7 +218,7 @@ class HybridMamba2Mixer(Mamba2Mixer):
         if mask is not None:
             hidden_states = (hidden_states * mask).to(dtype)
         b, length, _ = hidden_states.shape
-        z, xBC, dt = self._split(self.in_proj(hidden_states))
+        z, xBC, dt = self._split(self._project(hidden_states))
         xBC_t = xBC.transpose(1, 2)
         weight, k = self.conv1d.weight.squeeze(1), self.conv1d.weight.shape[-1]
         A = -torch.exp(self.A_log.float())
@@ -216,7 +252,7 @@ class HybridMamba2Mixer(Mamba2Mixer):
                 y, last = y
                 cache.update_recurrent_state(last.contiguous(), self.layer_idx)
             y = y.reshape(b, length, self.d_inner)
-        return self.out_proj(self.norm(y, z).to(dtype))
+        return self.out_proj(self._gate(y, z).to(dtype))
 
 
 def _mixer_config(model: nn.Module, stock: nn.Module) -> CompressMamba2Config:
@@ -235,7 +271,7 @@ def _mixer_config(model: nn.Module, stock: nn.Module) -> CompressMamba2Config:
         conv_kernel=stock.conv1d.weight.shape[-1],
         use_bias=stock.in_proj.bias is not None,
         use_conv_bias=stock.conv1d.bias is not None,
-        layer_norm_epsilon=stock.norm.variance_epsilon,
+        layer_norm_epsilon=getattr(stock.norm, "variance_epsilon", 1e-5),
         chunk_size=stock.chunk_size,
         time_step_limit=tuple(stock.time_step_limit),
     )
@@ -252,7 +288,7 @@ def take_over_mixers_(model: nn.Module, state_sizes=None, bc_proj_in=None) -> li
         config = _mixer_config(model, stock[0][1])
         for name, m in stock:
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, HybridMamba2Mixer.from_stock(m, config))
+            setattr(model.get_submodule(parent_name), attr, HybridMamba2Mixer.from_stock(m, config, model.config))
     mixers = ssm_mixers(model)
     if not mixers:
         raise ValueError(f"{type(model).__name__} has no Mamba-2 mixer to take over")

@@ -165,17 +165,21 @@ class BCProjection(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """RMSNorm(y · SiLU(z)) over groups of ``group_size`` channels (mamba-ssm's RMSNormGated with
-    norm_before_gate=False), computed in fp32."""
+    norm_before_gate=False), computed in fp32; with ``norm_before_gate`` RMSNorm(y) · SiLU(z)
+    (Falcon-H1's option)."""
 
-    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
-        self.group_size, self.eps = group_size, eps
+        self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        h = y.float() * F.silu(z.float())
+        gate = F.silu(z.float())
+        h = y.float() if self.norm_before_gate else y.float() * gate
         g = h.unflatten(-1, (-1, self.group_size))
         h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        if self.norm_before_gate:
+            return (self.weight.float() * h * gate).to(y.dtype)
         return self.weight * h.to(y.dtype)
 
 

@@ -51,6 +51,22 @@ TINY = {
         "chunk_size": 8,
         "head_dim": 8,
     },
+    "falcon_h1": {
+        "num_hidden_layers": 2,
+        "intermediate_size": 48,
+        "head_dim": 8,
+        "mamba_d_state": 12,
+        "mamba_n_groups": 2,
+        "mamba_n_heads": 4,
+        "mamba_d_head": 16,
+        "mamba_d_ssm": 64,
+        "mamba_expand": 2,
+        "mamba_chunk_size": 8,
+        "mamba_norm_before_gate": True,
+        "ssm_multipliers": [0.7, 1.3, 0.5, 1.9, 0.8],
+        "ssm_in_multiplier": 1.4,
+        "projectors_bias": True,
+    },
 }
 
 

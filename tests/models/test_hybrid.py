@@ -96,6 +96,7 @@ def test_cut_model_saves_per_layer_sizes_and_auto_loads_it(model_type, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, ours(ids).logits, rtol=0, atol=0)
         assert torch.equal(load_pretrained(tmp_path / "ours")(ids).logits, ours(ids).logits)
+    back.generation_config.eos_token_id = None  # six tokens each, compared with one full pass
     out = back.generate(ids[:, :6], max_new_tokens=6, do_sample=False)
     with torch.no_grad():
         full = back(out).logits
@@ -193,3 +194,17 @@ def test_builder_refuses_bad_arguments():
         hybrid.build_hybrid()
     with pytest.raises(ValueError, match="model.config.model_type = 'mamba'"):
         hybrid.build_hybrid(config={"model_type": "mamba"})
+
+
+def test_falcon_h1_without_its_gated_norm_equals_stock():
+    """Falcon-H1 with ``mamba_rms_norm: false``: y · SiLU(z), no norm weights to carry."""
+    _skip_unless_available("falcon_h1")
+    fields = tiny_config("falcon_h1")
+    fields.pop("model_type")
+    torch.manual_seed(0)
+    stock = transformers.FalconH1ForCausalLM(transformers.FalconH1Config(**fields, mamba_rms_norm=False)).eval()
+    ours = hybrid.from_stock(copy.deepcopy(stock))
+    assert all(m.norm is None for m in ours.ssm_layers())
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-6)
