@@ -151,8 +151,10 @@ class HybridMamba2Mixer(Mamba2Mixer):
         else:
             ours.norm.weight = stock.norm.weight
             ours.norm.norm_before_gate = bool(getattr(stock.norm, "norm_before_gate", False))
-            if getattr(stock.norm, "n_groups", None) is not None:  # Falcon-H1 names groups, not their size
-                ours.norm.group_size = stock.intermediate_size // stock.norm.n_groups
+            # the norm's groups as the stock norm has them: their size, or their count (Falcon-H1),
+            # or neither (one group over d_inner: the gated norms before transformers 5.2x)
+            size, count = getattr(stock.norm, "group_size", None), getattr(stock.norm, "n_groups", None)
+            ours.norm.group_size = size or stock.intermediate_size // (count or 1)
         return ours
 
     in_multiplier: float = 1.0
