@@ -26,6 +26,7 @@ Cached generation needs transformers' per-layer recurrent cache (``Cache.get_con
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -36,9 +37,18 @@ import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
 
-from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_state_update
+from .. import compat
+from ..kernels import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    selective_scan_fn,
+    selective_state_update,
+    ssd_scan_fn,
+    ssd_state_update,
+)
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
+from .mamba import CompressMambaConfig, MambaMixer
 from .mamba2 import BCProjection, CompressMamba2Config, Mamba2Mixer
 
 # transformers' Cache holds each linear-attention layer's conv and recurrent state with that
@@ -75,6 +85,8 @@ HYBRIDS = {
         Hybrid("zamba2", "Zamba2ForCausalLM", "Zamba2Config", "mamba_d_state", "4.49", "Zyphra Zamba2"),
         Hybrid("nemotron_h", "NemotronHForCausalLM", "NemotronHConfig", "ssm_state_size", "5.3", "NVIDIA Nemotron-H"),
         Hybrid("falcon_h1", "FalconH1ForCausalLM", "FalconH1Config", "mamba_d_state", "4.53", "TII Falcon-H1"),
+        Hybrid("jamba", "JambaForCausalLM", "JambaConfig", "mamba_d_state", "4.40", "AI21 Jamba"),
+        Hybrid("falcon_mamba", "FalconMambaForCausalLM", "FalconMambaConfig", "state_size", "4.45", "TII Falcon-Mamba"),
     )
 }
 OUR_PREFIX = "compressmamba_"
@@ -213,6 +225,11 @@ class HybridMamba2Mixer(Mamba2Mixer):
             else:
                 self.project_states_(eye.to(ref.device), eye.to(ref.device))
 
+    def stock_tensors(self, n_out: int, uniform: bool) -> dict[str, Tensor]:
+        """in_proj and conv1d in the stock family at N = ``n_out`` (zero-padded inside each group;
+        nothing to pad at a uniform N)."""
+        return self.padded(n_out)
+
     def forward(self, hidden_states: Tensor, cache=None, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
         cache = cache if cache is not None else kwargs.get("cache_params")
         mask = attention_mask[:, :, None] if attention_mask is not None and attention_mask.dim() == 2 else None
@@ -257,6 +274,159 @@ class HybridMamba2Mixer(Mamba2Mixer):
         return self.out_proj(self._gate(y, z).to(dtype))
 
 
+def is_stock_mamba_mixer(module: nn.Module) -> bool:
+    """A transformers Mamba-1 mixer of any family (A_log (d_inner, N), x_proj, dt_proj)."""
+    if isinstance(module, HybridMambaMixer):
+        return False
+    parts = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj", "A_log", "D", "layer_idx", "ssm_state_size")
+    if not all(hasattr(module, a) for a in parts):
+        return False
+    return isinstance(module.A_log, nn.Parameter) and module.A_log.dim() == 2
+
+
+class HybridMambaMixer(MambaMixer):
+    """compressmamba's Mamba-1 mixer behind transformers' call, for Jamba and Falcon-Mamba: their
+    RMSNorms of Δ (over the rank), B and C (over N) are the stock modules themselves. B and C are
+    normalised as the stock layer at its original N would normalise them with the cut states at
+    zero (zero-padded to ``norm_states`` before the norm): before any cut the layer is the stock
+    one, and the zero-padded export at the original N is exact after any cut."""
+
+    norm_states: int = 0
+    _NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
+
+    @classmethod
+    def from_stock(cls, stock: nn.Module, config: CompressMambaConfig, hf_config=None) -> HybridMambaMixer:
+        if getattr(stock, "activation", "silu") != "silu":
+            raise ValueError(
+                f"layer {stock.layer_idx}: the mixer's conv activation is {stock.activation!r}; "
+                "compressmamba's Mamba kernels apply SiLU"
+            )
+        with torch.device("meta"):
+            ours = cls(config, stock.layer_idx)
+        for name in ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", *cls._NORMS):
+            if hasattr(stock, name):
+                setattr(ours, name, getattr(stock, name))
+        ours.norm_states = stock.ssm_state_size
+        return ours
+
+    def _norm_states(self, name: str, t: Tensor) -> Tensor:
+        norm = getattr(self, name, None)
+        if norm is None:
+            return t
+        n = t.shape[-1]
+        return norm(F.pad(t, (0, self.norm_states - n)))[..., :n]
+
+    def _dt_b_c(self, u: Tensor):
+        """u (b, l, d) after the conv → Δ before its bias (b, l, d), B, C (b, l, N), normalised."""
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if getattr(self, "dt_layernorm", None) is not None:
+            dt = self.dt_layernorm(dt)
+        B, C = self._norm_states("b_layernorm", B), self._norm_states("c_layernorm", C)
+        return dt @ self.dt_proj.weight.t(), B, C
+
+    def forward(self, hidden_states: Tensor, cache=None, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+        cache = cache if cache is not None else kwargs.get("cache_params")
+        mask = attention_mask[:, :, None] if attention_mask is not None and attention_mask.dim() == 2 else None
+        dtype = hidden_states.dtype
+        if mask is not None:
+            hidden_states = (hidden_states * mask).to(dtype)
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d, l)
+        weight, k = self.conv1d.weight.squeeze(1), self.conv1d.weight.shape[-1]
+        A = -torch.exp(self.A_log.float())
+        bias = self.dt_proj.bias.float()
+        previous = cache.get_conv_state(self.layer_idx) if cache is not None else None
+        if previous is not None:
+            if x.shape[-1] != 1:
+                raise NotImplementedError(
+                    "several new tokens on top of a cached state (chunked prefill, assisted or speculative "
+                    "decoding) are not supported by compressmamba's hybrid mixers; generate one token at a time"
+                )
+            u = causal_conv1d_update(x[:, :, 0], previous.clone(), weight, self.conv1d.bias, "silu")
+            cache.update_conv_state(x, self.layer_idx, conv_kernel_size=k)
+            dt, B, C = self._dt_b_c(u[:, None])
+            state = cache.get_recurrent_state(self.layer_idx).clone()
+            y = selective_state_update(
+                state, u, dt[:, 0], A, B[:, 0], C[:, 0], self.D.float(), z[:, :, 0], dt_bias=bias, dt_softplus=True
+            )
+            cache.update_recurrent_state(state, self.layer_idx)
+            return self.out_proj(y.unsqueeze(1).to(dtype))
+        if cache is not None:
+            cache.update_conv_state(x, self.layer_idx, conv_kernel_size=k)
+        u = causal_conv1d_fn(x, weight, self.conv1d.bias, "silu")
+        if mask is not None:
+            u = (u * mask.transpose(1, 2)).to(u.dtype)
+        dt, B, C = self._dt_b_c(u.transpose(1, 2))
+        dt, B, C = dt.transpose(1, 2), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        if self.stats is not None:
+            delta = F.softplus(dt.float() + bias[:, None], threshold=20.0)
+            self.stats.update(u=u.float(), delta=delta, A=A, B=B.float(), C=C.float())
+        y = selective_scan_fn(
+            u, dt, A, B, C, self.D.float(), z, bias, delta_softplus=True, return_last_state=cache is not None
+        )
+        if cache is not None:
+            y, last = y
+            cache.update_recurrent_state(last.contiguous(), self.layer_idx)
+        return self.out_proj(y.transpose(1, 2).to(dtype))
+
+    @torch.no_grad()
+    def truncate_(self, keep) -> dict:
+        """Mamba-1's selection (A_log columns, x_proj's B and C rows), and the B and C norms'
+        weights reordered to match: the kept states first, the free slots after (they scale
+        zeros)."""
+        maps = super().truncate_(keep)
+        if not maps:
+            return maps
+        keep = torch.as_tensor(keep, dtype=torch.long).cpu()
+        rest = torch.tensor([i for i in range(self.norm_states) if i not in set(keep.tolist())], dtype=torch.long)
+        order = torch.cat([keep, rest])
+        for name in ("b_layernorm", "c_layernorm"):
+            norm = getattr(self, name, None)
+            if norm is not None and isinstance(norm.weight, nn.Parameter):
+                norm.weight = nn.Parameter(norm.weight[order.to(norm.weight.device)].clone())
+                maps[f"{name}.weight"] = lambda t, o=order: t[o.to(t.device)]
+        return maps
+
+    @torch.no_grad()
+    def resize_(self, r: int, n_in: int | None = None) -> None:
+        if n_in:
+            raise ValueError(f"layer {self.layer_idx}: a Mamba-1 layer has no balanced state projection (bc_proj_in)")
+        if r >= self.state_size:
+            return
+        if self.A_log.device.type != "meta":
+            self.truncate_(torch.arange(r))
+            return
+        rank = self.dt_rank
+        self.A_log = nn.Parameter(self.A_log.new_empty(self.d_inner, r))
+        self.x_proj.weight = nn.Parameter(self.x_proj.weight.new_empty(rank + 2 * r, self.d_inner))
+        self.x_proj.out_features = rank + 2 * r
+        self.state_size = r
+        self.config.state_sizes[self.layer_idx] = r
+        self.config.state_size = max(self.config.state_sizes)
+
+    def stock_tensors(self, n_out: int, uniform: bool) -> dict[str, Tensor]:
+        """The layer's tensors in the stock family at N = ``n_out``: zero-padded (exact), or with
+        ``uniform`` at its own N, where the stock B and C norms average over that N instead of
+        the original: the norms' weights are rescaled by sqrt(N_orig / N), exact but for the
+        norms' eps (Jamba); norms without weights cannot be rescaled (Falcon-Mamba)."""
+        if not uniform:
+            if n_out != self.norm_states and getattr(self, "b_layernorm", None) is not None:
+                raise ValueError(f"layer {self.layer_idx}: its B/C norms average over N = {self.norm_states}")
+            return self.padded(n_out)
+        out, n = {}, self.state_size
+        for name in ("b_layernorm", "c_layernorm"):
+            norm = getattr(self, name, None)
+            if norm is None or n == self.norm_states:
+                continue
+            if not isinstance(norm.weight, nn.Parameter):
+                raise ValueError(
+                    f"layer {self.layer_idx}: its {name} has no weights (Falcon-Mamba), so a stock config at "
+                    f"N = {n} < {self.norm_states} would rescale B and C; export it zero-padded "
+                    "(convert --to transformers without --uniform: exact) or keep our format"
+                )
+            out[f"{name}.weight"] = norm.weight.detach()[:n] * math.sqrt(self.norm_states / n)
+        return out
+
+
 def _mixer_config(model: nn.Module, stock: nn.Module) -> CompressMamba2Config:
     """One config for every SSM layer of ``model`` (indexed by transformers' layer index), read
     off a stock mixer's geometry."""
@@ -279,21 +449,49 @@ def _mixer_config(model: nn.Module, stock: nn.Module) -> CompressMamba2Config:
     )
 
 
+def is_stock_mixer(module: nn.Module) -> bool:
+    """A transformers Mamba-2 or Mamba-1 mixer of any family."""
+    return is_stock_mamba2_mixer(module) or is_stock_mamba_mixer(module)
+
+
+def _mamba_config(model: nn.Module, stock: nn.Module) -> CompressMambaConfig:
+    """One Mamba-1 config for every SSM layer of ``model``, read off a stock mixer."""
+    return CompressMambaConfig(
+        vocab_size=1,
+        hidden_size=stock.in_proj.in_features,
+        num_hidden_layers=model.config.num_hidden_layers,
+        state_size=stock.ssm_state_size,
+        intermediate_size=stock.in_proj.out_features // 2,
+        conv_kernel=stock.conv1d.weight.shape[-1],
+        time_step_rank=stock.dt_proj.in_features,
+        use_bias=stock.in_proj.bias is not None,
+        use_conv_bias=stock.conv1d.bias is not None,
+    )
+
+
+_KINDS = (
+    (is_stock_mamba2_mixer, _mixer_config, "HybridMamba2Mixer"),
+    (is_stock_mamba_mixer, _mamba_config, "HybridMambaMixer"),
+)
+
+
 @torch.no_grad()
-def take_over_mixers_(model: nn.Module, state_sizes=None, bc_proj_in=None) -> list[HybridMamba2Mixer]:
-    """Replace every stock Mamba-2 mixer of ``model`` by :class:`HybridMamba2Mixer` (the same
-    parameters; mixers taken over already stay), then cut layer i to ``state_sizes[i]`` (the
-    first states of each group: the shapes a checkpoint of a cut model is loaded into) with a
-    ``bc_proj`` from ``bc_proj_in[i]`` where given. Returns the mixers in layer order."""
-    stock = [(name, m) for name, m in model.named_modules() if is_stock_mamba2_mixer(m)]
-    if stock:
-        config = _mixer_config(model, stock[0][1])
-        for name, m in stock:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, HybridMamba2Mixer.from_stock(m, config, model.config))
+def take_over_mixers_(model: nn.Module, state_sizes=None, bc_proj_in=None) -> list[nn.Module]:
+    """Replace every stock Mamba-2 or Mamba-1 mixer of ``model`` by compressmamba's
+    (:class:`HybridMamba2Mixer`, :class:`HybridMambaMixer`: the same parameters; mixers taken over
+    already stay), then cut layer i to ``state_sizes[i]`` (the first states of each group: the
+    shapes a checkpoint of a cut model is loaded into) with a ``bc_proj`` from ``bc_proj_in[i]``
+    where given. Returns the mixers in layer order."""
+    for is_kind, make_config, cls_name in _KINDS:
+        stock = [(name, m) for name, m in model.named_modules() if is_kind(m)]
+        if stock:
+            config = make_config(model, stock[0][1])
+            for name, m in stock:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), attr, globals()[cls_name].from_stock(m, config, model.config))
     mixers = ssm_mixers(model)
     if not mixers:
-        raise ValueError(f"{type(model).__name__} has no Mamba-2 mixer to take over")
+        raise ValueError(f"{type(model).__name__} has no Mamba mixer to take over")
     sizes = list(state_sizes) if state_sizes is not None else [m.state_size for m in mixers]
     widths = list(bc_proj_in) if bc_proj_in is not None else [None] * len(mixers)
     if len(sizes) != len(mixers) or len(widths) != len(mixers):
@@ -310,8 +508,9 @@ def take_over_mixers_(model: nn.Module, state_sizes=None, bc_proj_in=None) -> li
     return mixers
 
 
-def ssm_mixers(model: nn.Module) -> list[HybridMamba2Mixer]:
-    return sorted((m for m in model.modules() if isinstance(m, HybridMamba2Mixer)), key=lambda m: m.layer_idx)
+def ssm_mixers(model: nn.Module) -> list[nn.Module]:
+    kinds = (HybridMamba2Mixer, HybridMambaMixer)
+    return sorted((m for m in model.modules() if isinstance(m, kinds)), key=lambda m: m.layer_idx)
 
 
 class HybridMixin:
@@ -324,7 +523,7 @@ class HybridMixin:
         super().__init__(config, *args, **kwargs)
         take_over_mixers_(self, getattr(config, "state_sizes", None), getattr(config, "bc_proj_in", None))
 
-    def ssm_layers(self) -> list[HybridMamba2Mixer]:
+    def ssm_layers(self) -> list[nn.Module]:
         return ssm_mixers(self)
 
     @property
@@ -335,7 +534,7 @@ class HybridMixin:
         """``config.state_sizes`` / ``bc_proj_in`` as the layers are now (after cuts)."""
         mixers = self.ssm_layers()
         self.config.state_sizes = [m.state_size for m in mixers]
-        widths = [m.bc_width if m.bc_proj is not None else None for m in mixers]
+        widths = [m.bc_width if getattr(m, "bc_proj", None) is not None else None for m in mixers]
         self.config.bc_proj_in = widths if any(widths) else None
 
     def save_pretrained(self, *args, **kwargs):
@@ -362,6 +561,7 @@ def hybrid_classes(model_type: str) -> tuple[type, type]:
         for cls in (cfg_cls, lm_cls):  # importable by name (pickle, Accelerate's repr)
             cls.__module__ = __name__
             globals()[cls.__name__] = cls
+        compat.share_weight_conversions(cfg_cls.model_type, model_type)
         try:
             AutoConfig.register(cfg_cls.model_type, cfg_cls)
             AutoModelForCausalLM.register(cfg_cls, lm_cls)
@@ -470,7 +670,7 @@ def export_stock(model: nn.Module, out_dir: str | Path, uniform: bool = False) -
     names = {m: n for n, m in model.named_modules()}
     for m in mixers:
         prefix = names[m] + "."
-        sd.update({prefix + k: v for k, v in m.padded(n_out).items()})
+        sd.update({prefix + k: v for k, v in m.stock_tensors(n_out, uniform).items()})
     for k in [k for k in sd if k in _tied_targets(model)]:
         del sd[k]
     original[h.state_field] = n_out

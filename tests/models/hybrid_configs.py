@@ -67,9 +67,34 @@ TINY = {
         "ssm_in_multiplier": 1.4,
         "projectors_bias": True,
     },
+    "jamba": {
+        "num_hidden_layers": 4,
+        "intermediate_size": 48,
+        "attn_layer_period": 4,
+        "attn_layer_offset": 2,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "num_experts": 2,
+        "num_experts_per_tok": 1,
+        "mamba_d_state": 12,
+        "mamba_d_conv": 4,
+        "mamba_expand": 2,
+        "mamba_dt_rank": 5,
+    },
+    "falcon_mamba": {
+        "num_hidden_layers": 2,
+        "state_size": 12,
+        "expand": 2,
+        "time_step_rank": 5,
+        "conv_kernel": 4,
+    },
 }
+
+# families whose config has no attention heads
+NO_ATTENTION = {"falcon_mamba"}
 
 
 def tiny_config(model_type: str, vocab_size: int = 97) -> dict:
     """The stock config fields (with ``model_type``) of a tiny ``model_type`` model."""
-    return {"model_type": model_type, "vocab_size": vocab_size, **COMMON, **TINY[model_type]}
+    common = {"hidden_size": 32, "pad_token_id": 0} if model_type in NO_ATTENTION else COMMON
+    return {"model_type": model_type, "vocab_size": vocab_size, **common, **TINY[model_type]}

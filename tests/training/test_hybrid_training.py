@@ -1,4 +1,4 @@
-"""A transformers hybrid (here Granite 4.0-H and Nemotron-H, tiny and built from a config) trained
+"""A transformers hybrid (here Granite 4.0-H, Nemotron-H and Jamba, tiny, built from a config) trained
 with in-training cuts by the one trainer, resumed, run on two ranks, and compressed post hoc by
 ``compressmamba compress`` into each saved form."""
 
@@ -41,26 +41,34 @@ def _recipe(tmp_path, model_type, **red):
     }
 
 
-@pytest.mark.parametrize("model_type,method", [("granitemoehybrid", "output"), ("nemotron_h", "balanced")])
+# parameters a cut slices per SSM layer: in_proj, conv1d weight and bias (Mamba-2); A_log, x_proj
+# and the B and C norms' weights (Jamba)
+SLICED = {"granitemoehybrid": 3, "jamba": 4}
+
+
+@pytest.mark.parametrize(
+    "model_type,method", [("granitemoehybrid", "output"), ("nemotron_h", "balanced"), ("jamba", "output")]
+)
 def test_hybrid_compresses_while_training_and_resumes(tmp_path, model_type, method):
     _skip(model_type)
     recipe = _recipe(tmp_path, model_type, method=method)
     tr = Trainer(recipe_from_dict(recipe))
     s = tr.fit()
-    assert s["initial_state_sizes"] == [12, 12] and s["final_state_sizes"] == [3, 3]
+    n = len(tr.model.ssm_layers())
+    assert s["initial_state_sizes"] == [12] * n and s["final_state_sizes"] == [3] * n
     assert s["val_perplexity"] < 256
     cuts = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "cut"]
-    assert [c["new_sizes"] for c in cuts] == [[6, 6], [3, 3]]
-    if method == "output":  # in_proj and conv1d weight (and conv bias) of each layer: moments sliced
-        assert cuts[0]["optimizer"]["sliced"] == 6 and cuts[0]["optimizer"]["dropped"] == 0
+    assert [c["new_sizes"] for c in cuts] == [[6] * n, [3] * n]
+    if method == "output":  # Adam moments of every sliced parameter carried over
+        assert cuts[0]["optimizer"]["sliced"] == SLICED[model_type] * n and cuts[0]["optimizer"]["dropped"] == 0
     cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
-    assert cfg["model_type"] == "compressmamba_" + model_type and cfg["state_sizes"] == [3, 3]
+    assert cfg["model_type"] == "compressmamba_" + model_type and cfg["state_sizes"] == [3] * n
     again = Trainer(recipe_from_dict(recipe), resume=tmp_path / "run")
-    assert again.model.state_sizes == [3, 3]
+    assert again.model.state_sizes == [3] * n
     for (k, a), b in zip(again.model.state_dict().items(), tr.model.state_dict().values()):
         assert torch.equal(a.cpu(), b.cpu()), k
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
-    assert exported.state_sizes == [3, 3]
+    assert exported.state_sizes == [3] * n
 
 
 def test_post_hoc_compress_writes_ours_padded_and_uniform(tmp_path, capsys):
