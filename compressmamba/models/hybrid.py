@@ -1,12 +1,14 @@
-"""Hybrid language models of transformers (Mamba-2 mixers beside attention, MLP and MoE layers)
-with one state size per SSM layer.
+"""Language models of transformers with Mamba mixers (hybrids beside attention, MLP and MoE
+layers, and Falcon-Mamba) with one state size per SSM layer (docs/hybrids.md).
 
 transformers' own model runs every attention, MLP, MoE and norm layer; each Mamba-2 mixer is
-replaced by :class:`HybridMamba2Mixer`, compressmamba's per-layer-N mixer (the same weights
-under the same names, this project's kernels, the compressible-layer protocol). The families
-(``HYBRIDS``) differ in their config fields and layer patterns, not in the mixer: a stock mixer
-is recognised by what it holds (``in_proj``, ``conv1d``, per-head ``A_log``, ``dt_bias``, ``D``,
-``norm``, ``out_proj`` and its geometry attributes), so no family's private class is named here.
+replaced by :class:`HybridMamba2Mixer` and each Mamba-1 mixer by :class:`HybridMambaMixer`,
+compressmamba's per-layer-N mixers (the same weights under the same names, this project's
+kernels, the compressible-layer protocol). The families (``HYBRIDS``) differ in their config
+fields and layer patterns, less in the mixer: a stock mixer is recognised by what it holds
+(``in_proj``, ``conv1d``, ``A_log`` per head (Mamba-2) or per channel and state (Mamba-1), ...),
+so no family's private class is named here; the few family options (Falcon-H1's multipliers,
+norms before the gate, Jamba's and Falcon-Mamba's Δ/B/C norms) are read off the stock module.
 
 Three forms on disk (docs/hybrids.md):
 
@@ -710,7 +712,8 @@ FAMILY = register_family(
         model_types=tuple(t for h in HYBRIDS for t in (OUR_PREFIX + h, h)),
         load=load_hybrid,
         export=export_stock,
-        description="transformers hybrids with Mamba-2 mixers (Bamba, Granite 4.0-H, Zamba2, Nemotron-H), per-layer N",
+        description="transformers' hybrids, per-layer N: Mamba-2 mixers (Bamba, Granite 4.0-H, Zamba2, "
+        f"Nemotron-H, Falcon-H1), Mamba-1 mixers (Jamba, Falcon-Mamba); transformers >= {CACHE_SINCE}",
     )
 )
 
