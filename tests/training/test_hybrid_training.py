@@ -1,4 +1,4 @@
-"""A transformers hybrid (here Granite 4.0-H, Nemotron-H and Jamba, tiny, built from a config) trained
+"""Each transformers hybrid family (tiny, built from a config) trained
 with in-training cuts by the one trainer, resumed, run on two ranks, and compressed post hoc by
 ``compressmamba compress`` into each saved form."""
 
@@ -43,12 +43,19 @@ def _recipe(tmp_path, model_type, **red):
 
 # parameters a cut slices per SSM layer: in_proj, conv1d weight and bias (Mamba-2); A_log, x_proj
 # and the B and C norms' weights (Jamba)
-SLICED = {"granitemoehybrid": 3, "jamba": 4}
+SLICED = {"bamba": 3, "granitemoehybrid": 3, "zamba2": 3, "falcon_h1": 3, "jamba": 4, "falcon_mamba": 2}
+CASES = [
+    ("bamba", "output"),
+    ("granitemoehybrid", "output"),
+    ("zamba2", "output"),
+    ("nemotron_h", "balanced"),
+    ("falcon_h1", "output"),
+    ("jamba", "output"),
+    ("falcon_mamba", "output"),
+]
 
 
-@pytest.mark.parametrize(
-    "model_type,method", [("granitemoehybrid", "output"), ("nemotron_h", "balanced"), ("jamba", "output")]
-)
+@pytest.mark.parametrize("model_type,method", CASES)
 def test_hybrid_compresses_while_training_and_resumes(tmp_path, model_type, method):
     _skip(model_type)
     recipe = _recipe(tmp_path, model_type, method=method)
@@ -101,10 +108,11 @@ def test_post_hoc_compress_writes_ours_padded_and_uniform(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_hybrid_ddp_two_processes_identical_cuts(tmp_path):
-    _skip("granitemoehybrid")
+@pytest.mark.parametrize("model_type", sorted(hybrid.HYBRIDS))
+def test_hybrid_ddp_two_processes_identical_cuts(tmp_path, model_type):
+    _skip(model_type)
     recipe = tmp_path / "ddp.yaml"
-    model = {"name": "hybrid", "config": tiny_config("granitemoehybrid", vocab_size=256)}
+    model = {"name": "hybrid", "config": tiny_config(model_type, vocab_size=256)}
     recipe.write_text(
         "name: ddp-hybrid\nseed: 2\n"
         f"out_dir: {tmp_path / 'run'}\n"
@@ -122,4 +130,4 @@ def test_hybrid_ddp_two_processes_identical_cuts(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
     r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
-    assert len(r0) >= 2 and r0 == r1 and r0[-1]["sizes"] != [12, 12]
+    assert len(r0) >= 2 and r0 == r1 and max(r0[-1]["sizes"]) < 12
