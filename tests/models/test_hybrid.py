@@ -218,3 +218,21 @@ def test_falcon_h1_without_its_gated_norm_equals_stock():
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["granitemoehybrid", "jamba"])
+def test_left_padded_batch_generates_as_the_stock_model(model_type):
+    """Padded positions are masked before the mixer's projection and after its conv, as the
+    stock mixer masks them: a left-padded batch generates the stock model's tokens."""
+    stock = _stock(model_type)
+    ours = hybrid.from_stock(copy.deepcopy(stock))
+    ids = _ids(length=9)
+    mask = torch.ones_like(ids)
+    ids[0, :4], mask[0, :4] = 0, 0  # the first row is a shorter prompt, padded on the left
+    want = stock.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(ids, attention_mask=mask).logits, stock(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-6
+        )
