@@ -187,6 +187,10 @@ def load_pretrained(path_or_id: str | Path, *args, into: type | None = None, **k
     if kwargs.get("config") is None:
         family, cfg = checkpoint_family(path_or_id, **kwargs)
         if family is not None and cls is not None and not issubclass(family.causal_lm, cls):
+            if family.load is not None:  # a family that loads its own way (the hybrids)
+                raise ValueError(
+                    f"{path_or_id} is a {_kind(cfg)} checkpoint; load it with compressmamba.models.load_pretrained"
+                )
             name = family.causal_lm.__name__
             raise ValueError(
                 f"{path_or_id} is a {name} checkpoint (model type {_kind(cfg)}); "
