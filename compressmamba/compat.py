@@ -86,3 +86,21 @@ def version_status(name: str, version: str | None) -> str:
     if v >= Version(lo.lstrip(">=")) and v < Version(hi.lstrip("<")):
         return "ok"
     return f"outside the supported range {lo},{hi}"
+
+
+def share_weight_conversions(model_type: str, like: str) -> None:
+    """Checkpoints of ``model_type`` load and save with the weight conversions of stock type
+    ``like`` (renamed prefixes, fused MoE experts). transformers 5.x converts checkpoint layouts
+    by model type through ``conversion_mapping`` (``register_checkpoint_conversion_mapping``:
+    where absent, as in 4.x, there is nothing to share); our per-layer-N hybrids have their own
+    model type (``compressmamba_<family>``)."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:
+        return
+    mapping = get_checkpoint_conversion_mapping(like)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)

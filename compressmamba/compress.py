@@ -32,14 +32,24 @@ def _load_any(src: str):
     return load_pretrained(src).eval()
 
 
-def compress_model(model, calib_batches, tau: float, method: str = "output"):
-    """Cut ``model`` in place by the τ rule over ``calib_batches``; returns the CutReport."""
+def compress_model(model, calib_batches, tau: float | None, method: str = "output", uniform: int | bool = False):
+    """Cut ``model`` in place over ``calib_batches``: by the τ rule, each layer to its own N; with
+    ``uniform=True`` every layer to the largest N the rule chooses; with ``uniform=N`` (an int)
+    every layer to its N highest-energy states per group. Returns the CutReport."""
     from accelerate import Accelerator
 
-    cfg = ReductionConfig(mode="tolerance", tau=tau, method=method, calib_batches=len(calib_batches))
-    return compression_event(
-        model, cfg, 0, calib_batches, Accelerator(cpu=not torch.cuda.is_available()), torch.Generator().manual_seed(0)
-    )
+    fixed = uniform if isinstance(uniform, int) and not isinstance(uniform, bool) else None
+    if fixed is None and tau is None:
+        raise ValueError("give --tau (the τ rule) or --uniform N (one state size for every layer)")
+    cfg = ReductionConfig(
+        mode="tolerance", tau=0.0 if tau is None else tau, method=method, calib_batches=len(calib_batches),
+        uniform=bool(uniform),
+    )  # fmt: skip
+    if fixed is not None and fixed < 1:
+        raise ValueError(f"--uniform {fixed}: expected a state size >= 1")
+    plan = (lambda i, e: fixed) if fixed is not None else None
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    return compression_event(model, cfg, 0, calib_batches, acc, torch.Generator().manual_seed(0), plan=plan)
 
 
 def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_batches: int):
@@ -64,6 +74,10 @@ def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_b
 
 
 def _cmd_compress(args) -> int:
+    if args.tau is None and args.uniform in (False, True):
+        raise ValueError(
+            "give --tau (the τ rule), --tau with --uniform, or --uniform N (one state size for every layer)"
+        )
     if args.method == "balanced" and args.format == "transformers":
         raise ValueError(
             "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "
@@ -81,13 +95,13 @@ def _cmd_compress(args) -> int:
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
     batches = _calib_batches(args.calib, args.tokenizer, args.seq_len, args.batch_size, args.calib_batches)
-    report = compress_model(model, batches, args.tau, args.method)
+    report = compress_model(model, batches, args.tau, args.method, uniform=args.uniform)
     print(f"{'layer':>5} {'old N':>6} {'new N':>6} {'energy kept':>12}")
     for i, (o, n, e) in enumerate(zip(report.old_sizes, report.new_sizes, report.energy_kept)):
         print(f"{i:>5} {o:>6} {n:>6} {e:>12.4f}")
     out = Path(args.out)
     if args.format == "transformers":
-        export_transformers(model, out)
+        export_transformers(model, out, uniform=args.uniform is not False)
     else:
         model.save_pretrained(out)
     if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
@@ -135,7 +149,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the tau rule, and save the smaller model for fine-tuning.",
     )
     c.add_argument("checkpoint")
-    c.add_argument("--tau", type=float, required=True, help="fraction of energy a layer may discard, in [0, 1)")
+    c.add_argument("--tau", type=float, help="fraction of energy a layer may discard, in [0, 1)")
+    c.add_argument(
+        "--uniform",
+        nargs="?",
+        const=True,
+        default=False,
+        type=int,
+        metavar="N",
+        help="one state size for every layer: N, or without N the largest the tau rule chooses "
+        "(with --format transformers, a stock config at that N: the form stock runtimes save memory with)",
+    )
     c.add_argument("--calib", default="python_stdlib", help="python_stdlib, a file glob, or a hub dataset name")
     c.add_argument("--tokenizer", default="byte", help="byte, a tokenizer.json, or a hub tokenizer name")
     c.add_argument(

@@ -26,7 +26,12 @@ DATASETS: dict[str, Callable[..., Any]] = {}
 # the dataset facts (DataSplits.info) a model builder takes beside its recipe keys
 MODEL_INFO_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len")
 
-_MODEL_MODULES = ("compressmamba.models.lru", "compressmamba.models.mamba", "compressmamba.models.mamba2")
+_MODEL_MODULES = (
+    "compressmamba.models.lru",
+    "compressmamba.models.mamba",
+    "compressmamba.models.mamba2",
+    "compressmamba.models.hybrid",
+)
 _DATA_MODULES = (
     "compressmamba.data.mnist",
     "compressmamba.data.cifar",
@@ -79,7 +84,11 @@ class ModelFamily:
     * ``mamba_ssm_layer`` and ``from_mamba_ssm(ssm_cfg, shared_fields) -> config``: the mamba-ssm
       ``MambaLMHeadModel`` layer type it reads, and how that config becomes ours;
     * ``transformers_export``: ``(config class, model class, config fields shared with ours)`` of
-      the stock transformers family that ``export_transformers`` writes (zero-padded to one N).
+      the stock transformers family that ``export_transformers`` writes (zero-padded to one N);
+    * ``load(path_or_id, config_dict, **kwargs)`` / ``export(model, out_dir, uniform=False)``: a
+      family that loads and exports its own way (the hybrids, through transformers' stock
+      classes; ``causal_lm`` is then the base its per-type classes share, registered with the
+      Auto classes by the family itself).
     """
 
     name: str
@@ -90,6 +99,8 @@ class ModelFamily:
     mamba_ssm_layer: str | None = None
     from_mamba_ssm: Callable[[dict, dict], Any] | None = None
     transformers_export: tuple[str, str, tuple[str, ...]] | None = None
+    load: Callable[..., Any] | None = None
+    export: Callable[..., Any] | None = None
     description: str = field(default="", compare=False)
 
 
@@ -102,7 +113,7 @@ def register_family(spec: ModelFamily) -> ModelFamily:
         raise ValueError(f"model family {spec.name!r} is registered twice")
     register_model(spec.name)(spec.build)
     FAMILIES[spec.name] = spec
-    if spec.causal_lm is not None and spec.model_types:
+    if spec.causal_lm is not None and spec.model_types and spec.load is None:
         _register_auto(spec.model_types[0], spec.causal_lm)
     return spec
 

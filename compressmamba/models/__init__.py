@@ -1,20 +1,24 @@
-"""Models: the LRU, Mamba-1 and Mamba-2 (importing this registers both Mambas with transformers'
-Auto classes)."""
+"""Models: the LRU, Mamba-1, Mamba-2 and transformers' hybrids with Mamba-2 mixers (importing this
+registers both Mambas and every hybrid this transformers can run with transformers' Auto classes)."""
 
+from .hybrid import HYBRIDS, build_hybrid, export_stock
 from .lru import LRULayer, LRUModel, build_lru
 from .mamba import CompressMambaConfig, CompressMambaForCausalLM, build_mamba
 from .mamba2 import CompressMamba2Config, CompressMamba2ForCausalLM, build_mamba2
 
 __all__ = [
+    "HYBRIDS",
     "CompressMamba2Config",
     "CompressMamba2ForCausalLM",
     "CompressMambaConfig",
     "CompressMambaForCausalLM",
     "LRULayer",
     "LRUModel",
+    "build_hybrid",
     "build_lru",
     "build_mamba",
     "build_mamba2",
+    "export_stock",
     "load_pretrained",
 ]
 

@@ -187,11 +187,17 @@ def load_pretrained(path_or_id: str | Path, *args, into: type | None = None, **k
     if kwargs.get("config") is None:
         family, cfg = checkpoint_family(path_or_id, **kwargs)
         if family is not None and cls is not None and not issubclass(family.causal_lm, cls):
+            if family.load is not None:  # a family that loads its own way (the hybrids)
+                raise ValueError(
+                    f"{path_or_id} is a {_kind(cfg)} checkpoint; load it with compressmamba.models.load_pretrained"
+                )
             name = family.causal_lm.__name__
             raise ValueError(
                 f"{path_or_id} is a {name} checkpoint (model type {_kind(cfg)}); "
                 f"load it with {name}.from_pretrained or compressmamba.models.load_pretrained"
             )
+        if family is not None and family.load is not None:
+            return family.load(path_or_id, cfg, **kwargs)
         cls = cls or (family.causal_lm if family is not None else None)
         if cfg is not None and cfg.get("model_type") is None:
             model = load_mamba_ssm(resolve(path_or_id), cfg)
@@ -251,20 +257,25 @@ MAMBA_SHARED_FIELDS = (
 
 def _family_of(model) -> ModelFamily:
     for f in families().values():
-        if f.causal_lm is not None and type(model) is f.causal_lm:
+        if f.causal_lm is not None and isinstance(model, f.causal_lm):
             return f
     raise ValueError(f"{type(model).__name__} is no registered family's causal LM; nothing to export")
 
 
 @torch.no_grad()
-def export_transformers(model, out_dir: str | Path) -> Path:
+def export_transformers(model, out_dir: str | Path, uniform: bool = False) -> Path:
     """Write a plain transformers folder of the model's stock family (``MambaForCausalLM`` /
     ``Mamba2ForCausalLM``): every layer is zero-padded to the largest state size (each mixer's
     ``padded``: the padded states get zero input weights, so they stay at zero and outputs are
-    unchanged)."""
+    unchanged). A family with its own ``export`` (the hybrids) writes its stock form, with
+    ``uniform`` the stock config at the one N every layer has."""
     import transformers
 
     family = _family_of(model)
+    if family.export is not None:
+        return family.export(model, out_dir, uniform=uniform)
+    if uniform and len(set(model.state_sizes)) > 1:
+        raise ValueError(f"uniform export needs one state size in every layer, the model has {model.state_sizes}")
     if family.transformers_export is None:
         raise ValueError(f"model family {family.name!r} has no stock transformers form to export to")
     config_name, model_name, keys = family.transformers_export

@@ -82,6 +82,7 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         eos_token_id: int = 0,
         use_cache: bool = True,
         bc_proj_in: list[int | None] | None = None,
+        intermediate_size: int | None = None,
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
@@ -96,7 +97,8 @@ class CompressMamba2Config(compat.PreTrainedConfig):
             expand,
             head_dim,
         )
-        self.intermediate_size = int(expand * hidden_size)
+        # d_inner: expand·hidden_size unless given (hybrids whose d_inner is heads·head_dim)
+        self.intermediate_size = int(intermediate_size) if intermediate_size else int(expand * hidden_size)
         self.num_heads = int(num_heads) if num_heads is not None else self.intermediate_size // head_dim
         if self.num_heads * head_dim != self.intermediate_size:
             raise ValueError(
@@ -163,17 +165,21 @@ class BCProjection(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """RMSNorm(y · SiLU(z)) over groups of ``group_size`` channels (mamba-ssm's RMSNormGated with
-    norm_before_gate=False), computed in fp32."""
+    norm_before_gate=False), computed in fp32; with ``norm_before_gate`` RMSNorm(y) · SiLU(z)
+    (Falcon-H1's option)."""
 
-    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
-        self.group_size, self.eps = group_size, eps
+        self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        h = y.float() * F.silu(z.float())
+        gate = F.silu(z.float())
+        h = y.float() if self.norm_before_gate else y.float() * gate
         g = h.unflatten(-1, (-1, self.group_size))
         h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        if self.norm_before_gate:
+            return (self.weight.float() * h * gate).to(y.dtype)
         return self.weight * h.to(y.dtype)
 
 

@@ -73,6 +73,7 @@ class ReductionConfig:
     calib_batches: int = 4
     pragmatic_tolerance: float = 0.02
     plots: bool = True
+    uniform: bool = False  # one N for every layer at each cut: the largest the rule chose (stock runtimes' form)
 
 
 _TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction", "baseline")

@@ -106,15 +106,22 @@ def compression_event(
     names = _layer_names(model)
     stats = calibrate(model, layers, batches, accelerator)
     decisions: list[LayerDecision] = []
-    energies, orders = [], []
+    energies, orders, raw = [], [], []
     for i, (layer, s) in enumerate(zip(layers, stats)):
         method = cfg.method or getattr(layer, "default_energy_method", "hankel")
         e = layer.energy(s, method).detach().to(torch.float64).cpu()
         e_sorted, order = torch.sort(e.flatten(), descending=True)  # (G, n) energies report as G·n states
         energies.append(e_sorted.tolist())
         orders.append(order)
+        raw.append(e)
         rank = plan(i, e) if plan is not None else None
         decisions.append(decide_layer(e, cfg, generator, layer=names.get(id(layer), "?"), rank=rank))
+    if cfg.uniform and len({d.new for d in decisions}) > 1:
+        # one N for every layer: the largest the rule chose, so every layer keeps at least its share
+        r = max(d.new for d in decisions)
+        decisions = [
+            decide_layer(e, cfg, generator, layer=names.get(id(layer), "?"), rank=r) for layer, e in zip(layers, raw)
+        ]
     # rank 0 decides for everyone: every rank then cuts the same states
     box = [[(d.old, d.new, d.keep.tolist(), d.energy_kept) for d in decisions]]
     if accelerator.num_processes > 1:

@@ -95,8 +95,11 @@ def test_bad_transformers_checkpoint_names_key_and_shapes(tmp_path):
         AutoModelForCausalLM.from_pretrained(
             tmp_path / "unexpected", config=CompressMambaConfig.from_pretrained(tmp_path / "unexpected")
         )
-    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="jamba"))
-    with pytest.raises(ValueError, match="unknown model type 'jamba'"):
+    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="llama"))
+    with pytest.raises(ValueError, match="unknown model type 'llama'"):
+        CompressMambaForCausalLM.from_pretrained(tmp_path / "missing")
+    _rewrite(tmp_path / "missing", edit_cfg=lambda c: c.update(model_type="jamba"))  # a family, not this class
+    with pytest.raises(ValueError, match="is a jamba checkpoint; load it with compressmamba.models.load_pretrained"):
         CompressMambaForCausalLM.from_pretrained(tmp_path / "missing")
 
 
