@@ -28,7 +28,8 @@ def _load_any(src: str):
             raise ValueError(
                 f"{src} is a checkpoint of a {name!r} model; compress expects a language model, one of {lms}"
             )
-        return model_from_checkpoint(ck, {"vocab_size": ck["model"]["backbone.embeddings.weight"].shape[0]})
+        # every language model here has an output head (tied or not) named lm_head
+        return model_from_checkpoint(ck, {"vocab_size": ck["model"]["lm_head.weight"].shape[0]})
     return load_pretrained(src).eval()
 
 

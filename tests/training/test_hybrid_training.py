@@ -76,6 +76,11 @@ def test_hybrid_compresses_while_training_and_resumes(tmp_path, model_type, meth
         assert torch.equal(a.cpu(), b.cpu()), k
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert exported.state_sizes == [3] * n
+    if model_type == "granitemoehybrid":  # a run folder compresses post hoc like a model folder
+        out = tmp_path / "post_hoc"
+        args = ["--tau", "0.3", "--calib-batches", "2", "--batch-size", "2", "--seq-len", "32", "--out", str(out)]
+        assert main(["compress", str(tmp_path / "run"), *args]) == 0
+        assert max(json.loads((out / "config.json").read_text())["state_sizes"]) <= 3
 
 
 def test_post_hoc_compress_writes_ours_padded_and_uniform(tmp_path, capsys):
