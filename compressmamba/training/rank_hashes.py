@@ -1,7 +1,7 @@
 """A test hook: with ``COMPRESSMAMBA_RANK_HASHES=1`` in the environment, every rank of a
 multi-process run appends a hash of its parameters to ``RUN_DIR/rank<i>_hashes.jsonl`` after
 each cut and at the end, so the DDP tests can check that the ranks cut and trained alike
-(tests/training/conftest.py sets it). Production runs write no such file."""
+(tests/conftest.py sets it). Production runs write no such file."""
 
 from __future__ import annotations
 
