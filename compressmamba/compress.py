@@ -66,7 +66,21 @@ def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_b
     ]
 
 
+def _check_compress_options(args) -> None:
+    """The numbers compress takes, checked before any model or data is read."""
+    if not 0 <= args.tau < 1:
+        raise ValueError(f"--tau {args.tau}: expected the fraction of each layer's energy to discard, in [0, 1)")
+    for flag, value in (
+        ("--calib-batches", args.calib_batches),
+        ("--batch-size", args.batch_size),
+        ("--seq-len", args.seq_len),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive integer")
+
+
 def _cmd_compress(args) -> int:
+    _check_compress_options(args)
     if args.method == "balanced" and args.format == "transformers":
         raise ValueError(
             "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "

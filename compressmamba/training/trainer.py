@@ -107,7 +107,7 @@ class Trainer(RunFolder, Evaluation):
         sizes = self.ckpt["state_sizes"] if self.ckpt else None
         self.model = self._build_model(sizes)
         if self.ckpt:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
-            self.model.load_state_dict(self.ckpt["model"])
+            self._load_checkpoint_model(resume, changes)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = 0
         self.state = {
@@ -233,6 +233,25 @@ class Trainer(RunFolder, Evaluation):
             f"{what} not finite at step {step} (lr {lr:.3g}) with finite inputs: lower optim.lr or set "
             f"optim.grad_clip (a resume then needs --allow-recipe-change). {self._resume_hint()}"
         )
+
+    def _load_checkpoint_model(self, resume, changes: list[dict]) -> None:
+        """The checkpoint's weights into the model the recipe built; a model of another shape (a
+        resume under --allow-recipe-change with other model keys) is refused in one line."""
+        try:
+            self.model.load_state_dict(self.ckpt["model"])
+        except RuntimeError:
+            have = self.model.state_dict()
+            odd = [
+                f"{k} {list(v.shape)} in the checkpoint, {list(have[k].shape)} in the recipe's model"
+                for k, v in self.ckpt["model"].items()
+                if k in have and tuple(v.shape) != tuple(have[k].shape)
+            ] or [f"the parameter names differ ({sorted(set(self.ckpt['model']) ^ set(have))[:3]} ...)"]
+            keys = [f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes if c["key"].startswith("model.")]
+            raise ValueError(
+                f"--resume {resume}: the checkpoint's model does not fit the recipe's ({odd[0]}); a resume cannot "
+                f"change the model's shape ({', '.join(keys) or 'model keys'}): resume with the checkpoint's model "
+                "keys, or start a new run elsewhere (out_dir=NEW_FOLDER)"
+            ) from None
 
     def _resume_hint(self) -> str:
         ck = checkpoint_path(self.run_dir)
