@@ -66,8 +66,19 @@ def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_b
     ]
 
 
+def _check_out_folder(what: str, path: str) -> None:
+    """The folder a command writes a model into must be a folder or creatable as one (transformers'
+    save_pretrained only logs a file in the way, writes nothing and returns)."""
+    blocker = Path(path).expanduser()
+    while not blocker.exists() and blocker != blocker.parent:
+        blocker = blocker.parent
+    if blocker.exists() and not blocker.is_dir():
+        raise ValueError(f"{what} {path}: {blocker} is a file, not a folder; give a new folder for the model")
+
+
 def _check_compress_options(args) -> None:
     """The numbers compress takes, checked before any model or data is read."""
+    _check_out_folder("--out", args.out)
     if not 0 <= args.tau < 1:
         raise ValueError(f"--tau {args.tau}: expected the fraction of each layer's energy to discard, in [0, 1)")
     for flag, value in (
@@ -127,6 +138,7 @@ def _cmd_compress(args) -> int:
 
 
 def _cmd_convert(args) -> int:
+    _check_out_folder("DST", args.dst)
     model = _load_any(args.src)
     if args.to == "transformers":
         export_transformers(model, args.dst)
