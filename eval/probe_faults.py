@@ -318,6 +318,38 @@ def _(pr, d):
     return pr.train_lm(d, f"out_dir={run}", "model.d_model=24", "--resume", str(run), "--allow-recipe-change")
 
 
+@case(
+    "resume_and_overwrite",
+    "refused",
+    "--resume RUN and --overwrite together",
+    ("--resume", "--overwrite"),
+    check=_finished_run_intact,
+)
+def _(pr, d):
+    run = pr.copy_run(d)
+    (d / "hashes.json").write_text(json.dumps(_file_hashes(run)))
+    return pr.train_lm(d, f"out_dir={run}", "--resume", str(run), "--overwrite")
+
+
+def _tracker_really_there(pr: Probe, d: Path, o: Outcome) -> str | None:
+    import importlib.util
+
+    if o.rc == 0 and importlib.util.find_spec("wandb") is None:
+        return "trained with train.report_to=wandb and no wandb installed: logged nowhere"
+    return None
+
+
+@case(
+    "report_to_not_installed",
+    "either",
+    "train.report_to=wandb (refused when wandb is not installed)",
+    ("train.report_to", "wandb"),
+    check=_tracker_really_there,
+)
+def _(pr, d):
+    return pr.train_lm(d, "train.report_to=wandb", f"out_dir={d / 'run'}")
+
+
 @case("resume_no_checkpoint", "refused", "--resume an empty folder", ("last.pt",))
 def _(pr, d):
     (d / "empty").mkdir()

@@ -63,6 +63,11 @@ class Trainer(RunFolder, Evaluation):
         allow_recipe_change: bool = False,
         overwrite: bool = False,
     ):
+        if resume is not None and overwrite:
+            raise ValueError(
+                f"--resume {resume} and --overwrite contradict each other: --resume continues that run, "
+                "--overwrite replaces the run in the run folder; give one of them"
+            )
         self.recipe = recipe
         self.extra_loss = extra_loss
         self.callbacks = list(callbacks or [])
@@ -83,6 +88,7 @@ class Trainer(RunFolder, Evaluation):
                 "records fp16); use train.mixed_precision=no or bf16 on the CPU"
             )
         trackers = tracking.tracker_names(t.report_to)
+        tracking.check_trackers(trackers)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=t.mixed_precision,
             cpu=cpu,

@@ -71,6 +71,26 @@ def test_resume_with_another_model_shape_is_refused_in_one_line(toy_recipe, tmp_
     assert "model.d_model 6 -> 10" in msg and "out_dir=" in msg and "\n" not in msg, msg
 
 
+def test_resume_and_overwrite_together_are_refused(toy_recipe, tmp_path):
+    """Probe (issue 25): --resume RUN --overwrite resumed and ignored --overwrite, in silence."""
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(_short(toy_recipe))).fit()
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"--resume .* and --overwrite contradict each other"):
+        Trainer(recipe_from_dict(_short(toy_recipe)), resume=run, overwrite=True)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_a_tracker_that_is_not_installed_is_refused_naming_the_key(toy_recipe, monkeypatch):
+    """Probe (issue 25): train.report_to=wandb without wandb installed trained on after
+    Accelerate's warning and logged nowhere."""
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(ValueError, match=r"train\.report_to = 'wandb': .*pip install wandb"):
+        Trainer(recipe_from_dict(_short(toy_recipe, report_to="wandb")))
+
+
 def test_fp16_on_the_cpu_is_refused_naming_the_key(toy_recipe):
     """Weak spot: fp16 on the CPU was accepted and recorded while the run trained in fp32."""
     with pytest.raises(ValueError, match=r"train\.mixed_precision = 'fp16'.*no or bf16"):
