@@ -12,8 +12,9 @@ from . import __version__
 
 def _cmd_train(args) -> int:
     from .training import Trainer, load_recipe
+    from .training.config import parse_seeds
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    seeds = parse_seeds(args.seeds) if args.seeds else [None]
     for seed in seeds:
         overrides = list(args.overrides)
         if seed is not None:
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: continue under a recipe that differs from the checkpoint's (e.g. more train.steps); "
         "the change is recorded in metrics.jsonl",
     )
-    t.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2,3,4)")
+    t.add_argument("--seeds", help="seeds, one run each: comma-separated or ranges (e.g. 0,1,2 or 0-4)")
     t.set_defaults(func=_cmd_train)
 
     from . import compress, env, evaluate, recipe_index

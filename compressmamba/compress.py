@@ -74,11 +74,36 @@ def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_b
     ]
 
 
-def _cmd_compress(args) -> int:
+def _check_out_folder(what: str, path: str) -> None:
+    """The folder a command writes a model into must be a folder or creatable as one (transformers'
+    save_pretrained only logs a file in the way, writes nothing and returns)."""
+    blocker = Path(path).expanduser()
+    while not blocker.exists() and blocker != blocker.parent:
+        blocker = blocker.parent
+    if blocker.exists() and not blocker.is_dir():
+        raise ValueError(f"{what} {path}: {blocker} is a file, not a folder; give a new folder for the model")
+
+
+def _check_compress_options(args) -> None:
+    """The numbers compress takes, checked before any model or data is read."""
+    _check_out_folder("--out", args.out)
     if args.tau is None and args.uniform in (False, True):
         raise ValueError(
             "give --tau (the τ rule), --tau with --uniform, or --uniform N (one state size for every layer)"
         )
+    if args.tau is not None and not 0 <= args.tau < 1:
+        raise ValueError(f"--tau {args.tau}: expected the fraction of each layer's energy to discard, in [0, 1)")
+    for flag, value in (
+        ("--calib-batches", args.calib_batches),
+        ("--batch-size", args.batch_size),
+        ("--seq-len", args.seq_len),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive integer")
+
+
+def _cmd_compress(args) -> int:
+    _check_compress_options(args)
     if args.method == "balanced" and args.format == "transformers":
         raise ValueError(
             "--method balanced adds a state projection that plain transformers Mamba2 cannot express: "
@@ -125,6 +150,7 @@ def _cmd_compress(args) -> int:
 
 
 def _cmd_convert(args) -> int:
+    _check_out_folder("DST", args.dst)
     model = _load_any(args.src)
     if args.to == "transformers":
         export_transformers(model, args.dst)

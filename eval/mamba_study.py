@@ -563,20 +563,10 @@ def plot(study: dict, path: Path) -> None:
 
 # --- command line ------------------------------------------------------------------------------
 def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` or ``0-4`` (inclusive) or a mix: ``0-2,7``."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.split("-", 1)
-                seeds += range(int(lo), int(hi) + 1)
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers or ranges like 0-4") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {text!r}: expected distinct non-negative seeds")
-    return seeds
+    """``0,1,2`` or ``0-4`` (inclusive) or a mix: ``0-2,7`` (the rule ``compressmamba train --seeds`` uses)."""
+    from compressmamba.training.config import parse_seeds as parse
+
+    return parse(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -657,5 +647,16 @@ def main(argv=None) -> dict | None:
     return study
 
 
+def cli(argv=None) -> int:
+    """``python -m compressmamba.eval.mamba_study``: :func:`main`, with a bad option, recipe or
+    override said in one line (exit 2) as ``compressmamba train`` says it, not as a traceback."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        print(f"mamba_study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

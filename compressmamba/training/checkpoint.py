@@ -230,3 +230,24 @@ def _alternative(path: Path) -> str:
     if prev != path and prev.is_file() and verify_checksum(prev) is None:
         return f"The previous checkpoint {prev} is intact: resume from it with --resume {prev}."
     return "No intact earlier checkpoint is here: restart the run (--overwrite)."
+
+
+def load_checkpoint_model(model, ckpt: dict, resume, changes: list[dict]) -> None:
+    """The checkpoint's weights into ``model`` (the one the recipe built); a model of another
+    shape (a resume under --allow-recipe-change with other model keys) is refused in one line."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        have = model.state_dict()
+        odd = [
+            f"{k} {list(v.shape)} in the checkpoint, {list(have[k].shape)} in the recipe's model"
+            for k, v in ckpt["model"].items()
+            if k in have and tuple(v.shape) != tuple(have[k].shape)
+        ] or [f"the parameter names differ ({sorted(set(ckpt['model']) ^ set(have))[:3]} ...)"]
+        keys = [f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes if c["key"].startswith("model.")]
+        raise ValueError(
+            f"--resume {resume}: the checkpoint's model does not fit the recipe's ({odd[0]}); a resume cannot "
+            f"change the model's shape ({', '.join(keys) or 'model keys'}): resume with the checkpoint's model "
+            "keys, or start a new run elsewhere (out_dir=NEW_FOLDER)"
+        ) from None
+

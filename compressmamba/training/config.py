@@ -196,6 +196,24 @@ def _seed(v) -> int:
     return int(v)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """A ``--seeds`` option: ``0,1,2`` or ``0-4`` (inclusive) or a mix (``0-2,7``); distinct,
+    non-negative. ValueError naming the option, the value and the form expected."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                seeds += range(int(lo), int(hi) + 1)
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers or ranges like 0-4") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct non-negative seeds")
+    return seeds
+
+
 def recipe_from_dict(raw: dict) -> Recipe:
     if "base" in raw:
         raise ValueError(
@@ -266,9 +284,13 @@ def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
         loop = " -> ".join(str(p) for p in (*chain, here))
         raise ValueError(f"recipe {chain[0]}: its base chain is a cycle ({loop}); remove one of the `base:` keys")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"recipe {path} is not a text file (byte {e.start} is not UTF-8): expected a YAML recipe"
+        ) from None
     if not isinstance(raw, dict):
         raise ValueError(
             f"recipe {path} holds a {type(raw).__name__}: expected a mapping of sections (name, model, ...)"
@@ -308,7 +330,10 @@ def builder_keys(kind: str, name: str) -> list[str] | None:
 
 def _check_builder_section(section: str, values: dict) -> None:
     """Every key of the ``model`` / ``data`` section must be a parameter of its builder."""
-    valid = builder_keys(section, values["name"])
+    try:
+        valid = builder_keys(section, values["name"])
+    except ValueError as e:  # an unknown name: say which key holds it
+        raise ValueError(f"{section}.name = {values['name']!r}: {e}") from None
     if valid is None:
         return
     unknown = sorted(set(values) - {"name"} - set(valid))
@@ -332,6 +357,9 @@ def _check_model(m: dict) -> None:
         if v is not None:
             ok = _positive_int(v) or (isinstance(v, list) and v and all(_positive_int(x) for x in v))
             _check(ok, f"model.{key}", v, "a positive integer or a list of positive integers (one per layer)")
+            if isinstance(v, list) and _positive_int(m.get("n_layers")) and len(v) != m["n_layers"]:
+                _check(False, f"model.{key}", v, f"{m['n_layers']} sizes, one per layer (model.n_layers = "
+                       f"{m['n_layers']}), or one integer for every layer")
 
 
 def _check_optim(o: OptimConfig) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import yaml
 from accelerate.utils import broadcast_object_list
@@ -21,6 +22,17 @@ from .metrics import MetricsWriter, write_json
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model", "plots", "trackers")
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """A run folder must be a folder or creatable as one: ValueError naming the file in the way."""
+    blocker = run_dir
+    while not blocker.exists() and blocker != blocker.parent:
+        blocker = blocker.parent
+    if blocker.exists() and not blocker.is_dir():
+        raise ValueError(
+            f"out_dir = '{run_dir}': {blocker} is a file, not a folder; give out_dir=A_FOLDER (new, or a run folder)"
+        )
+
+
 class RunFolder:
     """The Trainer's run folder, metrics rows, trackers and summary (see ``trainer.Trainer``)."""
 
@@ -29,6 +41,7 @@ class RunFolder:
         holding one is refused (on every rank, as the main process sees it) or, with
         ``overwrite``, cleared of the old run's files first."""
         acc = self.accelerator
+        check_run_dir(self.run_dir)
         if resume is not None:
             ck = checkpoint_path(resume)
             home = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent

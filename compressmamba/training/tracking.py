@@ -16,6 +16,23 @@ def tracker_names(report_to) -> list[str]:
     return list(report_to)
 
 
+_PIP_NAMES = {"comet_ml": "comet-ml"}
+
+
+def check_trackers(names: list[str]) -> None:
+    """Every tracker ``train.report_to`` names must be installed: Accelerate only warns and the
+    run then logs nowhere but metrics.jsonl. ValueError naming the key, the tracker and the fix."""
+    import accelerate.utils
+
+    for name in names:
+        available = getattr(accelerate.utils, f"is_{name}_available", None)  # public; None: a name it lacks
+        if available is not None and not available():
+            raise ValueError(
+                f"train.report_to = {name!r}: the {name} package is not installed, so nothing would be logged "
+                f"there; pip install {_PIP_NAMES.get(name, name)}, or drop {name} from train.report_to"
+            )
+
+
 def flat_config(d: dict, prefix: str = "") -> dict:
     """A nested recipe as ``{"optim.lr": 0.001, ...}`` with values trackers accept (bool, int,
     float, str; lists and None as text)."""

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import rank_hashes, tracking
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_from_dict
 from .cut_controller import CutController
 from .data import StepBatches
@@ -57,6 +57,11 @@ class Trainer(RunFolder, Evaluation):
         allow_recipe_change: bool = False,
         overwrite: bool = False,
     ):
+        if resume is not None and overwrite:
+            raise ValueError(
+                f"--resume {resume} and --overwrite contradict each other: --resume continues that run, "
+                "--overwrite replaces the run in the run folder; give one of them"
+            )
         self.recipe, self.extra_loss, self.callbacks = recipe, extra_loss, list(callbacks or [])
         if recipe.reduction.plots and recipe.reduction.mode != "none":
             from .plots import PlotCallback
@@ -67,6 +72,7 @@ class Trainer(RunFolder, Evaluation):
         self.ckpt = load_checkpoint(resume) if resume else None
         changes = self._check_recipe_change(allow_recipe_change)
         trackers = tracking.tracker_names(t.report_to)
+        tracking.check_trackers(trackers)
         self.accelerator = acc = _accelerator(recipe, trackers, accelerator)
         if rank_hashes.wanted(acc.num_processes):
             self.callbacks.insert(0, rank_hashes.RankHashes())
@@ -81,7 +87,7 @@ class Trainer(RunFolder, Evaluation):
         ck = self.ckpt
         self.model = self._build_model(ck["state_sizes"] if ck else None)
         if ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
-            self.model.load_state_dict(ck["model"])
+            load_checkpoint_model(self.model, ck, resume, changes)
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = ck["step"] if ck else 0
         self.state = TrainerState(initial_state_sizes=self.model.state_sizes)

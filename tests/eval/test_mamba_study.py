@@ -256,3 +256,18 @@ def test_sigterm_stops_the_workers_too(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["--seeds", "4-x"], "--seeds '4-x'"),
+        (["--arms", "compressed,bigger"], "'bigger'"),
+        (["model.expand=abc"], "model.expand = 'abc'"),
+    ],
+)
+def test_the_study_says_a_bad_option_in_one_line(args, says, tmp_path, capsys):
+    """Probe (issue 25): the study's own checks ended in tracebacks (python -m ... --seeds 4-x)."""
+    assert ms.cli(["lm/stdlib_demo", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("mamba_study: error:") and says in err, err

@@ -135,3 +135,32 @@ def test_a_checkpoint_damaged_in_place_is_refused_naming_the_previous_one(toy_re
     assert load_checkpoint(ckdir / "prev.pt")["step"] == 2
     tr = Trainer(recipe_from_dict(raw), resume=ckdir / "prev.pt")
     assert tr.step == 2
+
+
+def test_compress_checks_its_numbers_before_reading_anything(tmp_path, capsys):
+    """Probe (issue 25): --tau 1.5 was found by a layer after the model and the calibration data
+    were loaded, in words that named no option."""
+    from compressmamba.cli import main
+
+    missing = str(tmp_path / "no_such_model")
+    assert main(["compress", missing, "--tau", "1.5", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--tau 1.5" in err and "[0, 1)" in err, err
+    assert main(["compress", missing, "--tau", "0.1", "--seq-len", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--seq-len 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["convert", "compress"])
+def test_a_destination_that_is_a_file_is_refused_before_the_work(tmp_path, capsys, command):
+    """Probe (issue 25): convert RUN FILE logged transformers' "should be a directory", wrote
+    nothing, and said "wrote ... checkpoint to FILE" with exit 0."""
+    from compressmamba.cli import main
+
+    dst = tmp_path / "a_file"
+    dst.write_text("mine")
+    src = str(tmp_path / "no_such_model")
+    args = ["convert", src, str(dst)] if command == "convert" else ["compress", src, "--tau", "0.1", "--out", str(dst)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{dst} is a file" in err, err
+    assert dst.read_text() == "mine"

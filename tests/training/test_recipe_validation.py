@@ -111,6 +111,11 @@ _LM = (
         (_LM, ["train.steps=[1,"], ["train.steps=[1,", "not valid YAML"]),
         ("name: x\nmodel: {name: mamba\n", [], ["not valid YAML", "line 3"]),
         ("- a list\n", [], ["holds a list", "mapping"]),
+        # issue 25's probe: these named no key (the registry's words, int()'s words, a bare length rule)
+        (_LM, ["model.name=transformer"], ["model.name = 'transformer'", "'mamba'"]),
+        (_LM, ["data.name=imagenet"], ["data.name = 'imagenet'", "'text_lm'"]),
+        (_LM, ["model.state_size=[4,4]"], ["model.state_size = [4, 4]", "model.n_layers = 1"]),
+        (_LM, ["--seeds", "0,x"], ["--seeds '0,x'", "0-4"]),
     ],
 )
 def test_weak_spots_get_one_line_naming_key_value_and_fix(tmp_path, capsys, text, overrides, says):
@@ -123,3 +128,21 @@ def test_weak_spots_get_one_line_naming_key_value_and_fix(tmp_path, capsys, text
     assert err.count("\n") == 0 and all(s in err for s in says), err
     if "not valid YAML" in err and not overrides:
         assert str(recipe) in err
+
+
+def test_a_binary_recipe_file_is_refused_naming_it(tmp_path, capsys):
+    """Probe (issue 25): a recipe that is no text ended in UnicodeDecodeError's words, naming no file."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"\x00\xff\xfe\x89PNG\r\n" + bytes(range(256)))
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(recipe) in err and "not a text file" in err, err
+
+
+def test_train_seeds_take_lists_and_ranges():
+    from compressmamba.training.config import parse_seeds
+
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7] and parse_seeds("3") == [3]
+    for bad in ("0,x", "", "1,1", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

@@ -46,6 +46,51 @@ def test_a_new_run_in_a_folder_holding_one_is_refused_and_overwrite_replaces_it(
     assert Trainer(recipe_from_dict(_short(toy_recipe, steps=2)), resume=run).step == 2
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_an_out_dir_that_is_a_file_is_refused_naming_it(toy_recipe, tmp_path, under):
+    """Probe (issue 25): out_dir inside a file ended in NotADirectoryError's traceback (out_dir
+    naming a file: in FileExistsError's words, after the data were built)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "run" if under else blocker
+    with pytest.raises(ValueError, match=rf"out_dir = '{out}': {blocker} is a file"):
+        Trainer(recipe_from_dict({**_short(toy_recipe), "out_dir": str(out)}))
+    assert blocker.read_text() == "not a folder"
+
+
+def test_resume_with_another_model_shape_is_refused_in_one_line(toy_recipe, tmp_path):
+    """Probe (issue 25): --resume --allow-recipe-change with model.d_model changed ended in
+    load_state_dict's size-mismatch traceback."""
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(_short(toy_recipe))).fit()
+    wider = _short(toy_recipe)
+    wider["model"] = {**wider["model"], "d_model": 10}
+    with pytest.raises(ValueError) as e:
+        Trainer(recipe_from_dict(wider), resume=run, allow_recipe_change=True)
+    msg = str(e.value)
+    assert "model.d_model 6 -> 10" in msg and "out_dir=" in msg and "\n" not in msg, msg
+
+
+def test_resume_and_overwrite_together_are_refused(toy_recipe, tmp_path):
+    """Probe (issue 25): --resume RUN --overwrite resumed and ignored --overwrite, in silence."""
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(_short(toy_recipe))).fit()
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"--resume .* and --overwrite contradict each other"):
+        Trainer(recipe_from_dict(_short(toy_recipe)), resume=run, overwrite=True)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_a_tracker_that_is_not_installed_is_refused_naming_the_key(toy_recipe, monkeypatch):
+    """Probe (issue 25): train.report_to=wandb without wandb installed trained on after
+    Accelerate's warning and logged nowhere."""
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(ValueError, match=r"train\.report_to = 'wandb': .*pip install wandb"):
+        Trainer(recipe_from_dict(_short(toy_recipe, report_to="wandb")))
+
+
 def test_fp16_on_the_cpu_is_refused_naming_the_key(toy_recipe):
     """Weak spot: fp16 on the CPU was accepted and recorded while the run trained in fp32."""
     with pytest.raises(ValueError, match=r"train\.mixed_precision = 'fp16'.*no or bf16"):
