@@ -135,6 +135,32 @@ def is_stock_mamba2_mixer(module: nn.Module) -> bool:
     return isinstance(module.A_log, nn.Parameter) and module.A_log.dim() == 1
 
 
+def _call_args(hidden_states: Tensor, cache, attention_mask: Tensor | None, kwargs: dict):
+    """What a decoder layer passes a mixer: the cache (``cache=``, or ``cache_params=`` before
+    transformers 5.24), the padding mask (b, l, 1) when given as (b, l), and the hidden states
+    with padded positions zeroed, as the stock mixers zero them."""
+    cache = cache if cache is not None else kwargs.get("cache_params")
+    mask = attention_mask[:, :, None] if attention_mask is not None and attention_mask.dim() == 2 else None
+    if mask is not None:
+        hidden_states = (hidden_states * mask).to(hidden_states.dtype)
+    return cache, mask, hidden_states
+
+
+def _twin(cls, stock: nn.Module, config, parts: tuple[str, ...]) -> nn.Module:
+    """Our mixer ``cls`` for ``stock``'s layer, built on the meta device, holding ``stock``'s
+    ``parts`` (the same modules and tensors)."""
+    if getattr(stock, "activation", "silu") != "silu":
+        raise ValueError(
+            f"layer {stock.layer_idx}: the mixer's conv activation is {stock.activation!r}; "
+            "compressmamba's Mamba kernels apply SiLU"
+        )
+    with torch.device("meta"):
+        ours = cls(config, stock.layer_idx)
+    for name in parts:
+        setattr(ours, name, getattr(stock, name))
+    return ours
+
+
 class HybridMamba2Mixer(Mamba2Mixer):
     """compressmamba's Mamba-2 mixer (per-layer N, the protocol, this project's kernels) behind
     the call transformers' hybrid decoder layers make: ``mixer(hidden_states, cache=...,
@@ -145,15 +171,7 @@ class HybridMamba2Mixer(Mamba2Mixer):
     def from_stock(cls, stock: nn.Module, config: CompressMamba2Config, hf_config=None) -> HybridMamba2Mixer:
         """Take over ``stock``'s parameters (the same tensors, not copies); ``hf_config`` is the
         model's transformers config."""
-        if getattr(stock, "activation", "silu") != "silu":
-            raise ValueError(
-                f"layer {stock.layer_idx}: the mixer's conv activation is {stock.activation!r}; "
-                "compressmamba's Mamba-2 kernels apply SiLU"
-            )
-        with torch.device("meta"):
-            ours = cls(config, stock.layer_idx)
-        for name in ("in_proj", "conv1d", "out_proj", "A_log", "dt_bias", "D"):
-            setattr(ours, name, getattr(stock, name))
+        ours = _twin(cls, stock, config, ("in_proj", "conv1d", "out_proj", "A_log", "dt_bias", "D"))
         # Falcon-H1: a scalar on the input, per-segment multipliers on in_proj's output (z, x, B,
         # C, dt: read off its mup vector), and a gated norm that may come before the gate or not
         # at all
@@ -200,18 +218,7 @@ class HybridMamba2Mixer(Mamba2Mixer):
         width = n_in or r
         if width < self.state_size:
             if self.A_log.device.type == "meta":
-                g, di = self.n_groups, self.d_inner
-                conv_dim = di + 2 * g * width
-                shapes = {
-                    "in_proj.weight": (di + conv_dim + self.n_heads, self.in_proj.in_features),
-                    "conv1d.weight": (conv_dim, 1, self.conv1d.weight.shape[-1]),
-                }
-                if self.in_proj.bias is not None:
-                    shapes["in_proj.bias"] = shapes["in_proj.weight"][:1]
-                if self.conv1d.bias is not None:
-                    shapes["conv1d.bias"] = (conv_dim,)
-                self._resize_bc_(lambda t, shape: t.new_empty(shape), shapes)
-                self.bc_width = width
+                self._empty_bc_(width)
                 self._set_state_size(width)
             else:
                 self.truncate_(torch.arange(width).expand(self.n_groups, -1))
@@ -233,11 +240,8 @@ class HybridMamba2Mixer(Mamba2Mixer):
         return self.padded(n_out)
 
     def forward(self, hidden_states: Tensor, cache=None, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
-        cache = cache if cache is not None else kwargs.get("cache_params")
-        mask = attention_mask[:, :, None] if attention_mask is not None and attention_mask.dim() == 2 else None
+        cache, mask, hidden_states = _call_args(hidden_states, cache, attention_mask, kwargs)
         dtype = hidden_states.dtype
-        if mask is not None:
-            hidden_states = (hidden_states * mask).to(dtype)
         b, length, _ = hidden_states.shape
         z, xBC, dt = self._split(self._project(hidden_states))
         xBC_t = xBC.transpose(1, 2)
@@ -298,16 +302,8 @@ class HybridMambaMixer(MambaMixer):
 
     @classmethod
     def from_stock(cls, stock: nn.Module, config: CompressMambaConfig, hf_config=None) -> HybridMambaMixer:
-        if getattr(stock, "activation", "silu") != "silu":
-            raise ValueError(
-                f"layer {stock.layer_idx}: the mixer's conv activation is {stock.activation!r}; "
-                "compressmamba's Mamba kernels apply SiLU"
-            )
-        with torch.device("meta"):
-            ours = cls(config, stock.layer_idx)
-        for name in ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", *cls._NORMS):
-            if hasattr(stock, name):
-                setattr(ours, name, getattr(stock, name))
+        parts = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", *cls._NORMS)
+        ours = _twin(cls, stock, config, tuple(p for p in parts if hasattr(stock, p)))
         ours.norm_states = stock.ssm_state_size
         return ours
 
@@ -327,11 +323,8 @@ class HybridMambaMixer(MambaMixer):
         return dt @ self.dt_proj.weight.t(), B, C
 
     def forward(self, hidden_states: Tensor, cache=None, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
-        cache = cache if cache is not None else kwargs.get("cache_params")
-        mask = attention_mask[:, :, None] if attention_mask is not None and attention_mask.dim() == 2 else None
+        cache, mask, hidden_states = _call_args(hidden_states, cache, attention_mask, kwargs)
         dtype = hidden_states.dtype
-        if mask is not None:
-            hidden_states = (hidden_states * mask).to(dtype)
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d, l)
         weight, k = self.conv1d.weight.squeeze(1), self.conv1d.weight.shape[-1]
         A = -torch.exp(self.A_log.float())

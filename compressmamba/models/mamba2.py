@@ -428,6 +428,21 @@ class Mamba2Mixer(MixerBase):
         self.in_proj.out_features = self.in_proj.weight.shape[0]
         self.conv1d.in_channels = self.conv1d.out_channels = self.conv1d.groups = self.conv1d.weight.shape[0]
 
+    def _empty_bc_(self, width: int) -> None:
+        """in_proj and conv1d reshaped (uninitialised) to a B/C width of ``width`` per group:
+        the shapes a stored layer is loaded into."""
+        conv_dim = self.d_inner + 2 * self.n_groups * width
+        shapes = {
+            "in_proj.weight": (conv_dim + self.d_inner + self.n_heads, self.in_proj.in_features),
+            "conv1d.weight": (conv_dim, 1, self.conv1d.weight.shape[-1]),
+        }
+        if self.in_proj.bias is not None:
+            shapes["in_proj.bias"] = shapes["in_proj.weight"][:1]
+        if self.conv1d.bias is not None:
+            shapes["conv1d.bias"] = (conv_dim,)
+        self._resize_bc_(lambda t, shape: t.new_empty(shape), shapes)
+        self.bc_width = width
+
     def _set_state_size(self, r: int) -> None:
         self.state_size = r
         self.config.state_sizes[self.layer_idx] = r
@@ -445,17 +460,7 @@ class Mamba2Mixer(MixerBase):
                     f"{prefix}bc_proj.B has shape {tuple(stored.shape)}; layer {self.layer_idx} has "
                     f"{self.n_groups} groups of {self.state_size} states"
                 )
-            conv_dim = self.d_inner + 2 * g * n_in
-            shapes = {
-                "in_proj.weight": (conv_dim + self.d_inner + self.n_heads, self.in_proj.in_features),
-                "conv1d.weight": (conv_dim, 1, self.conv1d.weight.shape[-1]),
-            }
-            if self.in_proj.bias is not None:
-                shapes["in_proj.bias"] = shapes["in_proj.weight"][:1]
-            if self.conv1d.bias is not None:
-                shapes["conv1d.bias"] = (conv_dim,)
-            self._resize_bc_(lambda t, shape: t.new_empty(shape), shapes)
-            self.bc_width = n_in
+            self._empty_bc_(n_in)
             w = self.in_proj.weight
             self.bc_proj = BCProjection(g, r, n_in).to(device=w.device, dtype=w.dtype)
             widths = self.config.bc_proj_in or [None] * self.config.num_hidden_layers

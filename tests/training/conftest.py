@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -37,3 +42,22 @@ def toy_recipe(tmp_path):
         "train": {"steps": 30, "batch_size": 8, "eval_every": 10, "log_every": 5, "progress": False},
         "reduction": {"mode": "fixed", "fraction": 0.25, "attempts": [8, 16]},
     }
+
+
+@pytest.fixture
+def two_ranks():
+    """``run(recipe, run_dir)``: ``compressmamba train RECIPE`` on two CPU ranks, started by torchrun
+    (the accelerate launcher path is test_trainer's), one thread each; returns each rank's rows of
+    ``rank<i>_hashes.jsonl`` (tests/conftest.py asks for them). Build the run's token store
+    before, so the ranks never race to build it; the time limit only guards against a hang (four
+    interpreters importing torch can take minutes on a loaded 2-core machine)."""
+
+    def run(recipe, run_dir):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "compressmamba", "train", str(recipe)]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return [[json.loads(x) for x in (run_dir / f"rank{i}_hashes.jsonl").read_text().splitlines()] for i in (0, 1)]
+
+    return run

@@ -3,8 +3,6 @@ with in-training cuts by the one trainer, resumed, run on two ranks, and compres
 ``compressmamba compress`` into each saved form."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -114,7 +112,7 @@ def test_post_hoc_compress_writes_ours_padded_and_uniform(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(hybrid.HYBRIDS))
-def test_hybrid_ddp_two_processes_identical_cuts(tmp_path, model_type):
+def test_hybrid_ddp_two_processes_identical_cuts(tmp_path, model_type, two_ranks):
     _skip(model_type)
     recipe = tmp_path / "ddp.yaml"
     model = {"name": "hybrid", "config": tiny_config(model_type, vocab_size=256)}
@@ -128,11 +126,5 @@ def test_hybrid_ddp_two_processes_identical_cuts(tmp_path, model_type):
         "reduction: {mode: tolerance, tau: 0.05, attempts: [3, 6], calib_batches: 2}\n"
     )
     text_lm(corpus="python_stdlib", max_bytes=60000, seq_len=32, seed=2)  # built once, before the ranks start
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "compressmamba", "train", str(recipe)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    assert res.returncode == 0, res.stderr[-3000:]
-    r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
-    r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
+    r0, r1 = two_ranks(recipe, tmp_path / "run")
     assert len(r0) >= 2 and r0 == r1 and max(r0[-1]["sizes"]) < 12

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -93,7 +90,7 @@ def test_cut_records_which_states_were_kept_for_the_plot(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,method", [("mamba", "output"), ("mamba2", "output"), ("mamba2", "balanced")])
-def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model, method):
+def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model, method, two_ranks):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(
         "name: ddp-lm\nseed: 2\n"
@@ -104,17 +101,6 @@ def test_mamba_ddp_two_processes_identical_cuts(tmp_path, model, method):
         "train: {steps: 8, batch_size: 4, eval_every: 4, eval_batches: 2, progress: false}\n"
         f"reduction: {{mode: tolerance, tau: 0.05, method: {method}, attempts: [3, 6], calib_batches: 2}}\n"
     )
-    # Deterministic start: the token store and this seed's split are built here, once, so the two
-    # ranks never race to build them; torchrun starts the ranks directly (the accelerate launcher
-    # path is test_trainer's), and the time limit only guards against a hang. It was 300 s on the
-    # whole accelerate -> compressmamba -> torchrun chain: four interpreters importing torch,
-    # which a loaded 2-core machine can exceed (118 s measured on one core beside one busy loop).
-    text_lm(corpus="python_stdlib", max_bytes=60000, seq_len=32, seed=2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "compressmamba", "train", str(recipe)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    assert res.returncode == 0, res.stderr[-3000:]
-    r0 = [json.loads(x) for x in (tmp_path / "run" / "rank0_hashes.jsonl").read_text().splitlines()]
-    r1 = [json.loads(x) for x in (tmp_path / "run" / "rank1_hashes.jsonl").read_text().splitlines()]
+    text_lm(corpus="python_stdlib", max_bytes=60000, seq_len=32, seed=2)  # built once, before the ranks start
+    r0, r1 = two_ranks(recipe, tmp_path / "run")
     assert len(r0) >= 2 and r0 == r1 and r0[-1]["sizes"] != [12, 12]
