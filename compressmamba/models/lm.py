@@ -22,6 +22,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .. import compat
+from .common import per_layer_sizes
 from .protocol import IGNORE_INDEX, CompressibleLayer, next_token_pairs
 
 
@@ -30,6 +31,29 @@ def padded_vocab(vocab_size: int, multiple: int) -> int:
     if int(multiple) < 1:
         raise ValueError(f"pad_vocab_size_multiple must be >= 1, got {multiple}")
     return -(-int(vocab_size) // int(multiple)) * int(multiple)
+
+
+# the fields every SSM language-model config here has (Mamba-1 and Mamba-2 alike)
+SHARED_CONFIG_FIELDS = (
+    "hidden_size", "num_hidden_layers", "layer_norm_epsilon", "expand", "conv_kernel", "use_bias", "use_conv_bias",
+    "residual_in_fp32", "initializer_range", "time_step_min", "time_step_max", "time_step_floor",
+    "rescale_prenorm_residual", "use_cache",
+)  # fmt: skip
+
+
+def set_shared_config_fields(config, args: dict, alias: dict) -> None:
+    """Set ``config``'s shared fields from its ``__init__``'s arguments (``args``, its locals())
+    and the mamba-ssm aliases it was given (``alias``: our name → value, which win): the padded
+    vocabulary, ``SHARED_CONFIG_FIELDS``, one state size per layer, and ``time_step_rank``
+    ("auto": ceil(hidden_size / 16))."""
+    for name in SHARED_CONFIG_FIELDS:
+        setattr(config, name, alias.get(name, args[name]))
+    config.vocab_size = padded_vocab(args["vocab_size"], args["pad_vocab_size_multiple"])
+    config.pad_vocab_size_multiple = int(args["pad_vocab_size_multiple"])
+    config.state_sizes = per_layer_sizes(args["state_size"], args["state_sizes"], config.num_hidden_layers)
+    config.state_size = max(config.state_sizes)
+    rank = alias.get("time_step_rank", args["time_step_rank"])
+    config.time_step_rank = math.ceil(config.hidden_size / 16) if rank == "auto" else int(rank)
 
 
 class RMSNorm(nn.Module):

@@ -8,7 +8,6 @@ are; ``config.state_sizes`` holds each layer's N.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +33,7 @@ from .lm import (
     SSMForCausalLM,
     blocks,
     init_weights,
-    padded_vocab,
+    set_shared_config_fields,
 )
 from .loading import MAMBA_SHARED_FIELDS
 
@@ -88,31 +87,9 @@ class CompressMambaConfig(compat.PreTrainedConfig):
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
-        hidden_size = alias.get("hidden_size", hidden_size)
-        num_hidden_layers = alias.get("num_hidden_layers", num_hidden_layers)
-        intermediate_size = alias.get("intermediate_size", intermediate_size)
-        time_step_rank = alias.get("time_step_rank", time_step_rank)
-        self.vocab_size = padded_vocab(vocab_size, pad_vocab_size_multiple)
-        self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
-        self.state_size = max(self.state_sizes)
-        self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
-        self.expand = expand
-        self.intermediate_size = int(intermediate_size or expand * hidden_size)
-        self.conv_kernel = alias.get("conv_kernel", conv_kernel)
-        self.use_bias = alias.get("use_bias", use_bias)
-        self.use_conv_bias = alias.get("use_conv_bias", use_conv_bias)
-        self.initializer_range = initializer_range
-        self.residual_in_fp32 = residual_in_fp32
-        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
+        set_shared_config_fields(self, locals(), alias)
+        self.intermediate_size = int(alias.get("intermediate_size", intermediate_size) or expand * self.hidden_size)
         self.time_step_scale = time_step_scale
-        self.time_step_min = time_step_min
-        self.time_step_max = time_step_max
-        self.time_step_floor = time_step_floor
-        self.rescale_prenorm_residual = rescale_prenorm_residual
-        self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -18,8 +18,6 @@ N_in per group (config ``bc_proj_in``). A layer without a balanced cut has no su
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,7 +28,7 @@ from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_s
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import MixerBase, RecurrentCache, SSMForCausalLM, padded_vocab
+from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
 from .loading import MAMBA_SHARED_FIELDS
 
 
@@ -86,19 +84,10 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
-        hidden_size = alias.get("hidden_size", hidden_size)
-        num_hidden_layers = alias.get("num_hidden_layers", num_hidden_layers)
-        head_dim = int(alias.get("head_dim", head_dim))
-        self.vocab_size = padded_vocab(vocab_size, pad_vocab_size_multiple)
-        self.pad_vocab_size_multiple = int(pad_vocab_size_multiple)
-        self.hidden_size, self.num_hidden_layers, self.expand, self.head_dim = (
-            hidden_size,
-            num_hidden_layers,
-            expand,
-            head_dim,
-        )
+        set_shared_config_fields(self, locals(), alias)
+        head_dim = self.head_dim = int(alias.get("head_dim", head_dim))
         # d_inner: expand·hidden_size unless given (hybrids whose d_inner is heads·head_dim)
-        self.intermediate_size = int(intermediate_size) if intermediate_size else int(expand * hidden_size)
+        self.intermediate_size = int(intermediate_size) if intermediate_size else int(expand * self.hidden_size)
         self.num_heads = int(num_heads) if num_heads is not None else self.intermediate_size // head_dim
         if self.num_heads * head_dim != self.intermediate_size:
             raise ValueError(
@@ -111,20 +100,9 @@ class CompressMamba2Config(compat.PreTrainedConfig):
         if hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (Mamba-2's conv activation), got {hidden_act!r}")
         self.hidden_act = hidden_act
-        self.state_sizes = per_layer_sizes(state_size, state_sizes, num_hidden_layers)
-        self.state_size = max(self.state_sizes)
         self.bc_proj_in = _projection_widths(bc_proj_in, self.state_sizes)
-        self.conv_kernel = alias.get("conv_kernel", conv_kernel)
-        self.use_bias, self.use_conv_bias = use_bias, use_conv_bias
-        self.layer_norm_epsilon = alias.get("layer_norm_epsilon", layer_norm_epsilon)
-        self.residual_in_fp32 = residual_in_fp32
-        self.initializer_range = initializer_range
-        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
-        self.time_step_min, self.time_step_max, self.time_step_floor = time_step_min, time_step_max, time_step_floor
         self.time_step_limit = tuple(compat.config_float(v) for v in time_step_limit)
-        self.rescale_prenorm_residual = rescale_prenorm_residual
         self.chunk_size = int(chunk_size)
-        self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
