@@ -1,10 +1,15 @@
 """Does compressing a Mamba while it trains beat training it small? A paired, multi-seed study.
 
 For one recipe (a Mamba or Mamba-2 language model with a ``reduction`` section) and every seed,
-four arms train on the same data order:
+four arms train on the same data order (five for a Mamba-2 ``balanced`` recipe):
 
 * ``compressed``: the recipe as given (it cuts during training);
 * ``direct``: trained from the start at the compressed run's final per-layer sizes (same seed);
+* ``direct_same_arch`` (added by default when ``reduction.method`` is ``balanced``): trained from
+  the start with the cut model's architecture. A balanced cut keeps in_proj and conv1d at the
+  old N and projects B_t, C_t down to r (``bc_proj``), so the cut model has a wider B/C path
+  than ``direct``; this arm has the same (``model.bc_proj_in``, the scan at r), so a gain over
+  ``direct`` that this arm shares is the width, not the cut;
 * ``uniform``: trained from the start at one N for every layer with the same total state, what a
   user without our per-layer sizes would pick;
 * ``full``: the recipe without cuts.
@@ -49,8 +54,9 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-ARMS = ("compressed", "direct", "uniform", "full")
-OTHERS = ("direct", "uniform", "full")
+ARMS = ("compressed", "direct", "direct_same_arch", "uniform", "full")
+OTHERS = ("direct", "direct_same_arch", "uniform", "full")
+SIZED = ("direct", "direct_same_arch", "uniform")  # the arms that take the compressed run's final sizes
 # what a study compares: the result key, paired as ``paired(kind=...)``, and the tables' words
 # (``what``, ``cell``, ``speed_cols``; a text study shows bits per byte beside perplexity)
 METRICS = {
@@ -72,8 +78,16 @@ METRICS = {
 
 
 # --- the arms ----------------------------------------------------------------------------------
-def arm_recipe(raw: dict, arm: str, seed: int, sizes: list[int] | None = None) -> dict:
-    """The recipe mapping of one arm at one seed (``sizes``: the compressed run's final sizes)."""
+def default_arms(raw: dict) -> list[str]:
+    """Every arm but ``direct_same_arch``, which a ``balanced`` recipe adds (its cut changes the
+    architecture; selection only shrinks it, so there ``direct`` is the same architecture)."""
+    balanced = (raw.get("reduction") or {}).get("method") == "balanced"
+    return [a for a in ARMS if a != "direct_same_arch" or balanced]
+
+
+def arm_recipe(raw: dict, arm: str, seed: int, sizes: list[int] | None = None, bc_proj_in: list | None = None) -> dict:
+    """The recipe mapping of one arm at one seed (``sizes``: the compressed run's final sizes;
+    ``bc_proj_in``: its final model's state-projection widths, for ``direct_same_arch``)."""
     if arm not in ARMS:
         raise ValueError(f"arm = {arm!r}: expected one of {list(ARMS)}")
     r = copy.deepcopy(raw)
@@ -85,10 +99,17 @@ def arm_recipe(raw: dict, arm: str, seed: int, sizes: list[int] | None = None) -
             raise ValueError("the study's recipe must cut: reduction.mode is none (set tolerance, fixed or pragmatic)")
         return r
     r["reduction"] = {"mode": "none", "plots": False}
-    if arm in ("direct", "uniform"):
+    if arm in SIZED:
         if not sizes:
             raise ValueError(f"arm {arm!r} needs the compressed run's final state sizes")
-        r["model"]["state_size"] = list(sizes) if arm == "direct" else uniform_size(sizes)
+        r["model"]["state_size"] = uniform_size(sizes) if arm == "uniform" else list(sizes)
+    if arm == "direct_same_arch":
+        if bc_proj_in is None or len(bc_proj_in) != len(sizes):
+            raise ValueError(
+                f"arm 'direct_same_arch' needs the compressed model's bc_proj_in (one entry per layer), "
+                f"got {bc_proj_in!r}"
+            )
+        r["model"]["bc_proj_in"] = list(bc_proj_in)
     return r
 
 
@@ -121,6 +142,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
     tr = Trainer(rec, overwrite=True)  # the study's cache (result.json) decided this arm runs again
     summary = tr.fit()
     wall = time.perf_counter() - t0
+    bc = getattr(getattr(tr.model, "config", None), "bc_proj_in", None)
     val = tr.evaluate("val", whole=True)
     t = rec.train
     rows = [r for r in tr.metrics_rows("train") if r["step"] > t.steps // 2 and r.get("samples_per_s")]
@@ -130,6 +152,7 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "seed": rec.seed,
         "key": run_key(recipe),
         "sizes": summary["final_state_sizes"],
+        "bc_proj_in": list(bc) if bc else None,  # a balanced cut's state-projection widths per layer
         "total_state": sum(summary["final_state_sizes"]),
         "val_loss": val["loss"],
         "val_perplexity": val["perplexity"],
@@ -145,6 +168,16 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         raise FloatingPointError(f"{out_dir}: the final validation loss is {val['loss']}; the run diverged")
     write_json(Path(out_dir) / "result.json", result)
     return result
+
+
+def final_bc_proj_in(res: dict) -> list | None:
+    """A run's final ``bc_proj_in`` (None: no layer projects B, C): recorded in its result, or, for
+    a result cached before it was, read from the final model folder's config."""
+    if "bc_proj_in" in res:
+        return res["bc_proj_in"]
+    path = Path(res["run_dir"]) / "model" / "config.json"
+    bc = json.loads(path.read_text()).get("bc_proj_in") if path.is_file() else None
+    return list(bc) if bc else None
 
 
 def _cached(out_dir: Path, key: str) -> dict | None:
@@ -203,8 +236,10 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
     bad = [a for a in arms if a not in ARMS]
     if bad or not arms:
         raise ValueError(f"--arms {arms}: expected a comma-separated subset of {list(ARMS)}")
-    if {"direct", "uniform"} & set(arms) and "compressed" not in arms:
-        raise ValueError("arms direct and uniform need the compressed arm (their sizes are its final sizes)")
+    if set(SIZED) & set(arms) and "compressed" not in arms:
+        raise ValueError(
+            "arms direct, direct_same_arch and uniform need the compressed arm (their sizes are its final sizes)"
+        )
     runs = out / "runs"
     from compressmamba.registry import build_data
 
@@ -213,8 +248,8 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
     futures: dict[tuple[str, int], Future] = {}
     dirs: dict[tuple[str, int], Path] = {}
 
-    def submit(arm, seed, sizes=None):
-        rec = arm_recipe(raw, arm, seed, sizes)
+    def submit(arm, seed, sizes=None, bc=None):
+        rec = arm_recipe(raw, arm, seed, sizes, bc)
         dirs[arm, seed] = runs / f"{arm}-seed{seed}-{run_key(rec)}"
         futures[arm, seed] = runner.submit(rec, dirs[arm, seed])
 
@@ -238,9 +273,12 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
                 results[arm][seed] = res
                 _progress(arm, seed, res)
                 if arm == "compressed":
-                    for dep in ("direct", "uniform"):
+                    for dep in SIZED:
                         if dep in arms:
-                            submit(dep, seed, res["sizes"])
+                            bc = final_bc_proj_in(res) if dep == "direct_same_arch" else None
+                            if dep == "direct_same_arch" and bc is None:  # no layer was cut: direct's model
+                                bc = [None] * len(res["sizes"])
+                            submit(dep, seed, res["sizes"], bc)
                             todo.add((dep, seed))
         aborted = False
     finally:
@@ -249,7 +287,8 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
 
 
 def segments(run_dir: str | Path, steps: int) -> list[tuple[int, list[int]]]:
-    """(number of steps, per-layer sizes) of each stretch of a run between its cuts."""
+    """(number of steps, per-layer sizes) of each stretch of a run between its cuts (:func:`stretches`
+    adds each stretch's state projections)."""
     from compressmamba.training.metrics import read_metrics
 
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
@@ -263,15 +302,71 @@ def segments(run_dir: str | Path, steps: int) -> list[tuple[int, list[int]]]:
     return [(n, sz) for n, sz in out if n > 0]
 
 
+def arch(sizes: list[int], bc_proj_in: list | None = None) -> tuple:
+    """A model's architecture as the study times and counts it: (per-layer sizes, per-layer
+    state-projection widths or None), hashable."""
+    bc = tuple(bc_proj_in) if bc_proj_in and any(w is not None for w in bc_proj_in) else None
+    return (tuple(sizes), bc)
+
+
+def stretches(res: dict, steps: int, balanced: bool = False) -> list[tuple[int, tuple]]:
+    """(number of steps, :func:`arch`) of each stretch of a run between its cuts. A ``balanced``
+    cut gives a layer its state projection from the layer's initial width the first time it
+    shrinks (models/mamba2.py ``truncate_``); any other run keeps its final ``bc_proj_in``."""
+    plan = segments(res["run_dir"], steps)
+    if not balanced:
+        bc = final_bc_proj_in(res)
+        return [(n, arch(sz, bc)) for n, sz in plan]
+    first = plan[0][1]
+    out, widths = [], [None] * len(first)
+    for n, sz in plan:
+        widths = [w if w is not None else (n0 if s < n0 else None) for w, s, n0 in zip(widths, sz, first)]
+        out.append((n, arch(sz, widths)))
+    return out
+
+
+def _arch_model(raw: dict, a: tuple, info: dict):
+    from compressmamba.registry import build_model
+
+    sizes, bc = a
+    model = dict(raw["model"], state_size=list(sizes))
+    model.pop("bc_proj_in", None)
+    if bc is not None:
+        model["bc_proj_in"] = list(bc)
+    return build_model(model, **info)
+
+
+def n_params(model) -> int:
+    """Trainable parameters, each shared tensor once (tied embeddings)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def add_params(results: dict, raw: dict) -> None:
+    """``n_params``: the parameters of each run's final model (built again from its architecture)."""
+    from compressmamba.registry import MODEL_INFO_KEYS, build_data
+
+    data = build_data(raw["data"], seed=raw.get("seed", 0))
+    info = {k: v for k, v in data.info.items() if k in MODEL_INFO_KEYS}
+    counted: dict[tuple, int] = {}
+    for per in results.values():
+        for r in per.values():
+            a = arch(r["sizes"], final_bc_proj_in(r))
+            if a not in counted:
+                counted[a] = n_params(_arch_model(raw, a, info))
+            r["n_params"] = counted[a]
+
+
 def time_sizes(
-    raw: dict, size_sets: list[list[int]], threads: int = 1, rounds: int = 3, steps: int = 4, warmup: int = 2
+    raw: dict, size_sets: list, threads: int = 1, rounds: int = 3, steps: int = 4, warmup: int = 2
 ) -> dict[tuple, float]:
     """Seconds per training step (forward, backward, AdamW) of the recipe's model at each of
-    ``size_sets``, all timed in this process, round-robin over ``rounds`` so that any drift in the
-    machine's load falls on every size alike; the median of the ``rounds * steps`` steps."""
+    ``size_sets`` (per-layer sizes, or :func:`arch` tuples when a layer projects B, C), all timed
+    in this process, round-robin over ``rounds`` so that any drift in the machine's load falls on
+    every size alike; the median of the ``rounds * steps`` steps. Keys: the tuple of sizes, or the
+    :func:`arch` tuple as given."""
     import torch
 
-    from compressmamba.registry import MODEL_INFO_KEYS, build_data, build_model
+    from compressmamba.registry import MODEL_INFO_KEYS, build_data
     from compressmamba.training.config import OptimConfig
     from compressmamba.training.optim import build_optimizer
 
@@ -284,10 +379,10 @@ def time_sizes(
     ids = torch.randint(0, data.info["vocab_size"], (batch, seq + 1), generator=g)
     optim = OptimConfig(lr=1e-4)
     setups = {}
-    for sizes in {tuple(s) for s in size_sets}:
+    for key in {s if _is_arch(s) else tuple(s) for s in size_sets}:
         torch.manual_seed(0)
-        model = build_model({**raw["model"], "state_size": list(sizes)}, **info)
-        setups[sizes] = (model, build_optimizer(model, optim))
+        model = _arch_model(raw, key if _is_arch(key) else (key, None), info)
+        setups[key] = (model, build_optimizer(model, optim))
     times: dict[tuple, list[float]] = {k: [] for k in setups}
 
     def one(model, opt):
@@ -306,16 +401,26 @@ def time_sizes(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _is_arch(x) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)
+
+
 def add_timing(results: dict, raw: dict, threads: int = 1) -> None:
-    """``step_s_one``: each arm's step time at its final sizes, and ``train_s_one``: its training
-    steps' time (each stretch between cuts at its sizes), from one process (:func:`time_sizes`)."""
+    """``step_s_one``: each arm's step time at its final architecture, and ``train_s_one``: its
+    training steps' time (each stretch between cuts at its architecture), from one process
+    (:func:`time_sizes`)."""
     steps = raw.get("train", {}).get("steps", 1000)
-    plans = {(arm, seed): segments(r["run_dir"], steps) for arm, per in results.items() for seed, r in per.items()}
-    timed = time_sizes(raw, [sz for plan in plans.values() for _, sz in plan], threads=threads)
-    for (arm, seed), plan in plans.items():
-        r = results[arm][seed]
-        r["step_s_one"] = timed[tuple(r["sizes"])]
-        r["train_s_one"] = sum(n * timed[tuple(sz)] for n, sz in plan)
+    balanced = (raw.get("reduction") or {}).get("method") == "balanced"
+    plans = {
+        (a, seed): stretches(r, steps, balanced=balanced and a == "compressed")
+        for a, per in results.items()
+        for seed, r in per.items()
+    }
+    timed = time_sizes(raw, [ar for plan in plans.values() for _, ar in plan], threads=threads)
+    for (a, seed), plan in plans.items():
+        r = results[a][seed]
+        r["step_s_one"] = timed[plan[-1][1]]
+        r["train_s_one"] = sum(n * timed[ar] for n, ar in plan)
 
 
 def _progress(arm: str, seed: int, res: dict) -> None:
@@ -394,6 +499,7 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
             "step_s": statistics.fmean(steps) if steps else None,
             "train_time_s": statistics.fmean(r["train_time_s"] for r in rs),
             "total_state": statistics.fmean(r["total_state"] for r in rs),
+            "n_params": _mean_or_none([r.get("n_params") for r in rs]),
             "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
             "val_bits_per_byte": _mean_or_none([r.get("val_bits_per_byte") for r in rs]),
         }
@@ -483,9 +589,9 @@ def markdown(study: dict) -> str:
             lines.append(f"| {name} | {_ci(c, m['kind'])} | {c['wins']} of {c['n']} | {p} |")
     lines += [
         "",
-        "| arm | total state | step after the cuts (one process) | training steps (one process) "
+        "| arm | total state | parameters | step after the cuts (one process) | training steps (one process) "
         f"| step in its run | whole run in its worker | {m['speed_cols']} |",
-        "|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
+        "|---|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
     ]
 
     def ms(x):
@@ -494,9 +600,13 @@ def markdown(study: dict) -> str:
     def sec(x):
         return f"{x:.0f} s" if x else "-"
 
+    def params(x):
+        return f"{x:,.0f}" if x else "-"
+
     for a, sp in study["speed"].items():
         lines.append(
-            f"| {a} | {sp['total_state']:.1f} | {ms(sp.get('step_s_one'))} | {sec(sp.get('train_s_one'))} "
+            f"| {a} | {sp['total_state']:.1f} | {params(sp.get('n_params'))} | {ms(sp.get('step_s_one'))} "
+            f"| {sec(sp.get('train_s_one'))} "
             f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {_cell(sp, m, ' | ')} |"
         )
     return "\n".join(lines) + "\n"
@@ -505,8 +615,9 @@ def markdown(study: dict) -> str:
 def collect(dirs: list[Path]) -> str:
     """One row per study folder: its variant's paired differences against each other arm."""
     rows = [
-        "| variant | overrides | seeds | mean total state | vs direct | vs uniform | vs full | step vs full |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | overrides | seeds | mean total state | vs direct | vs direct_same_arch | vs uniform | vs full "
+        "| step vs full |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in dirs:
         path = d / "study.json" if d.is_dir() else d
@@ -522,7 +633,8 @@ def collect(dirs: list[Path]) -> str:
             ratio = f"{sp['full'][key] / sp['compressed'][key]:.2f}x faster"
         rows.append(
             f"| {st['label']} | {' '.join(st['overrides']) or '(recipe)'} | {len(st['seeds'])} | "
-            f"{sp['compressed']['total_state']:.1f} | {cell['direct']} | {cell['uniform']} | {cell['full']} | {ratio} |"
+            f"{sp['compressed']['total_state']:.1f} | {cell['direct']} | {cell['direct_same_arch']} | "
+            f"{cell['uniform']} | {cell['full']} | {ratio} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -574,7 +686,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="a recipe YAML (a language model with a reduction section)")
     p.add_argument("overrides", nargs="*", help="section.key=value, as for `compressmamba train`")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2 (default 0-4)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {','.join(ARMS)}")
+    p.add_argument(
+        "--arms",
+        default=None,
+        help=f"a subset of {','.join(ARMS)} (default: all but direct_same_arch, which a balanced recipe adds)",
+    )
     p.add_argument("--workers", type=int, default=0, help="parallel worker processes (0: run in this process)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--out", default=None, help="study folder (default runs/study/<recipe name>)")
@@ -617,7 +733,6 @@ def main(argv=None) -> dict | None:
     if args.workers < 0 or args.threads < 1:
         raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
     seeds = parse_seeds(args.seeds)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     try:
         path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name
     except FileNotFoundError as e:
@@ -628,8 +743,10 @@ def main(argv=None) -> dict | None:
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it
     raw = apply_overrides({**raw, "name": rec.name}, defaults + list(args.overrides))
     out = Path(args.out or f"runs/study/{rec.name}")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else default_arms(raw)
     with _sigterm_exits():  # a killed study stops its workers too (run_study's cleanup runs)
         results = run_study(raw, seeds, arms, out, workers=args.workers, threads=args.threads)
+    add_params(results, raw)
     if not args.no_timing:
         print("timing every arm's sizes in this process ...", file=sys.stderr, flush=True)
         add_timing(results, raw, threads=args.threads)

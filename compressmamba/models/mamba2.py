@@ -486,11 +486,16 @@ def build_mamba2(
     n_classes: int | None = None,
     d_input: int | None = None,
     pair: bool = False,
+    bc_proj_in: list[int | None] | None = None,
     **_info,
 ):
     """Build a Mamba-2 LM from recipe keys (``state_size`` an int or one per layer; ``state_sizes``
-    overrides it). With ``n_classes`` (a classification dataset) it builds a MambaClassifier over
-    Mamba-2 mixers. Keys it does not know (data ``info``) are ignored."""
+    overrides it). ``bc_proj_in`` (one entry per layer, null or a width >= that layer's N) builds
+    a layer as a balanced cut leaves it: in_proj and conv1d carry B_t, C_t at that width and a
+    ``bc_proj`` (starting as the leading N of them) projects them to the layer's N states before
+    the scan; trained from the start, this is the cut model's architecture without the cut.
+    With ``n_classes`` (a classification dataset) it builds a MambaClassifier over Mamba-2
+    mixers. Keys it does not know (data ``info``) are ignored."""
     from .mamba import MambaClassifier
 
     if pair:
@@ -510,6 +515,7 @@ def build_mamba2(
         tie_word_embeddings=tie_word_embeddings,
         residual_in_fp32=residual_in_fp32,
         pad_vocab_size_multiple=pad_vocab_size_multiple,
+        bc_proj_in=bc_proj_in,
     )
     if n_classes is not None:
         return MambaClassifier(cfg, n_classes, d_input=d_input, mixer_cls=Mamba2Mixer)

@@ -116,6 +116,16 @@ def test_arm_recipes():
         ms.arm_recipe(RECIPE, "uniform", 0)
     with pytest.raises(ValueError, match="arm = 'small'"):
         ms.arm_recipe(RECIPE, "small", 0)
+    # direct_same_arch: the cut model's architecture (sizes and state projections) from the start
+    bal = {**MQAR, "reduction": {**MQAR["reduction"], "method": "balanced"}}
+    a = ms.arm_recipe(bal, "direct_same_arch", 3, [6, 12], [12, None])
+    assert a["model"]["state_size"] == [6, 12] and a["model"]["bc_proj_in"] == [12, None]
+    assert a["reduction"]["mode"] == "none" and "bc_proj_in" not in bal["model"]
+    assert ms.run_key(a) != ms.run_key(ms.arm_recipe(bal, "direct", 3, [6, 12]))
+    with pytest.raises(ValueError, match="needs the compressed model's bc_proj_in"):
+        ms.arm_recipe(bal, "direct_same_arch", 3, [6, 12])
+    assert ms.default_arms(RECIPE) == ["compressed", "direct", "uniform", "full"]
+    assert ms.default_arms(bal) == list(ms.ARMS)
 
 
 def test_parse_seeds():
@@ -128,13 +138,14 @@ def test_parse_seeds():
 
 @pytest.mark.slow  # trains 8 small runs end to end
 def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
-    res = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
-    assert set(res) == set(ms.ARMS) and all(set(r) == {0, 1} for r in res.values())
+    arms = ms.default_arms(RECIPE)
+    res = ms.run_study(RECIPE, [0, 1], arms, tmp_path)
+    assert set(res) == set(arms) and all(set(r) == {0, 1} for r in res.values())
     for s in (0, 1):
         sizes = res["compressed"][s]["sizes"]
         assert max(sizes) < 12 and res["direct"][s]["sizes"] == sizes
         assert res["uniform"][s]["sizes"] == [ms.uniform_size(sizes)] * 2 and res["full"][s]["sizes"] == [12, 12]
-        for arm in ms.ARMS:
+        for arm in arms:
             r = res[arm][s]
             assert r["seed"] == s and r["arm"] == arm and math.isfinite(r["val_perplexity"]) and r["step_s"] > 0
             assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
@@ -151,7 +162,7 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     timed = ms.time_sizes(RECIPE, [sz for _, sz in plan], rounds=1, steps=1, warmup=1)
     assert set(timed) == {tuple(sz) for _, sz in plan} and all(v > 0 for v in timed.values())
     ms.add_timing(res, RECIPE)
-    for arm in ms.ARMS:
+    for arm in arms:
         assert res[arm][1]["step_s_one"] > 0 and res[arm][1]["train_s_one"] > 0
     study = ms.summarise(res, "base", RECIPE, [])
     assert study["speed"]["full"]["step_s_one"] > 0
@@ -169,13 +180,48 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
         raise AssertionError("a cached run was trained again")
 
     monkeypatch.setattr(ms, "run_arm", boom)
-    again = ms.run_study(RECIPE, [0, 1], list(ms.ARMS), tmp_path)
+    again = ms.run_study(RECIPE, [0, 1], arms, tmp_path)
     assert again["direct"][1] == {k: v for k, v in res["direct"][1].items() if not k.endswith("_one")}
+
+
+def test_balanced_study_trains_direct_same_arch_with_the_cut_models_architecture(tmp_path):
+    bal = {**MQAR, "reduction": {**MQAR["reduction"], "method": "balanced"}}
+    arms = ms.default_arms(bal)
+    res = ms.run_study(bal, [0], arms, tmp_path)
+    c, d, same = (res[a][0] for a in ("compressed", "direct", "direct_same_arch"))
+    assert c["sizes"] == [6, 6] and c["bc_proj_in"] == [12, 12]  # fraction 0.5 of 12, projected from 12
+    assert same["sizes"] == c["sizes"] and same["bc_proj_in"] == c["bc_proj_in"] and d["bc_proj_in"] is None
+    cfg = json.loads((Path(same["run_dir"]) / "model" / "config.json").read_text())
+    assert cfg["bc_proj_in"] == [12, 12] and cfg["state_sizes"] == [6, 6]
+    # a result cached before bc_proj_in was recorded: read from the final model's config
+    assert ms.final_bc_proj_in({"run_dir": c["run_dir"]}) == [12, 12]
+    ms.add_params(res, bal)
+    assert same["n_params"] == c["n_params"] > d["n_params"]  # the same model, wider than direct
+    # the balanced cut keeps the full model's B/C path and adds bc_proj: 2 layers x (B, C) x 6 x 12 more
+    assert c["n_params"] == res["full"][0]["n_params"] + 2 * 2 * 6 * 12
+    assert res["uniform"][0]["n_params"] == d["n_params"]
+    # the compressed run is timed at 12 states before its cut and as the projected model after it
+    plan = ms.stretches(c, 6, balanced=True)
+    assert plan == [(3, ((12, 12), None)), (3, ((6, 6), (12, 12)))]
+    assert ms.stretches(same, 6) == [(6, ((6, 6), (12, 12)))]
+    ms.add_timing(res, bal)
+    assert all(res[a][0]["step_s_one"] > 0 for a in arms)
+    study = ms.summarise(res, "balanced", bal, [])
+    assert set(study["comparisons"]) == {"direct", "direct_same_arch", "uniform", "full"}
+    assert study["speed"]["direct_same_arch"]["n_params"] == c["n_params"]
+    text = ms.markdown(study)
+    assert "| direct_same_arch |" in text and "| parameters |" in text and f"{c['n_params']:,}" in text
+    path = tmp_path / "balanced" / "study.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(study))
+    assert "vs direct_same_arch" in ms.collect([path.parent])
 
 
 def test_study_refuses_arms_it_cannot_pair(tmp_path):
     with pytest.raises(ValueError, match="need the compressed arm"):
         ms.run_study(RECIPE, [0], ["direct", "full"], tmp_path)
+    with pytest.raises(ValueError, match="need the compressed arm"):
+        ms.run_study(RECIPE, [0], ["direct_same_arch"], tmp_path)
     with pytest.raises(ValueError, match="--arms"):
         ms.run_study(RECIPE, [0], ["compressed", "tiny"], tmp_path)
 

@@ -174,3 +174,35 @@ def test_training_continues_after_a_balanced_cut():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1
+
+
+def test_recipe_key_bc_proj_in_builds_the_cut_models_architecture_from_the_start():
+    # what the study's direct_same_arch arm trains: the parameter shapes of a balanced cut model
+    cut = _tiny2((13, 9))
+    _balanced_cut(cut, _calibrate(cut, torch.randint(0, 41, (2, 30))), 5, i=0)
+    kw = dict(d_model=32, n_layers=2, head_dim=16, n_groups=2, chunk_size=8)
+    fresh = build_mamba2(**kw, vocab_size=41, state_size=[5, 9], bc_proj_in=[13, None])
+    assert fresh.state_sizes == [5, 9] and fresh.config.bc_proj_in == [13, None]
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in cut.state_dict().items()}
+    eye = torch.eye(5, 13).expand(2, 5, 13)  # the projection starts as the leading 5 of 13 states
+    torch.testing.assert_close(fresh.ssm_layers()[0].bc_proj.B.detach(), eye)
+    plain = build_mamba2(**kw, vocab_size=41, state_size=[5, 9])
+    n = sum(p.numel() for p in fresh.parameters()) - sum(p.numel() for p in plain.parameters())
+    wider = 2 * 2 * (13 - 5)  # B and C channels of 2 groups, 8 more each
+    assert n == 32 * wider + (4 + 1) * wider + 2 * (2 * 5 * 13)  # in_proj rows, conv1d (+bias), bc_proj B, C
+    with torch.no_grad():
+        fresh(input_ids=torch.randint(0, 41, (2, 16)))
+    with pytest.raises(ValueError, match="bc_proj_in"):
+        build_mamba2(**kw, vocab_size=41, state_size=[5, 9], bc_proj_in=[4, None])  # narrower than the state
+    # the recipe schema accepts the key (the builder's parameters are the model section's keys)
+    from compressmamba.training.config import recipe_from_dict
+
+    rec = recipe_from_dict(
+        {
+            "name": "t",
+            "model": {"name": "mamba2", **kw, "state_size": [5, 9], "bc_proj_in": [13, None]},
+            "data": {"name": "mqar", "vocab_size": 41, "n_pairs": 2, "seq_len": 16, "n_train": 8, "n_val": 4},
+        }
+    )
+    assert rec.model["bc_proj_in"] == [13, None]
