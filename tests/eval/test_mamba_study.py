@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from compressmamba.eval import mamba_study as ms
+from compressmamba.eval import study_arms
 
 RECIPE = {
     "name": "lm/study-tiny",
@@ -179,7 +180,7 @@ def test_study_pairs_the_arms_by_seed_and_caches_runs(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cached run was trained again")
 
-    monkeypatch.setattr(ms, "run_arm", boom)
+    monkeypatch.setattr(study_arms, "run_arm", boom)  # the runner calls it there
     again = ms.run_study(RECIPE, [0, 1], arms, tmp_path)
     assert again["direct"][1] == {k: v for k, v in res["direct"][1].items() if not k.endswith("_one")}
 
