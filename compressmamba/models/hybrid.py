@@ -236,7 +236,13 @@ def build_hybrid(
         _require(mtype)
         if vocab_size is not None:
             fields.setdefault("vocab_size", vocab_size)
-        stock_cfg = getattr(transformers, HYBRIDS[mtype].config)(**fields)
+        try:
+            stock_cfg = getattr(transformers, HYBRIDS[mtype].config)(**fields)
+        except Exception as e:  # transformers' own validation (5.x: huggingface_hub's strict-dataclass errors)
+            why = " ".join(str(e).split())
+            raise ValueError(
+                f"model.config does not make a {HYBRIDS[mtype].config}: {why}; fix the named field"
+            ) from None
         model = from_stock(getattr(transformers, HYBRIDS[mtype].causal_lm)(stock_cfg))
     if vocab_size is not None and vocab_size > model.config.vocab_size:
         raise ValueError(

@@ -204,6 +204,9 @@ def test_builder_refuses_bad_arguments():
         hybrid.build_hybrid()
     with pytest.raises(ValueError, match="model.config.model_type = 'mamba'"):
         hybrid.build_hybrid(config={"model_type": "mamba"})
+    if hybrid.available("bamba") is None:  # transformers' own field check, in one line naming the field
+        with pytest.raises(ValueError, match="model.config does not make a BambaConfig: .*mamba_d_state"):
+            hybrid.build_hybrid(config={**tiny_config("bamba"), "mamba_d_state": "abc"})
 
 
 def test_falcon_h1_without_its_gated_norm_equals_stock():
