@@ -29,7 +29,8 @@ variant study reuses the arms it shares with another (``full`` does not depend o
     python -m compressmamba.eval.mamba_study recipes/lm/stdlib_demo.yaml --seeds 0-4 --workers 2
     python -m compressmamba.eval.mamba_study recipes/lm/stdlib_demo.yaml reduction.start=0.1 \\
         --arms compressed,direct --label start0.1 --out runs/study/stdlib --seeds 0-4 --workers 2
-    python -m compressmamba.eval.mamba_study --collect runs/study/stdlib/*/   # one row per variant
+    python -m compressmamba.eval.mamba_study --collect runs/study/stdlib/*/   # one row per variant; each
+        # variant's compressed arm is also paired by seed with the first folder's
 
 Writes ``OUT/LABEL/study.md`` (the tables), ``study.json`` (every number) and ``study.png``.
 The study's own defaults (``train.eval_every`` = ``train.steps``: no evaluations during training,
@@ -135,7 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-timing", action="store_true", help="skip timing every arm's sizes in one process after the runs"
     )
-    p.add_argument("--collect", nargs="+", type=Path, metavar="DIR", help="tabulate finished studies and exit")
+    p.add_argument(
+        "--collect",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="tabulate finished studies (each variant's compressed arm also paired by seed with the "
+        "first DIR's) and exit",
+    )
     return p
 
 

@@ -210,18 +210,43 @@ def markdown(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compressed_scores(study: dict) -> dict[str, float]:
+    """seed -> the compressed arm's score (the study's metric)."""
+    key = _metric(study)["key"]
+    return {seed: r[key] for seed, r in study["results"].get("compressed", {}).items()}
+
+
+def _versus_first(study: dict, first: dict) -> str:
+    """This variant's compressed arm against the first variant's, paired on the seeds both ran."""
+    if study is first:
+        return "(reference)"
+    if study.get("metric", "perplexity") != first.get("metric", "perplexity") or study["recipe"] != first["recipe"]:
+        return "- (another recipe or metric)"
+    mine, theirs = _compressed_scores(study), _compressed_scores(first)
+    seeds = sorted(set(mine) & set(theirs), key=int)
+    if not seeds:
+        return "- (no common seed)"
+    c = paired([mine[s] for s in seeds], [theirs[s] for s in seeds], _metric(study)["kind"])
+    return f"{_ci(c, _metric(study)['kind'])}, {c['wins']}/{c['n']}"
+
+
 def collect(dirs: list[Path]) -> str:
-    """One row per study folder: its variant's paired differences against each other arm."""
-    rows = [
-        "| variant | overrides | seeds | mean total state | vs direct | vs direct_same_arch | vs uniform | vs full "
-        "| step vs full |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    """One row per study folder: its variant's paired differences against each other arm, and its
+    compressed arm against the first folder's compressed arm (same recipe, paired on the seeds
+    both ran: e.g. ``balanced`` against ``output`` where the two share the seeds)."""
+    studies = []
     for d in dirs:
         path = d / "study.json" if d.is_dir() else d
         if not path.is_file():
             raise FileNotFoundError(f"{d}: no study.json (run the study with --out/--label first)")
-        st = json.loads(path.read_text())
+        studies.append(json.loads(path.read_text()))
+    first = studies[0]
+    rows = [
+        "| variant | overrides | seeds | mean total state | vs direct | vs direct_same_arch | vs uniform | vs full "
+        f"| step vs full | compressed vs {first['label']}'s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for st in studies:
         comp, kind = st["comparisons"], _metric(st)["kind"]
         cell = {o: (f"{_ci(comp[o], kind)}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
         sp = st["speed"]
@@ -232,7 +257,7 @@ def collect(dirs: list[Path]) -> str:
         rows.append(
             f"| {st['label']} | {' '.join(st['overrides']) or '(recipe)'} | {len(st['seeds'])} | "
             f"{sp['compressed']['total_state']:.1f} | {cell['direct']} | {cell['direct_same_arch']} | "
-            f"{cell['uniform']} | {cell['full']} | {ratio} |"
+            f"{cell['uniform']} | {cell['full']} | {ratio} | {_versus_first(st, first)} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -318,3 +318,40 @@ def test_the_study_says_a_bad_option_in_one_line(args, says, tmp_path, capsys):
     assert ms.cli(["lm/stdlib_demo", *args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("mamba_study: error:") and says in err, err
+
+
+def _fake_study(label, recipe, scores: dict, metric="accuracy"):
+    """A study.json with only what ``collect`` reads: compressed scores by seed, one comparison."""
+    key = ms.METRICS[metric]["key"]
+    return {
+        "label": label,
+        "recipe": recipe,
+        "metric": metric,
+        "overrides": [],
+        "seeds": [int(s) for s in scores],
+        "results": {"compressed": {s: {key: v} for s, v in scores.items()}},
+        "comparisons": {"full": {"n": 2, "mean": -1.0, "low": -2.0, "high": 0.0, "wins": 0}},
+        "speed": {"compressed": {"total_state": 12.0, "step_s": 0.1}},
+    }
+
+
+def test_collect_pairs_each_variant_s_compressed_arm_with_the_first_s(tmp_path):
+    from scipy import stats
+
+    rng = np.random.default_rng()
+    a = {str(s): float(v) for s, v in enumerate(rng.uniform(0.1, 0.9, 4))}
+    b = {str(s): float(v) for s, v in enumerate(rng.uniform(0.1, 0.9, 3), start=1)}  # seeds 1-3 only
+    dirs = []
+    for label, recipe, scores in (("first", "r", a), ("second", "r", b), ("other", "q", b)):
+        d = tmp_path / label
+        d.mkdir()
+        (d / "study.json").write_text(json.dumps(_fake_study(label, recipe, scores)))
+        dirs.append(d)
+    rows = {line.split("|")[1].strip(): line for line in ms.collect(dirs).splitlines()[2:]}
+    assert "compressed vs first's" in ms.collect(dirs).splitlines()[0]
+    assert rows["first"].rstrip(" |").endswith("(reference)")
+    d = 100 * (np.array([b[s] for s in "123"], dtype=np.float64) - np.array([a[s] for s in "123"]))
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    cell = rows["second"].split("|")[-2].strip()
+    assert cell == f"{d.mean():+.2f} pt [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}], {int((d > 0).sum())}/3"
+    assert "another recipe" in rows["other"]
