@@ -239,7 +239,18 @@ def collect(dirs: list[Path]) -> str:
         path = d / "study.json" if d.is_dir() else d
         if not path.is_file():
             raise FileNotFoundError(f"{d}: no study.json (run the study with --out/--label first)")
-        studies.append(json.loads(path.read_text()))
+        try:
+            st = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a study.json ({e})") from None
+        missing = [
+            k for k in ("label", "recipe", "overrides", "seeds", "results", "comparisons", "speed") if k not in st
+        ]
+        if missing:
+            raise ValueError(
+                f"{path}: not a study.json written by mamba_study (missing {missing}); give a study folder"
+            )
+        studies.append(st)
     first = studies[0]
     rows = [
         "| variant | overrides | seeds | mean total state | vs direct | vs direct_same_arch | vs uniform | vs full "

@@ -355,3 +355,6 @@ def test_collect_pairs_each_variant_s_compressed_arm_with_the_first_s(tmp_path):
     cell = rows["second"].split("|")[-2].strip()
     assert cell == f"{d.mean():+.2f} pt [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}], {int((d > 0).sum())}/3"
     assert "another recipe" in rows["other"]
+    (tmp_path / "bad.json").write_text('{"label": "x"}')
+    with pytest.raises(ValueError, match="not a study.json written by mamba_study"):
+        ms.collect([tmp_path / "bad.json"])
