@@ -74,6 +74,11 @@ def register_flops(cls: type) -> Callable[[Counter], Counter]:
     return deco
 
 
+def unregister_flops(cls: type) -> None:
+    """Forget ``cls``'s declared count (a toy family in a test); KeyError if it has none."""
+    del _COUNTERS[cls]
+
+
 def matmul(name: str, m: float, n: float, k: float, input_grad: bool = True, in_scan: bool = False) -> Term:
     """(m, k) @ (k, n): 2mnk forward; backward 2mnk per operand that needs a gradient."""
     f = 2.0 * m * n * k

@@ -166,7 +166,7 @@ def test_a_family_declares_its_count_and_subclasses_inherit_it():
         got = _by_name(flops.step_terms(net, 2, 4))
         assert set(got) == {"0.toy", "1.toy", "2"} and got["1.toy"].forward == 8
     finally:
-        flops._COUNTERS.pop(Toy)
+        flops.unregister_flops(Toy)
 
 
 def test_bad_batch_shape_is_one_line():
