@@ -127,9 +127,10 @@ def module_terms(module: nn.Module, b: int, l: int, name: str = "") -> list[Term
 
 
 def host_terms(module: nn.Module, name: str, b: int, l: int) -> tuple[list[Term], bool]:
-    """What a hybrid's host layer adds to its children's terms: attention's scores, or a fused
+    """What a hybrid's host layer adds to its children's terms: attention's scores, a fused
     mixture of experts (whose 3-D weights are no ``nn.Linear``; then its children are not
-    walked: ``True`` second). ([], False) for any other module."""
+    walked: ``True`` second), or a module that applies its own 2-D ``weight`` to every token
+    (a MoE router). ([], False) for any other module."""
     if hasattr(module, "q_proj") and hasattr(module, "k_proj") and hasattr(module, "o_proj"):
         heads, hd = _attention_shape(module)
         return [matmul(f"{name}.scores", b * heads * l, l, hd), matmul(f"{name}.values", b * heads * l, hd, l)], False
@@ -139,6 +140,9 @@ def host_terms(module: nn.Module, name: str, b: int, l: int) -> tuple[list[Term]
         k = _top_k(module, n_exp)
         per_expert = sum(p.numel() for p in own) / n_exp
         return [matmul(f"{name}.experts", b * l * k, per_expert, 1)], True
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, nn.Parameter) and weight.dim() == 2 and not isinstance(module, nn.Embedding):
+        return [matmul(name, b * l, weight.shape[0], weight.shape[1])], False  # a router: a bare per-token product
     return [], False
 
 

@@ -133,18 +133,29 @@ def test_matmuls_agree_with_torch_flop_counter(cfg):
     assert mine > 0 and _counted_matmuls(model, ids, ops) == mine
 
 
-def test_hybrid_attention_mlp_and_mixers_agree_with_torch_flop_counter():
+@pytest.mark.parametrize(
+    "family, extra",
+    [("bamba", {}), ("granitemoehybrid", {"num_local_experts": 4, "num_experts_per_tok": 2})],
+)
+def test_hybrid_attention_mlp_moe_and_mixers_agree_with_torch_flop_counter(family, extra):
     from compressmamba.models import hybrid
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
     from hybrid_configs import tiny_config
 
-    # eager attention: its products are plain matmuls (CPU SDPA is not seen by FlopCounterMode)
-    model = hybrid.build_hybrid(config={**tiny_config("bamba"), "attn_implementation": "eager"})
+    # eager attention and experts: plain matrix products (FlopCounterMode does not see CPU SDPA
+    # or transformers' grouped_mm experts); the experts see each token top-k times
+    cfg = {**tiny_config(family), **extra, "attn_implementation": "eager", "experts_implementation": "eager"}
+    model = hybrid.build_hybrid(config=cfg)
     ids = torch.randint(1, 50, (2, 10))
     terms = flops.step_terms(model, 2, 10)
     names = {t.name for t in terms}
-    assert any(n.endswith("self_attn.scores") for n in names) and any("feed_forward" in n for n in names)
+    assert any(n.endswith("self_attn.scores") for n in names)
+    if extra:
+        experts = [t for t in terms if t.name.endswith(".experts")]
+        assert len(experts) == 3 and any(n.endswith(".router") for n in names)
+        per_expert = 2 * 48 * 32 + 32 * 48  # gate_up (2I, H) and down (H, I)
+        assert experts[0].forward == 2 * (20 * 2) * per_expert  # 20 tokens, each through 2 of 4 experts
     assert _counted_matmuls(model, ids) == sum(t.total for t in terms if t.kind == "matmul")
 
 
