@@ -191,11 +191,10 @@ def main(argv=None) -> dict | None:
     from compressmamba.recipe_index import resolve_recipe
     from compressmamba.training.config import apply_overrides, load_recipe, read_recipe
 
-    if args.workers < 0 or args.threads < 1 or args.curve_points < 1:
-        raise SystemExit(
-            f"--workers {args.workers} / --threads {args.threads} / --curve-points {args.curve_points}: "
-            "expected >= 0, >= 1 and >= 1"
-        )
+    if args.workers < 0 or args.threads < 1:
+        raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
+    if args.curve_points < 1:
+        raise ValueError(f"--curve-points {args.curve_points}: expected at least 1 evaluation per run")
     seeds = parse_seeds(args.seeds)
     try:
         path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name

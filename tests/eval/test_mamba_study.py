@@ -315,6 +315,7 @@ def test_sigterm_stops_the_workers_too(tmp_path):
         (["--seeds", "4-x"], "--seeds '4-x'"),
         (["--arms", "compressed,bigger"], "'bigger'"),
         (["model.expand=abc"], "model.expand = 'abc'"),
+        (["--curve-points", "0"], "--curve-points 0: expected at least 1"),
     ],
 )
 def test_the_study_says_a_bad_option_in_one_line(args, says, tmp_path, capsys):
