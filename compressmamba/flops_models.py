@@ -78,7 +78,9 @@ def lru_layer(m: LRULayer, name: str, b: int, l: int) -> list[Term]:
     t, h, n = b * l, m.d_model, m.state_size
     fft_len = 2 * l
     fft = 5.0 * fft_len * math.log2(fft_len)
-    scan = b * n * (2 * fft + 6 * fft_len) + n * (fft + 2 * l)  # x's FFT, product, inverse; the kernel's
+    # per sequence and state: x's FFT, the product, the inverse; once per state: the kernel λ^m (l
+    # complex powers, 2 each) and its FFT
+    scan = b * n * (2 * fft + 6 * fft_len) + n * (fft + 2 * l)
     return [
         Term(f"{name}.B", "matmul", 4 * 2.0 * t * n * h, 4 * 4.0 * t * n * h),
         Term(f"{name}.scan", "scan", float(scan), 2.0 * scan, True),
