@@ -10,9 +10,16 @@ four arms train on the same data order (five for a Mamba-2 ``balanced`` recipe):
   old N and projects B_t, C_t down to r (``bc_proj``), so the cut model has a wider B/C path
   than ``direct``; this arm has the same (``model.bc_proj_in``, the scan at r), so a gain over
   ``direct`` that this arm shares is the width, not the cut;
+* ``direct_matched`` and ``direct_same_arch_matched`` (with ``direct_same_arch``): those arms
+  trained for as many steps as it takes to spend the compressed run's training FLOPs
+  (``train_flops``, its calibration passes included), the schedule stretched (eval/study_flops.py);
 * ``uniform``: trained from the start at one N for every layer with the same total state, what a
   user without our per-layer sizes would pick;
 * ``full``: the recipe without cuts.
+
+Each comparison is also made at equal FLOPs, on the runs' validation rows during training
+(``--curve-points`` evaluations per run), interpolated in log FLOPs (eval/study_flops.py), and
+``study_flops.png`` draws every arm's validation bits per byte against its cumulative FLOPs.
 
 Every final model is evaluated on the whole validation split. Each comparison is paired by seed:
 for a language model the relative difference of validation perplexity, ``ppl(compressed) /
@@ -32,9 +39,10 @@ variant study reuses the arms it shares with another (``full`` does not depend o
     python -m compressmamba.eval.mamba_study --collect runs/study/stdlib/*/   # one row per variant; each
         # variant's compressed arm is also paired by seed with the first folder's
 
-Writes ``OUT/LABEL/study.md`` (the tables), ``study.json`` (every number) and ``study.png``.
-The study's own defaults (``train.eval_every`` = ``train.steps``: no evaluations during training,
-only the final one on the whole split; ``train.eval_batch_size`` 64) come before the overrides,
+Writes ``OUT/LABEL/study.md`` (the tables), ``study.json`` (every number), ``study.png`` and
+``study_flops.png``. The study's own defaults (``train.eval_every`` = ``train.steps`` /
+``--curve-points``: that many evaluations on the recipe's ``train.eval_batches`` during training,
+then the final one on the whole split; ``train.eval_batch_size`` 64) come before the overrides,
 which win.
 """
 
@@ -68,6 +76,7 @@ from compressmamba.eval.study_arms import (
     time_sizes,
     uniform_size,
 )
+from compressmamba.eval.study_flops import plot_curves
 from compressmamba.eval.study_report import (
     METRICS,
     _metric,
@@ -99,6 +108,7 @@ __all__ = [
     "paired",
     "parse_seeds",
     "plot",
+    "plot_curves",
     "run_arm",
     "run_key",
     "run_study",
@@ -133,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--out", default=None, help="study folder (default runs/study/<recipe name>)")
     p.add_argument("--label", default="recipe", help="this variant's name: results go to OUT/LABEL/")
+    p.add_argument(
+        "--curve-points",
+        type=int,
+        default=6,
+        help="validation evaluations per run during training, the points of the FLOPs curves (default 6)",
+    )
     p.add_argument(
         "--no-timing", action="store_true", help="skip timing every arm's sizes in one process after the runs"
     )
@@ -177,6 +193,8 @@ def main(argv=None) -> dict | None:
 
     if args.workers < 0 or args.threads < 1:
         raise SystemExit(f"--workers {args.workers} / --threads {args.threads}: expected >= 0 and >= 1")
+    if args.curve_points < 1:
+        raise ValueError(f"--curve-points {args.curve_points}: expected at least 1 evaluation per run")
     seeds = parse_seeds(args.seeds)
     try:
         path = resolve_recipe(args.recipe)  # a file, or a shipped recipe's name
@@ -184,7 +202,7 @@ def main(argv=None) -> dict | None:
         raise SystemExit(str(e)) from None
     raw = read_recipe(path)  # its base: chain merged
     steps = apply_overrides(raw, args.overrides).get("train", {}).get("steps", 1000)
-    defaults = [f"train.eval_every={steps}", "train.eval_batch_size=64"]
+    defaults = [f"train.eval_every={max(1, steps // args.curve_points)}", "train.eval_batch_size=64"]
     rec = load_recipe(path, defaults + list(args.overrides))  # validates; the name as train gives it
     raw = apply_overrides({**raw, "name": rec.name}, defaults + list(args.overrides))
     out = Path(args.out or f"runs/study/{rec.name}")
@@ -204,8 +222,9 @@ def main(argv=None) -> dict | None:
     text = markdown(study)
     (where / "study.md").write_text(text)
     plot(study, where / "study.png")
+    plot_curves(results, where / "study_flops.png", f"{args.label}: {rec.name}")
     print(text)
-    print(f"written: {where}/study.md, study.json, study.png", file=sys.stderr)
+    print(f"written: {where}/study.md, study.json, study.png, study_flops.png", file=sys.stderr)
     return study
 
 

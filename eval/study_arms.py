@@ -15,24 +15,47 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-ARMS = ("compressed", "direct", "direct_same_arch", "uniform", "full")
-OTHERS = ("direct", "direct_same_arch", "uniform", "full")
-SIZED = ("direct", "direct_same_arch", "uniform")  # the arms that take the compressed run's final sizes
+from compressmamba.eval.study_flops import MATCHED, curve, data_facts, matched_recipe
+
+ARMS = ("compressed", "direct", "direct_same_arch", "direct_matched", "direct_same_arch_matched", "uniform", "full")
+OTHERS = ARMS[1:]
+# the arms that take the compressed run's final sizes (the matched ones also its FLOPs)
+SIZED = ("direct", "direct_same_arch", "direct_matched", "direct_same_arch_matched", "uniform")
+SAME_ARCH = ("direct_same_arch", "direct_same_arch_matched")  # the cut model's bc_proj_in too
 
 
 # --- the arms ----------------------------------------------------------------------------------
 def default_arms(raw: dict) -> list[str]:
-    """Every arm but ``direct_same_arch``, which a ``balanced`` recipe adds (its cut changes the
-    architecture; selection only shrinks it, so there ``direct`` is the same architecture)."""
+    """Every arm but ``direct_same_arch`` and its matched twin, which a ``balanced`` recipe adds
+    (its cut changes the architecture; selection only shrinks it, so there ``direct`` is the same
+    architecture)."""
     balanced = (raw.get("reduction") or {}).get("method") == "balanced"
-    return [a for a in ARMS if a != "direct_same_arch" or balanced]
+    return [a for a in ARMS if a not in SAME_ARCH or balanced]
 
 
-def arm_recipe(raw: dict, arm: str, seed: int, sizes: list[int] | None = None, bc_proj_in: list | None = None) -> dict:
+def arm_recipe(
+    raw: dict,
+    arm: str,
+    seed: int,
+    sizes: list[int] | None = None,
+    bc_proj_in: list | None = None,
+    target_flops: float | None = None,
+    facts: dict | None = None,
+) -> dict:
     """The recipe mapping of one arm at one seed (``sizes``: the compressed run's final sizes;
-    ``bc_proj_in``: its final model's state-projection widths, for ``direct_same_arch``)."""
+    ``bc_proj_in``: its final model's state-projection widths, for the same-architecture arms;
+    ``target_flops``: its ``train_flops``, and ``facts`` (study_flops.data_facts), for the
+    matched arms)."""
     if arm not in ARMS:
         raise ValueError(f"arm = {arm!r}: expected one of {list(ARMS)}")
+    if arm in MATCHED:
+        if not target_flops or facts is None:
+            raise ValueError(
+                f"arm {arm!r} needs the compressed run's train_flops, got {target_flops!r} (a compressed "
+                "result cached before train_flops was recorded: remove its folder under OUT/runs/ to train it again)"
+            )
+        base = arm_recipe(raw, MATCHED[arm], seed, sizes, bc_proj_in)
+        return matched_recipe(base, arm, target_flops, facts)[0]
     r = copy.deepcopy(raw)
     r["seed"] = seed
     r.setdefault("train", {})["progress"] = False
@@ -103,6 +126,9 @@ def run_arm(recipe: dict, out_dir: str, threads: int | None = None) -> dict:
         "val_accuracy": val.get("accuracy"),  # a recall task's answer accuracy (None for text)
         "val_rows": len(tr.data.val),  # the whole split: every row evaluated
         "step_s": step_s,
+        "steps": summary["steps"],
+        "train_flops": summary["train_flops"],
+        "curve": curve(out_dir),  # validation rows against cumulative FLOPs (study_flops.py)
         "train_time_s": summary["train_time_s"],
         "wall_s": wall,
         "threads": torch.get_num_threads(),
@@ -180,19 +206,18 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
     if bad or not arms:
         raise ValueError(f"--arms {arms}: expected a comma-separated subset of {list(ARMS)}")
     if set(SIZED) & set(arms) and "compressed" not in arms:
-        raise ValueError(
-            "arms direct, direct_same_arch and uniform need the compressed arm (their sizes are its final sizes)"
-        )
+        raise ValueError(f"arms {', '.join(SIZED)} need the compressed arm (their sizes are its final sizes)")
     runs = out / "runs"
     from compressmamba.registry import build_data
 
     build_data(raw["data"], seed=seeds[0])  # the token store, once, before any run's clock starts
+    facts = data_facts(raw) if set(MATCHED) & set(arms) else None
     runner = _Runner(workers, threads)
     futures: dict[tuple[str, int], Future] = {}
     dirs: dict[tuple[str, int], Path] = {}
 
-    def submit(arm, seed, sizes=None, bc=None):
-        rec = arm_recipe(raw, arm, seed, sizes, bc)
+    def submit(arm, seed, sizes=None, bc=None, flops=None):
+        rec = arm_recipe(raw, arm, seed, sizes, bc, flops, facts)
         dirs[arm, seed] = runs / f"{arm}-seed{seed}-{run_key(rec)}"
         futures[arm, seed] = runner.submit(rec, dirs[arm, seed])
 
@@ -218,10 +243,10 @@ def run_study(raw: dict, seeds: list[int], arms: list[str], out: Path, workers: 
                 if arm == "compressed":
                     for dep in SIZED:
                         if dep in arms:
-                            bc = final_bc_proj_in(res) if dep == "direct_same_arch" else None
-                            if dep == "direct_same_arch" and bc is None:  # no layer was cut: direct's model
+                            bc = final_bc_proj_in(res) if dep in SAME_ARCH else None
+                            if dep in SAME_ARCH and bc is None:  # no layer was cut: direct's model
                                 bc = [None] * len(res["sizes"])
-                            submit(dep, seed, res["sizes"], bc)
+                            submit(dep, seed, res["sizes"], bc, res.get("train_flops"))
                             todo.add((dep, seed))
         aborted = False
     finally:
@@ -355,7 +380,7 @@ def add_timing(results: dict, raw: dict, threads: int = 1) -> None:
     steps = raw.get("train", {}).get("steps", 1000)
     balanced = (raw.get("reduction") or {}).get("method") == "balanced"
     plans = {
-        (a, seed): stretches(r, steps, balanced=balanced and a == "compressed")
+        (a, seed): stretches(r, r.get("steps", steps), balanced=balanced and a == "compressed")
         for a, per in results.items()
         for seed, r in per.items()
     }

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from compressmamba.eval.study_arms import ARMS, OTHERS
+from compressmamba.eval.study_flops import equal_flops
 
 # what a study compares: the result key, paired as ``paired(kind=...)``, and the tables' words
 # (``what``, ``cell``, ``speed_cols``; a text study shows bits per byte beside perplexity)
@@ -100,6 +101,8 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
             "n_params": _mean_or_none([r.get("n_params") for r in rs]),
             "val_perplexity": statistics.fmean(r["val_perplexity"] for r in rs),
             "val_bits_per_byte": _mean_or_none([r.get("val_bits_per_byte") for r in rs]),
+            "train_flops": _mean_or_none([r.get("train_flops") for r in rs]),
+            "steps": _mean_or_none([r.get("steps") for r in rs]),
         }
         if metric == "accuracy":
             speed[a]["val_accuracy"] = statistics.fmean(r["val_accuracy"] for r in rs)
@@ -113,6 +116,8 @@ def summarise(results: dict, label: str, recipe: dict, overrides: list[str]) -> 
         "results": {a: {str(s): results[a][s] for s in seeds} for a in arms},
         "comparisons": comparisons,
         "direct_vs_uniform": sizes,
+        # the same comparisons where both runs have spent the same FLOPs (study_flops.py)
+        "equal_flops": equal_flops({a: {s: results[a][s] for s in seeds} for a in arms}, metric),
         "speed": speed,
     }
 
@@ -185,11 +190,12 @@ def markdown(study: dict) -> str:
         for name, c in rows:
             p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
             lines.append(f"| {name} | {_ci(c, m['kind'])} | {c['wins']} of {c['n']} | {p} |")
+    lines += _equal_flops_table(study, m)
     lines += [
         "",
-        "| arm | total state | parameters | step after the cuts (one process) | training steps (one process) "
-        f"| step in its run | whole run in its worker | {m['speed_cols']} |",
-        "|---|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
+        "| arm | total state | parameters | steps | training FLOPs | step after the cuts (one process) "
+        f"| training steps (one process) | step in its run | whole run in its worker | {m['speed_cols']} |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * (m["speed_cols"].count("|") + 1),
     ]
 
     def ms(x):
@@ -203,11 +209,37 @@ def markdown(study: dict) -> str:
 
     for a, sp in study["speed"].items():
         lines.append(
-            f"| {a} | {sp['total_state']:.1f} | {params(sp.get('n_params'))} | {ms(sp.get('step_s_one'))} "
+            f"| {a} | {sp['total_state']:.1f} | {params(sp.get('n_params'))} | {params(sp.get('steps'))} "
+            f"| {_flops(sp.get('train_flops'))} | {ms(sp.get('step_s_one'))} "
             f"| {sec(sp.get('train_s_one'))} "
             f"| {ms(sp['step_s'])} | {sec(sp['train_time_s'])} | {_cell(sp, m, ' | ')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _flops(x) -> str:
+    return "-" if _missing(x) else f"{x:.3g}"
+
+
+def _equal_flops_table(study: dict, m: dict) -> list[str]:
+    """The comparisons at equal FLOPs (``study["equal_flops"]``; none in a study.json written
+    before they existed)."""
+    eq = study.get("equal_flops") or {}
+    if not eq:
+        return []
+    lines = [
+        "",
+        f"At equal training FLOPs (each pair where both runs have spent the smaller of their two final "
+        f"counts; validation rows of {m['what'].split(' /')[0]} during training, interpolated in log FLOPs):",
+        "",
+        "| compressed vs, at equal FLOPs | mean Δ, 95 % interval | seeds better | paired t p | at FLOPs (mean) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in eq.items():
+        p = "-" if _missing(c["p"]) else f"{c['p']:.3f}"
+        at = _flops(statistics.fmean(c["flops"]))
+        lines.append(f"| {name} | {_ci(c, m['kind'])} | {c['wins']} of {c['n']} | {p} | {at} |")
+    return lines
 
 
 def _compressed_scores(study: dict) -> dict[str, float]:

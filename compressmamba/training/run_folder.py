@@ -102,7 +102,9 @@ class RunFolder:
         return changes
 
     def _log(self, **row) -> None:
-        """One metrics.jsonl row, also sent to the trackers (``train.report_to``)."""
+        """One metrics.jsonl row, also sent to the trackers (``train.report_to``), with the
+        cumulative ``train_flops`` so far."""
+        row.setdefault("train_flops", self.state.train_flops)
         self.metrics.write(**row)
         tracking.log_row(self.accelerator, row)
 
@@ -158,6 +160,7 @@ class RunFolder:
             "n_cuts": s.n_cuts,
             "train_time_s": s.train_time_s,
             "cut_time_s": s.cut_time_s,
+            "train_flops": s.train_flops,
             "best_val_loss": (s.val_at_best or {}).get("loss"),
         }
         if self.task == "lm":

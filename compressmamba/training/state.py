@@ -19,6 +19,7 @@ class TrainerState:
     attempts_done: list[int] = field(default_factory=list)
     recipe_changes: list[dict] = field(default_factory=list)  # --allow-recipe-change, with the step
     cut_steps: list[int] = field(default_factory=list)  # steps whose cut changed a size (the re-warm starts there)
+    train_flops: float = 0.0  # training and calibration FLOPs so far, all ranks (compressmamba/flops.py)
     target_sizes: list | None = None  # reduction.budget final: each layer's final size, set at the first attempt
 
     def to_dict(self) -> dict:

@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..flops import FlopMeter
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import rank_hashes, tracking
 from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, set_rng_state
@@ -94,6 +95,7 @@ class Trainer(RunFolder, Evaluation):
         if ck:
             self.optimizer.load_state_dict(ck["optimizer"])
             self.state = TrainerState.from_dict(ck["trainer"], self.model.state_sizes)
+        self.flop_meter = FlopMeter()  # state.train_flops: every rank's steps, calibrations (compressmamba/flops.py)
         self.saved_step = self.step if ck else None  # the step of the last checkpoint written or loaded
         self.cuts = CutController(self, ck.get("pragmatic_snapshot") if ck else None)
         self._prepare()
@@ -162,6 +164,7 @@ class Trainer(RunFolder, Evaluation):
                         loss = loss + self.extra_loss(self.model, batch, out)
                 acc.backward(loss / t.grad_accum)
             total_loss += loss.detach().float() / t.grad_accum
+            self.state.train_flops += self.flop_meter.train(self.model, batch) * acc.num_processes
             first = batch.get("input_ids", batch.get("inputs"))
             n_tokens += first.shape[0] * (first.shape[1] if first.dim() > 1 else 1)
         grad_norm = None
@@ -178,6 +181,7 @@ class Trainer(RunFolder, Evaluation):
         acc = self.accelerator
         for i in range(self.recipe.reduction.calib_batches):
             b = self.batches.batch((self.step + i) % (self.batches.steps_per_epoch * 1000), 0)
+            self.state.train_flops += self.flop_meter.calibration(self.model, b) * acc.num_processes
             yield {k: v.to(acc.device) for k, v in b.items()}
 
     def _cut(self) -> dict | None:

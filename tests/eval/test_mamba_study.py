@@ -125,7 +125,7 @@ def test_arm_recipes():
     assert ms.run_key(a) != ms.run_key(ms.arm_recipe(bal, "direct", 3, [6, 12]))
     with pytest.raises(ValueError, match="needs the compressed model's bc_proj_in"):
         ms.arm_recipe(bal, "direct_same_arch", 3, [6, 12])
-    assert ms.default_arms(RECIPE) == ["compressed", "direct", "uniform", "full"]
+    assert ms.default_arms(RECIPE) == ["compressed", "direct", "direct_matched", "uniform", "full"]
     assert ms.default_arms(bal) == list(ms.ARMS)
 
 
@@ -208,7 +208,11 @@ def test_balanced_study_trains_direct_same_arch_with_the_cut_models_architecture
     ms.add_timing(res, bal)
     assert all(res[a][0]["step_s_one"] > 0 for a in arms)
     study = ms.summarise(res, "balanced", bal, [])
-    assert set(study["comparisons"]) == {"direct", "direct_same_arch", "uniform", "full"}
+    assert set(study["comparisons"]) == set(ms.OTHERS)
+    # the matched twin: the same architecture, trained on until it spent the compressed run's FLOPs
+    matched = res["direct_same_arch_matched"][0]
+    assert matched["bc_proj_in"] == c["bc_proj_in"] and matched["sizes"] == c["sizes"]
+    assert matched["steps"] > same["steps"] and matched["train_flops"] >= c["train_flops"] > same["train_flops"]
     assert study["speed"]["direct_same_arch"]["n_params"] == c["n_params"]
     text = ms.markdown(study)
     assert "| direct_same_arch |" in text and "| parameters |" in text and f"{c['n_params']:,}" in text
@@ -311,6 +315,7 @@ def test_sigterm_stops_the_workers_too(tmp_path):
         (["--seeds", "4-x"], "--seeds '4-x'"),
         (["--arms", "compressed,bigger"], "'bigger'"),
         (["model.expand=abc"], "model.expand = 'abc'"),
+        (["--curve-points", "0"], "--curve-points 0: expected at least 1"),
     ],
 )
 def test_the_study_says_a_bad_option_in_one_line(args, says, tmp_path, capsys):
