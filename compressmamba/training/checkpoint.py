@@ -179,7 +179,8 @@ def save_checkpoint(
         err = _os_error(e)
         if err is None or isinstance(err, CheckpointWriteError):
             raise
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {_describe(err)}; nothing was replaced") from e
+        why = _describe(err)
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {why}; nothing was replaced") from None
 
 
 def _keep_previous(path: Path) -> None:

@@ -218,7 +218,7 @@ class Trainer(RunFolder, Evaluation):
                     pragmatic_snapshot=self.cuts.pragmatic_snapshot,
                 )
             except CheckpointWriteError as e:
-                failed = f"{e} at step {self.step}; {resume_hint(self.run_dir, self.saved_step)}"
+                failed = f"step {self.step}: {e}. {resume_hint(self.run_dir, self.saved_step)}"
         if self.accelerator.num_processes > 1:
             box = [failed]
             broadcast_object_list(box, from_process=0)
