@@ -57,16 +57,18 @@ class StopSignals:
         self._previous.clear()
 
 
-def agreed_stop(accelerator, received: int | None) -> bool:
-    """True on every rank when any rank got a stop signal (an all-reduce on several ranks)."""
+def agreed_stop(accelerator, received: int | None) -> int | None:
+    """The stop signal any rank got (the largest number when several did), the same on every
+    rank, or None: one scalar all-reduce when there are several ranks."""
     if accelerator.num_processes == 1:
-        return received is not None
-    flag = torch.tensor([0.0 if received is None else 1.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        return received
+    flag = torch.tensor([received or 0], dtype=torch.int64, device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
-def signal_name(signum: int | None) -> str:
-    return signal.Signals(signum).name if signum is not None else "a stop signal on another rank"
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:

@@ -259,16 +259,17 @@ class Trainer(RunFolder, Evaluation):
                 val = self._cut() or val
             if self.step % (t.checkpoint_every or t.eval_every) == 0 and self.step < t.steps:
                 self.save()  # by default at every evaluation: a crash loses at most eval_every steps
-            if self.step < t.steps and agreed_stop(acc, stop.received):
+            signum = agreed_stop(acc, stop.received) if self.step < t.steps else None
+            if signum is not None:
                 bar.close()
-                self._preempt(stop.received)
+                self._preempt(signum)
             window.resume()
             bar.set_postfix(_postfix(shown_loss, self.model.state_sizes, val), refresh=False)
             bar.update(1)
         bar.close()
         self.save()
 
-    def _preempt(self, signum: int | None) -> None:
+    def _preempt(self, signum: int) -> None:
         """Stop now (every rank agreed): checkpoint this finished step, say so, raise Preempted."""
         if self.saved_step != self.step:
             self.save()

@@ -135,3 +135,57 @@ def test_sigterm_to_the_cli_exits_75_with_a_checkpoint_and_resume_continues_bit_
     for k, v in full.items():
         assert torch.equal(v, resumed[k]), k
     assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+
+
+_RANK_MAIN = """
+import os, pathlib, sys, time
+sys.path.insert(0, {here!r})
+import conftest
+from compressmamba.cli import main
+from compressmamba.training import Trainer
+
+real, mark = Trainer._train_step, pathlib.Path({mark!r})
+def paused(self):  # rank 1 only: the other rank gets no signal and must stop with it
+    if self.step == {pause} and os.environ["RANK"] == "1":
+        mark.write_text(str(os.getpid()))
+        end = time.monotonic() + 600
+        while mark.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+    return real(self)
+Trainer._train_step = paused
+sys.exit(main())
+"""
+
+
+def _torchrun(tmp_path, recipe_file, pause, *args):
+    script = tmp_path / f"rank_main_{pause}.py"
+    script.write_text(_RANK_MAIN.format(here=str(Path(__file__).parent), mark=str(tmp_path / "paused"), pause=pause))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "train", str(recipe_file), *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow  # three two-rank runs: about a minute on an idle machine
+def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_resume_equals_an_uninterrupted_run(
+    toy_recipe, tmp_path
+):
+    recipe = _recipe(toy_recipe, tmp_path / "b")
+    recipe_file, mark = tmp_path / "recipe.yaml", tmp_path / "paused"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    proc = _torchrun(tmp_path, recipe_file, 10)
+    _wait_for(mark, proc)
+    os.kill(int(mark.read_text()), signal.SIGTERM)
+    mark.unlink()
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode != 0 and err.count("preempted by SIGTERM at step 11 of 20") == 1, err[-3000:]
+    assert load_checkpoint(tmp_path / "b")["step"] == 11 and not (tmp_path / "b" / ".run.lock").exists()
+    for run in (("--resume", str(tmp_path / "b")), ()):
+        if not run:  # the uninterrupted run
+            recipe_file.write_text(yaml.safe_dump({**recipe, "out_dir": str(tmp_path / "a")}))
+        out, err = _torchrun(tmp_path, recipe_file, -1, *run).communicate(timeout=900)
+        assert "preempted" not in err and (tmp_path / ("b" if run else "a") / "summary.json").exists(), err[-3000:]
+    full, resumed = (load_checkpoint(tmp_path / run)["model"] for run in ("a", "b"))
+    for k, v in full.items():
+        assert torch.equal(v, resumed[k]), k
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
