@@ -189,3 +189,22 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_resume_equals_an
     for k, v in full.items():
         assert torch.equal(v, resumed[k]), k
     assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+
+
+class _SignalDisposition(torch.utils.data.Dataset):
+    """Each item says whether the process that built it ignores SIGTERM and SIGUSR1."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1))
+        return {"ignored": torch.tensor(ignored), "pid": torch.tensor(os.getpid())}
+
+
+def test_dataloader_workers_leave_the_stop_signals_to_the_training_process():
+    from compressmamba.training.data import StepBatches
+
+    batches = list(StepBatches(_SignalDisposition(), 2, seed=0).stream(0, 2, num_workers=1))
+    assert all(b["ignored"].all() and (b["pid"] != os.getpid()).all() for b in batches)
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # not in the training process itself
