@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: a failed checkpoint write, a busy run folder
         print(f"compressmamba {args.command}: error: {e}", file=sys.stderr)
         return 2
 

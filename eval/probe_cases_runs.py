@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from compressmamba.eval.probe_core import (
+    LM,
+    TINY_LM,
     Outcome,
     Probe,
     _damage,
@@ -177,6 +182,69 @@ def _(pr, d):
 def _(pr, d):
     (d / "a_file").write_text("not a folder")
     return pr.train_lm(d, f"out_dir={d / 'a_file' / 'run'}")
+
+
+_HOLD_LOCK = (
+    "import sys; from compressmamba.training import run_lock; run_lock.acquire(sys.argv[1]); "
+    "print('held', flush=True); sys.stdin.read()"
+)
+
+
+@case(
+    "run_folder_busy",
+    "refused",
+    "train into a folder whose lock another live process holds (two runs at the same moment)",
+    ("busy", "pid", ".run.lock"),
+)
+def _(pr, d):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(d / "run")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=pr.env(), text=True)  # fmt: skip
+    try:
+        holder.stdout.readline()
+        return pr.train_lm(d, f"out_dir={d / 'run'}")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def _lock_taken_over(pr: Probe, d: Path, o: Outcome) -> str | None:
+    if "took over the stale lock" not in o.stderr:
+        return "the stale lock was taken over in silence"
+    return "the run left its lock file behind" if (d / "run" / ".run.lock").exists() else None
+
+
+@case(
+    "run_folder_stale_lock",
+    "succeeds",
+    "train into a folder whose lock names a dead process of this host",
+    check=_lock_taken_over,
+)
+def _(pr, d):
+    dead = pr.run(["-c", "import os; print(os.getpid())"], d)
+    (d / "run").mkdir()
+    (d / "run" / ".run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    return pr.train_lm(d, f"out_dir={d / 'run'}")
+
+
+_FSIZE_LIMITED = (
+    "import resource, runpy, sys; n = int(sys.argv.pop(1)); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+    "sys.argv[0] = 'compressmamba'; runpy.run_module('compressmamba', run_name='__main__')"
+)
+
+
+@case(
+    "ckpt_write_file_too_large",
+    "refused",
+    "--resume with more steps under ulimit -f below a checkpoint's size (a disk that fills up)",
+    ("last.pt", "EFBIG", "last checkpoint"),
+    check=_finished_run_intact,
+)
+def _(pr, d):
+    run = pr.copy_run(d)
+    (d / "hashes.json").write_text(json.dumps({"checkpoints/last.pt": _file_hashes(run)["checkpoints/last.pt"]}))
+    limit = str((run / "checkpoints" / "last.pt").stat().st_size // 2)
+    args = ["train", LM, *TINY_LM, f"out_dir={run}", "train.steps=8", "--resume", str(run), "--allow-recipe-change"]
+    return pr.run(["-c", _FSIZE_LIMITED, limit, *args], d)
 
 
 # checkpoints ---------------------------------------------------------------------------------------

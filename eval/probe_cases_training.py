@@ -78,6 +78,37 @@ def _(pr, d):
     return o
 
 
+def _preempted_then_finished(pr: Probe, d: Path, o: Outcome) -> str | None:
+    first = (d / "first_rc.txt").read_text().split("\n", 1)
+    if first[0] not in ("75", "0"):
+        return f"SIGTERM gave exit {first[0]}, expected 75 (preempted, resume me): {first[1][-300:]}"
+    return _resumed_finished(pr, d, o)
+
+
+@case(
+    "sigterm_then_resume",
+    "succeeds",
+    "SIGTERM a run mid-way (exit 75 with a checkpoint at that step), then --resume it",
+    check=_preempted_then_finished,
+)
+def _(pr, d):
+    run, steps = d / "run", ["train.steps=400", "train.checkpoint_every=1000", "train.log_every=1"]
+    args = [sys.executable, "-m", "compressmamba", "train", LM, *TINY_LM, *steps, f"out_dir={run}"]
+    p = subprocess.Popen(args, cwd=d, env=pr.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + CASE_TIMEOUT_S
+    while p.poll() is None and time.monotonic() < deadline:
+        if (run / "metrics.jsonl").is_file() and '"kind": "train"' in (run / "metrics.jsonl").read_text():
+            p.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    err = p.communicate(timeout=CASE_TIMEOUT_S)[1]
+    (d / "first_rc.txt").write_text(f"{p.returncode}\n{err}")
+    o = pr.train_lm(d, *steps, f"out_dir={run}", "--resume", str(run))
+    said = [x for x in err.splitlines() if "preempted" in x]
+    o.note = said[-1].split(": ", 1)[-1] if said else "(the run ended before the signal)"
+    return o
+
+
 @case("smnist_tiny_ok", "succeeds", "the sMNIST demo with tiny settings (a run that should simply work)")
 def _(pr, d):
     return pr.cli(d, "train", SMNIST, *TINY_SMNIST, f"out_dir={d / 'run'}")

@@ -24,3 +24,23 @@ def per_layer_sizes(state_size: int | list[int], state_sizes: list[int] | None, 
     if len(sizes) != n_layers or min(sizes, default=0) < 1:
         raise ValueError(f"state_sizes {sizes} must hold {n_layers} sizes >= 1 (one per layer)")
     return sizes
+
+
+def cut_to_sizes_(model, state_sizes: list[int] | None):
+    """``model`` (a pretrained Mamba-1 or Mamba-2 LM) with layer i cut to its first
+    ``state_sizes[i]`` states of each group: the shapes a checkpoint of a run that started from it
+    and cut its states is loaded into (the weights are the checkpoint's). None leaves it as is.
+    ValueError unless there is one size per layer, each in [1, the layer's N]."""
+    if state_sizes is None:
+        return model
+    mixers = model.ssm_layers()
+    have = [m.state_size for m in mixers]
+    sizes = [int(n) for n in state_sizes]
+    if len(sizes) != len(have) or any(not 1 <= r <= n for r, n in zip(sizes, have)):
+        raise ValueError(
+            f"state_sizes {sizes}: expected one size per layer in [1, N] of the pretrained model (N = {have})"
+        )
+    for m, r in zip(mixers, sizes):
+        keep = torch.arange(r)
+        m.truncate_(keep.expand(m.n_groups, r) if hasattr(m, "n_groups") else keep)
+    return model

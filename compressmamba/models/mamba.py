@@ -25,7 +25,7 @@ from ..kernels import (
 )
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
-from .common import masked_mean, per_layer_sizes
+from .common import cut_to_sizes_, masked_mean, per_layer_sizes
 from .lm import (
     MixerBase,
     RecurrentCache,
@@ -316,11 +316,12 @@ def build_mamba(
 ) -> CompressMambaForCausalLM | MambaClassifier:
     """Build a Mamba LM from recipe keys; ``state_sizes`` (one per layer) overrides ``state_size``
     (an int, or a list of one size per layer). Keys it does not know (data ``info``) are ignored.
-    With ``n_classes`` (a classification dataset) it builds a :class:`MambaClassifier`."""
+    With ``n_classes`` (a classification dataset) it builds a :class:`MambaClassifier`. ``pretrained``
+    (a model folder or hub id) loads that LM instead, cut to ``state_sizes`` when given (a resumed run)."""
     if pair:
         raise ValueError("model 'mamba' has no dual-encoder head for retrieval pairs; use model.name=lru")
     if pretrained:
-        return CompressMambaForCausalLM.from_pretrained(pretrained)
+        return cut_to_sizes_(CompressMambaForCausalLM.from_pretrained(pretrained), state_sizes)
     state_sizes = per_layer_sizes(state_size, state_sizes, n_layers)
     cfg = CompressMambaConfig(
         vocab_size=vocab_size,

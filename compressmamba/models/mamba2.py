@@ -27,7 +27,7 @@ from .. import compat
 from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_state_update
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
-from .common import per_layer_sizes
+from .common import cut_to_sizes_, per_layer_sizes
 from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
 from .loading import MAMBA_SHARED_FIELDS
 
@@ -495,13 +495,14 @@ def build_mamba2(
     ``bc_proj`` (starting as the leading N of them) projects them to the layer's N states before
     the scan; trained from the start, this is the cut model's architecture without the cut.
     With ``n_classes`` (a classification dataset) it builds a MambaClassifier over Mamba-2
-    mixers. Keys it does not know (data ``info``) are ignored."""
+    mixers. ``pretrained`` (a model folder or hub id) loads that LM instead, cut to ``state_sizes``
+    when given (a resumed run). Keys it does not know (data ``info``) are ignored."""
     from .mamba import MambaClassifier
 
     if pair:
         raise ValueError("model 'mamba2' has no dual-encoder head for retrieval pairs; use model.name=lru")
     if pretrained:
-        return CompressMamba2ForCausalLM.from_pretrained(pretrained)
+        return cut_to_sizes_(CompressMamba2ForCausalLM.from_pretrained(pretrained), state_sizes)
     cfg = CompressMamba2Config(
         vocab_size=vocab_size,
         hidden_size=d_model,

@@ -15,6 +15,7 @@ is intact, never loaded into a run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -31,6 +32,30 @@ from ..models.files import safe_torch_load
 FORMAT = "compressmamba-checkpoint-2"
 CHECKSUM_RECORD = ".data/checksum.sha256"  # inside the archive's folder; torch.load ignores it
 PREVIOUS = "prev.pt"  # the checkpoint last.pt replaced, kept beside it
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file too large, ...): one line naming the
+    file and the OS error; the checkpoint it was to replace is unchanged."""
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``: itself, or the one torch's writer raised over (``RuntimeError:
+    [enforce fail at inline_container.cc] ... unexpected pos`` hides the ENOSPC / EFBIG of the
+    write it made)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _describe(err: OSError) -> str:
+    if err.errno is not None and err.strerror:
+        return f"{errno.errorcode.get(err.errno, err.errno)} ({err.strerror})"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -134,7 +159,7 @@ def save_checkpoint(
         f.seek(0)
         problem = verify_checksum(f)  # the file read back
         if problem:
-            raise OSError(f"the checkpoint written for {path} does not verify ({problem}); {path} is unchanged")
+            raise OSError(errno.EIO, f"the file written does not verify: {problem}")
         _keep_previous(path)  # verified: now the file it replaces becomes prev.pt
 
     obj = {
@@ -148,7 +173,14 @@ def save_checkpoint(
         "recipe": recipe,
         "pragmatic_snapshot": pragmatic_snapshot,
     }
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        err = _os_error(e)
+        if err is None or isinstance(err, CheckpointWriteError):
+            raise
+        why = _describe(err)
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {why}; nothing was replaced") from None
 
 
 def _keep_previous(path: Path) -> None:

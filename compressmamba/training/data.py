@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .preemption import ignore_stop_signals
+
 
 class StepBatches:
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, micro: int = 1):
@@ -51,7 +53,12 @@ class StepBatches:
         # its own generator: starting workers must not draw from the global RNG (dropout masks)
         g = torch.Generator().manual_seed(self.seed * 100_003 + start)
         loader = DataLoader(
-            self.ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=default_collate, generator=g
+            self.ds,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=default_collate,
+            generator=g,
+            worker_init_fn=ignore_stop_signals,  # a preempted job's stop signal is the trainer's to handle
         )
         yield from loader
 

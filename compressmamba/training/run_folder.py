@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import weakref
 from pathlib import Path
 
 import yaml
@@ -13,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..atomic import atomic_write_text
 from ..registry import MODEL_INFO_KEYS
-from . import tracking
+from . import run_lock, tracking
 from .checkpoint import checkpoint_path
 from .config import recipe_differences
 from .metrics import MetricsWriter, write_json
@@ -42,6 +43,7 @@ class RunFolder:
         ``overwrite``, cleared of the old run's files first."""
         acc = self.accelerator
         check_run_dir(self.run_dir)
+        self._lock_run_dir()
         if resume is not None:
             ck = checkpoint_path(resume)
             home = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
@@ -53,6 +55,7 @@ class RunFolder:
             broadcast_object_list(box, from_process=0)
             held = box[0]
         if held and not overwrite:
+            self._release_lock()
             raise ValueError(
                 f"run folder {self.run_dir} already holds a run ({', '.join(held)}): continue it with "
                 f"--resume {self.run_dir}, replace it with --overwrite, or write elsewhere with out_dir=NEW_FOLDER"
@@ -66,6 +69,28 @@ class RunFolder:
                 elif path.exists() or path.is_symlink():
                     path.unlink()
         acc.wait_for_everyone()
+
+    def _lock_run_dir(self) -> None:
+        """Hold the run folder's lock (run_lock.py) for the run's life: the main process takes it,
+        every rank learns the outcome and a busy folder is refused on all of them alike."""
+        acc, self._lock_finalizer, refusal = self.accelerator, None, None
+        if acc.is_main_process:
+            try:
+                path = run_lock.acquire(self.run_dir)
+                self._lock_finalizer = weakref.finalize(self, run_lock.release, path)
+            except run_lock.RunFolderBusy as e:
+                refusal = str(e)
+        if acc.num_processes > 1:
+            box = [refusal]
+            broadcast_object_list(box, from_process=0)
+            refusal = box[0]
+        if refusal:
+            raise run_lock.RunFolderBusy(refusal)
+
+    def _release_lock(self) -> None:
+        """Give the run folder's lock back (at the end of ``fit``, or when the run is refused)."""
+        if getattr(self, "_lock_finalizer", None) is not None:
+            self._lock_finalizer()
 
     def _open_outputs(self, trackers: list[str], changes: list[dict]) -> None:
         """config.yaml, metrics.jsonl (cut back to the checkpoint's step on resume: the rows the

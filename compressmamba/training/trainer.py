@@ -17,13 +17,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from ..flops import FlopMeter
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from . import rank_hashes, tracking
-from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointWriteError,
+    load_checkpoint,
+    load_checkpoint_model,
+    resume_hint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import Recipe, recipe_from_dict
 from .cut_controller import CutController
 from .data import StepBatches
@@ -31,6 +38,7 @@ from .evaluation import Evaluation
 from .finite import check_finite
 from .metrics import Throughput
 from .optim import build_optimizer, rewarm_factor, set_lr
+from .preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals, agreed_stop, signal_name
 from .rank_hashes import param_hash  # noqa: F401  (runs are compared by it: tests, studies)
 from .run_folder import RunFolder, fmt_sizes
 from .state import TrainerState
@@ -196,22 +204,46 @@ class Trainer(RunFolder, Evaluation):
             self.state.train_time_s = self._time_base + (time.time() - self._fit_start)
 
     def save(self):
+        """Write ``checkpoints/last.pt`` at this step (the one entry point: evaluation cadence,
+        the end, preemption). A write that fails (disk full) is one line on every rank naming
+        the file, the OS error and the last good checkpoint; the previous ``last.pt`` stays."""
         self._sync_time()
+        failed = None
         if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.run_dir / "checkpoints" / "last.pt",
-                model=self.model,
-                optimizer=self.optimizer,
-                step=self.step,
-                state_sizes=self.model.state_sizes,
-                trainer_state=self.state.to_dict(),
-                recipe=self.recipe.to_dict(),
-                pragmatic_snapshot=self.cuts.pragmatic_snapshot,
-            )
+            try:
+                save_checkpoint(
+                    self.run_dir / "checkpoints" / "last.pt",
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    step=self.step,
+                    state_sizes=self.model.state_sizes,
+                    trainer_state=self.state.to_dict(),
+                    recipe=self.recipe.to_dict(),
+                    pragmatic_snapshot=self.cuts.pragmatic_snapshot,
+                )
+            except CheckpointWriteError as e:
+                failed = f"step {self.step}: {e}. {resume_hint(self.run_dir, self.saved_step)}"
+        if self.accelerator.num_processes > 1:
+            box = [failed]
+            broadcast_object_list(box, from_process=0)
+            failed = box[0]
+        if failed:
+            raise CheckpointWriteError(failed)
         self.saved_step = self.step
         self.accelerator.wait_for_everyone()
 
     def fit(self) -> dict:
+        """Train to ``train.steps``; returns the summary. SIGTERM or SIGUSR1 meanwhile
+        (preemption.py) ends it after the current step with a checkpoint and :class:`Preempted`."""
+        try:
+            with StopSignals() as stop:
+                self._loop(stop)
+            self._fit_start = None
+            return self._finish()
+        finally:
+            self._release_lock()
+
+    def _loop(self, stop: StopSignals) -> None:
         acc, t = self.accelerator, self.recipe.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not (acc.is_main_process and t.progress),
                    desc=self.recipe.name, dynamic_ncols=True)  # fmt: skip
@@ -231,13 +263,29 @@ class Trainer(RunFolder, Evaluation):
                 val = self._cut() or val
             if self.step % (t.checkpoint_every or t.eval_every) == 0 and self.step < t.steps:
                 self.save()  # by default at every evaluation: a crash loses at most eval_every steps
+            signum = agreed_stop(acc, stop.received) if self.step < t.steps else None
+            if signum is not None:
+                bar.close()
+                self._preempt(signum)
             window.resume()
             bar.set_postfix(_postfix(shown_loss, self.model.state_sizes, val), refresh=False)
             bar.update(1)
         bar.close()
         self.save()
-        self._fit_start = None
-        return self._finish()
+
+    def _preempt(self, signum: int) -> None:
+        """Stop now (every rank agreed): checkpoint this finished step, say so, raise Preempted."""
+        if self.saved_step != self.step:
+            self.save()
+        msg = (
+            f"compressmamba: preempted by {signal_name(signum)} at step {self.step} of "
+            f"{self.recipe.train.steps}; checkpoint written: resume with --resume {self.run_dir} "
+            f"(exit code {PREEMPTED_EXIT_CODE})"
+        )
+        if self.accelerator.is_main_process:
+            print(msg, file=sys.stderr)
+        self._log(step=self.step, kind="preempted", signal=signal_name(signum), wall_time=time.time())
+        raise Preempted(msg, self.step)
 
     def _log_train(self, loss: float, lr: float, window: Throughput) -> str:
         """The train row of this step (throughput over the window since the last one); returns
