@@ -305,13 +305,23 @@ class Mamba3Mixer(MixerBase):
         self.config.state_size = max(self.config.state_sizes)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A state dict in mamba-ssm's MIMO layout (config ``mamba_ssm_layout``, set by the
-        mamba-ssm loader): permute its B/C coordinates into ours first."""
+        """Before loading: take S from the stored in_proj (a checkpoint of a cut model rebuilt from
+        its state sizes alone) and, for a state dict in mamba-ssm's MIMO layout (config
+        ``mamba_ssm_layout``, set by the mamba-ssm loader), permute its B/C coordinates into ours."""
+        stored = state_dict.get(prefix + "in_proj.weight")
+        if stored is not None:
+            s = stored.shape[0] - self._proj_width(self.state_size, 0)
+            if s != self.n_angles and 0 <= 2 * s <= self.state_size:
+                w = self.in_proj.weight
+                self.in_proj.weight = nn.Parameter(w.new_empty(stored.shape[0], w.shape[1]))
+                if self.in_proj.bias is not None:
+                    self.in_proj.bias = nn.Parameter(w.new_empty(stored.shape[0]))
+                self.in_proj.out_features = stored.shape[0]
+                self._set_shape(self.state_size, s)
         if getattr(self.config, "mamba_ssm_layout", False) and self.config.is_mimo:
             perm = mimo_permutation(self.state_size, self.n_angles)
-            for name, t in permute_bc(
-                self, {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}, perm
-            ).items():
+            own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            for name, t in permute_bc(self, own, perm).items():
                 state_dict[prefix + name] = t
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

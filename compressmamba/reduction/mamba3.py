@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.mamba3.cpu import rotated_keys
-from ..kernels.mamba3.reference import rank_values
+from ..kernels.mamba3.reference import compute_dtype, rank_values
 from .mamba import checked_count
 
 MAMBA3_METHODS = ("output", "hankel")
@@ -62,19 +62,19 @@ class Mamba3Stats:
     @torch.no_grad()
     def update(self, args: dict) -> None:
         """Add one batch: ``args`` are the scan's inputs (kernels/mamba3) from zero state."""
-        x, dl = args["x"].float(), args["delta"].float()
+        ct = compute_dtype(args["x"])  # float32, float64 for a float64 model
+        x, dl = args["x"].to(ct), args["delta"].to(ct)
         b, l, h, p = x.shape
         if h != self.heads or args["B"].shape[-1] != self.n or args["theta"].shape[-1] != self.s:
             raise ValueError(
                 f"Mamba3Stats.update: inputs have {h} heads, N={args['B'].shape[-1]}, S={args['theta'].shape[-1]}; "
                 f"expected {self.heads}, {self.n}, {self.s}"
             )
-        ct = torch.float32
         zero = torch.zeros(b, h, self.s, dtype=ct, device=x.device)
         _, k, q = rotated_keys(args["B"], args["C"], args["theta"], dl, args["B_bias"], args["C_bias"], zero, h, ct)
-        v = rank_values(x, None if args["mimo_x"] is None else args["mimo_x"].float())  # (b, l, R, H, P)
-        lam = args["trap"].float()
-        alpha = torch.exp(dl * args["A"].float())
+        v = rank_values(x, None if args["mimo_x"] is None else args["mimo_x"].to(ct))  # (b, l, R, H, P)
+        lam = args["trap"].to(ct)
+        alpha = torch.exp(dl * args["A"].to(ct))
         u = torch.einsum("blrhp,blrhn->blhpn", v, k)
         s = {key: t.to(x.device) for key, t in self.sums.items()}
         s["count"] += b * l

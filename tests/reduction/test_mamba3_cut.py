@@ -1,0 +1,125 @@
+"""Mamba-3 cuts: the output energy of a mode is exactly what removing it changes; a turned pair is
+one mode; keeping every mode is the identity; a cut is the uncut layer with the dropped modes' B
+and C zeroed after the norm, the RMSNorm's mean square then taken over the kept coordinates (and
+not over N: that part is not preserved, shown too); the state maps carry Adam moments."""
+
+import pytest
+import torch
+from compressmamba.kernels.mamba3 import mamba3_scan_ref
+
+from compressmamba.models.mamba3 import build_mamba3
+from compressmamba.reduction.mamba3 import Mamba3Stats, mode_coordinates, mode_energy
+
+
+def _zero_modes(inp, coords):
+    """The scan's inputs with state coordinates ``coords`` silenced (B, C and both biases zero)."""
+    out = dict(inp)
+    for k in ("B", "C", "B_bias", "C_bias"):
+        t = out[k].clone()
+        t[..., coords] = 0
+        out[k] = t
+    return out
+
+
+@pytest.mark.parametrize("mimo", [False, True])
+def test_output_energy_is_what_removing_the_mode_changes(mimo):
+    b, l, h, n, s = 2, 17, 4, 10, 3  # 3 turned pairs, 4 unturned coordinates
+    mixer = _layer(mimo, seed=3)
+    with torch.no_grad():
+        _, inp = mixer._prepare(torch.randn(b, l, 16, dtype=torch.float64))
+    stats = Mamba3Stats(h, n, s)
+    stats.update(inp)
+    sums = stats.as_dict()
+    e = mode_energy(sums, "output", s, n)
+    assert e.shape == (n - s,)
+    y = mamba3_scan_ref(**inp)
+    for mode in range(n - s):
+        coords, _ = mode_coordinates(torch.tensor([mode]), s)
+        change = (y - mamba3_scan_ref(**_zero_modes(inp, coords))).pow(2).sum() / (b * l)
+        assert abs(change.item() - e[mode].item()) < 1e-9 * max(1.0, change.item())
+    # a pair's halves alone are not modes: silencing one coordinate of a pair changes the other's output
+    half = (y - mamba3_scan_ref(**_zero_modes(inp, torch.tensor([0])))).pow(2).sum() / (b * l)
+    assert abs(half.item() - e[0].item()) > 1e-6
+
+
+def test_hankel_energy_is_finite_positive_per_mode():
+    mixer = _layer(True, seed=4)
+    with torch.no_grad():
+        _, inp = mixer._prepare(torch.randn(2, 20, 16, dtype=torch.float64))
+    stats = Mamba3Stats(4, 10, 3)
+    stats.update(inp)
+    e = mode_energy(stats.as_dict(), "hankel", 3, 10)
+    assert e.shape == (7,) and (e > 0).all() and torch.isfinite(e).all()
+    with pytest.raises(ValueError, match="energy method must be one of"):
+        mode_energy(stats.as_dict(), "balanced", 3, 10)
+
+
+def _layer(mimo=True, seed=0, n=10, rope=1.0):
+    torch.manual_seed(seed)
+    m = build_mamba3(d_model=16, n_layers=1, state_size=n, head_dim=8, n_groups=2, vocab_size=11,
+                     is_mimo=mimo, mimo_rank=2, rope_fraction=rope, rope_angles=[3])  # fmt: skip
+    with torch.no_grad():
+        for name, prm in m.named_parameters():
+            if prm.dim() <= 3 and "embeddings" not in name:
+                prm.copy_(1 + 0.3 * torch.randn_like(prm))
+    return m.double().ssm_layers()[0]
+
+
+def test_keeping_every_mode_is_the_identity():
+    mixer = _layer()
+    before = {k: v.clone() for k, v in mixer.state_dict().items()}
+    assert mixer.truncate_(torch.arange(7)) == {}
+    assert all(torch.equal(v, before[k]) for k, v in mixer.state_dict().items())
+
+
+@pytest.mark.parametrize("mimo", [False, True])
+def test_cut_is_zeroing_with_the_norm_over_kept_coordinates(mimo):
+    """N = 10 with S = 3 pairs: keep pairs 0 and 2 and unturned coordinates 7 and 9 (modes 4, 6)."""
+    mixer = _layer(mimo)
+    u = torch.randn(2, 13, 16, dtype=torch.float64)
+    keep = torch.tensor([0, 2, 4, 6])
+    coords, s_new = mode_coordinates(keep, 3)
+    assert coords.tolist() == [0, 1, 4, 5, 7, 9] and s_new == 2
+    with torch.no_grad():
+        z, args = mixer._prepare(u)
+        raw = {}  # B, C before the norm, so the test can normalise them over the kept coordinates
+        proj, rgn = mixer.in_proj(u), mixer.rank * 2 * 10
+        raw["B"], raw["C"] = (
+            proj[..., 64 + i * rgn : 64 + (i + 1) * rgn].unflatten(-1, (mixer.rank, 2, 10)) for i in (0, 1)
+        )
+        masked = dict(args)
+        for key, w in (("B", mixer.B_norm.weight), ("C", mixer.C_norm.weight)):
+            kept = raw[key][..., coords]
+            normed = torch.zeros_like(raw[key])
+            normed[..., coords] = kept * torch.rsqrt(kept.pow(2).mean(-1, keepdim=True) + 1e-5) * w[coords]
+            masked[key] = normed
+        masked = _zero_modes(masked, torch.tensor([c for c in range(10) if c not in coords.tolist()]))
+        want = mixer._output(mamba3_scan_ref(**masked), z)
+        norm_over_n = _zero_modes(args, torch.tensor([c for c in range(10) if c not in coords.tolist()]))
+        not_kept = mixer._output(mamba3_scan_ref(**norm_over_n), z)
+        old = {k: v.clone() for k, v in mixer.named_parameters()}
+        maps = mixer.truncate_(keep)
+        got = mixer(u)
+    assert mixer.state_size == 6 and mixer.n_angles == 2 and mixer.config.rope_angles == [2]
+    assert ((got - want).norm() / want.norm()).item() < 1e-12
+    assert ((got - not_kept).norm() / not_kept.norm()).item() > 1e-4  # the norm over N is not preserved
+    new = dict(mixer.named_parameters())
+    assert sorted(maps) == ["B_bias", "B_norm.weight", "C_bias", "C_norm.weight", "in_proj.weight"]
+    for name, fn in maps.items():  # a moment shaped like the old parameter maps as the parameter did
+        assert torch.equal(fn(old[name]), new[name])
+
+
+def test_truncate_rejects_bad_keep():
+    mixer = _layer(False)
+    for bad in ([0, 0], [7], [-1], []):
+        with pytest.raises(ValueError, match=r"keep must be distinct mode indices in \[0, 7\)"):
+            mixer.truncate_(torch.tensor(bad, dtype=torch.long))
+
+
+def test_energy_without_enough_tokens_names_the_layer():
+    mixer = _layer(False)
+    mixer.start_stats()
+    with torch.no_grad():
+        mixer(torch.randn(1, 3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="layer layers.0: calibration saw 3 tokens"):
+        mixer.energy(mixer.pop_stats(), "output")
