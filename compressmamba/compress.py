@@ -154,6 +154,10 @@ def _cmd_convert(args) -> int:
     model = _load_any(args.src)
     if args.to == "transformers":
         export_transformers(model, args.dst)
+    elif args.to == "mamba_ssm":
+        from .models.mamba3 import export_mamba_ssm
+
+        export_mamba_ssm(model, args.dst)
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.to} checkpoint to {args.dst} (state sizes {model.state_sizes})")
@@ -220,5 +224,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("src")
     v.add_argument("dst")
-    v.add_argument("--to", default="compressmamba", choices=["compressmamba", "transformers"])
+    v.add_argument(
+        "--to",
+        default="compressmamba",
+        choices=["compressmamba", "transformers", "mamba_ssm"],
+        help="mamba_ssm: a MambaLMHeadModel folder (Mamba-3 models, one N in every layer)",
+    )
     v.set_defaults(func=_cmd_convert)

@@ -518,6 +518,8 @@ def export_mamba_ssm(model: CompressMamba3ForCausalLM, out_dir) -> Path:
 
     from ..atomic import atomic_write, atomic_write_text
 
+    if not isinstance(model, CompressMamba3ForCausalLM):
+        raise ValueError(f"model: mamba-ssm export is for Mamba-3 language models, got {type(model).__name__}")
     cfg = mamba_ssm_config(model.config)
     out = Path(out_dir)
     buf = io.BytesIO()

@@ -184,3 +184,42 @@ def test_config_rejects_bad_values():
         build_mamba3(d_model=16, n_layers=1, head_dim=8, rope_fraction=0.25)
     with pytest.raises(ValueError, match=r"rope_angles \[5\] must hold one S per layer"):
         build_mamba3(d_model=16, n_layers=1, head_dim=8, state_size=8, rope_angles=[5])
+
+
+def test_convert_cli_writes_mamba_ssm_and_reads_it_back(tmp_path):
+    from compressmamba.cli import main
+
+    m = _model(True, False, 0.5, sizes=(12, 12)).float()
+    m.save_pretrained(tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "ssm"), "--to", "mamba_ssm"]) == 0
+    assert main(["convert", str(tmp_path / "ssm"), str(tmp_path / "back")]) == 0
+    back = load_pretrained(tmp_path / "back")
+    ids = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, m(ids).logits, atol=1e-5)
+
+
+def test_post_hoc_compress_cuts_modes_and_the_cut_model_reloads(tmp_path):
+    from compressmamba.compress import compress_model
+
+    m = _model(False, True, 0.5, sizes=(12, 10)).float()
+    gen = torch.Generator().manual_seed(3)
+    batches = [{"input_ids": torch.randint(0, 37, (2, 16), generator=gen)} for _ in range(2)]
+    report = compress_model(m, batches, tau=0.2, method="hankel")
+    assert report.old_sizes == [9, 8]  # modes: S pairs + N − 2S coordinates
+    assert all(n < o for n, o in zip(m.state_sizes, (12, 10)))
+    m.save_pretrained(tmp_path)
+    back = load_pretrained(tmp_path)
+    assert back.state_sizes == m.state_sizes and back.config.rope_angles == m.config.rope_angles
+
+
+def test_classifier_over_mamba3_mixers_cuts():
+    m = build_mamba3(d_model=16, n_layers=1, state_size=8, head_dim=8, n_classes=3, d_input=5)
+    x, y = torch.randn(4, 12, 5), torch.tensor([0, 1, 2, 1])
+    out = m(x, labels=y)
+    assert out.logits.shape == (4, 3) and torch.isfinite(out.loss)
+    out.loss.backward()
+    layer = m.ssm_layers()[0]
+    assert layer.in_proj.weight.grad is not None and layer.B_bias.grad.abs().sum() > 0
+    layer.truncate_(torch.tensor([1, 3, 5]))  # S = 2: pair 1, then unturned coordinates 5 and 7
+    assert m.state_sizes == [4] and torch.isfinite(m(x, labels=y).loss)
