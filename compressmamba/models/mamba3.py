@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import compat
-from ..kernels.mamba3 import mamba3_scan_cpu, mamba3_step_ref
+from ..kernels.mamba3 import mamba3_scan_fn, mamba3_step
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
 from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
@@ -264,7 +264,7 @@ class Mamba3Mixer(MixerBase):
         z, args = self._prepare(hidden)
         if self.stats is not None:
             self.stats.update(args)
-        out = mamba3_scan_cpu(**args, return_final_state=cache is not None, chunk_size=self.config.chunk_size)
+        out = mamba3_scan_fn(**args, return_final_state=cache is not None, chunk_size=self.config.chunk_size)
         if cache is not None:
             out, last = out
             cache.set_state(self.layer_idx, last)
@@ -273,7 +273,7 @@ class Mamba3Mixer(MixerBase):
     def step(self, hidden: Tensor, cache: Mamba3Cache) -> Tensor:
         """One decoding token: hidden (b, 1, H_model); the layer's state advances in the cache."""
         z, args = self._prepare(hidden[:, 0])
-        y, state = mamba3_step_ref(cache.state(self.layer_idx), **args)
+        y, state = mamba3_step(cache.state(self.layer_idx), **args)
         cache.set_state(self.layer_idx, state)
         return self._output(y, z).unsqueeze(1)
 

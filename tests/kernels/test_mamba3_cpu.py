@@ -142,3 +142,22 @@ def test_cpu_rejects_bad_chunk_size():
     inp = make_mamba3_inputs(1, 4, 2, 2, 1, 4, 1, seed=7)
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         mamba3_scan_cpu(**inp, chunk_size=0)
+
+
+def test_dispatch_runs_each_backend_and_checks_shapes():
+    from compressmamba.kernels.mamba3 import mamba3_scan_fn
+
+    inp = make_mamba3_inputs(1, 6, 2, 3, 1, 6, 2, r=2, mimo=True, seed=8)
+    y = mamba3_scan_fn(**inp, backend="ref")
+    assert rel_err(mamba3_scan_fn(**inp, backend="cpu", chunk_size=4), y) < FP64
+    assert rel_err(mamba3_scan_fn(**inp), y) < FP64  # auto on CPU tensors: the chunked path
+    with pytest.raises(ValueError, match=r"B_bias has shape \(2, 1, 6\), expected \(2, 2, 6\)"):
+        mamba3_scan_fn(**dict(inp, B_bias=inp["B_bias"][:, :1]))
+    with pytest.raises(
+        ValueError, match=r"theta has shape \(1, 6, 4\), expected \(batch=1, length=6, S\) with 2S <= N=6"
+    ):
+        mamba3_scan_fn(**dict(inp, theta=torch.zeros(1, 6, 4, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="B has 2 ranks but mimo_x is None"):
+        mamba3_scan_fn(**dict(inp, mimo_x=None))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        mamba3_scan_fn(**inp, backend="cuda")
