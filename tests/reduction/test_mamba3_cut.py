@@ -3,6 +3,8 @@ one mode; keeping every mode is the identity; a cut is the uncut layer with the 
 and C zeroed after the norm, the RMSNorm's mean square then taken over the kept coordinates (and
 not over N: that part is not preserved, shown too); the state maps carry Adam moments."""
 
+import math
+
 import pytest
 import torch
 from compressmamba.kernels.mamba3 import mamba3_scan_ref
@@ -123,3 +125,47 @@ def test_energy_without_enough_tokens_names_the_layer():
         mixer(torch.randn(1, 3, 16, dtype=torch.float64))
     with pytest.raises(ValueError, match="layer layers.0: calibration saw 3 tokens"):
         mixer.energy(mixer.pop_stats(), "output")
+
+
+def _transform(inp, coords, M_B, M_C, groups):
+    """B ← M_B B, C ← M_C C on ``coords`` (M per group, (G, k, k)), biases of each head with its
+    group's M: a change of basis of those state coordinates."""
+    out = dict(inp)
+    h = inp["B_bias"].shape[0]
+    per_head = lambda M: M.repeat_interleave(h // groups, dim=0)  # noqa: E731
+    for key, M in (("B", M_B), ("C", M_C)):
+        t = out[key].clone()
+        t[..., coords] = torch.einsum("gij,...gj->...gi", M, t[..., coords])
+        out[key] = t
+        bias = out[key + "_bias"].clone()
+        bias[..., coords] = torch.einsum("hij,hrj->hri", per_head(M), bias[..., coords])
+        out[key + "_bias"] = bias
+    return out
+
+
+@pytest.mark.parametrize("mimo", [False, True])
+def test_what_a_change_of_basis_preserves(mimo):
+    """What balanced truncation could use (docs/design.md, "Mamba-3"): any invertible T per group on
+    the unturned coordinates (B̂ = T⁻¹B, Ĉ = TᵀC, biases alike) keeps every output, trapezoidal term
+    included; on a turned pair only a complex scalar does (k ← ρR(ψ)k, q ← ρ⁻¹R(ψ)q); a real map that
+    mixes two pairs, or a pair with an unturned coordinate, does not."""
+    mixer = _layer(mimo, seed=5)  # N = 10, S = 3: pairs (0,1) (2,3) (4,5), unturned 6..9, G = 2
+    with torch.no_grad():
+        _, inp = mixer._prepare(torch.randn(2, 15, 16, dtype=torch.float64))
+    y = mamba3_scan_ref(**inp)
+    gen = torch.Generator().manual_seed(0)
+    T = torch.eye(4, dtype=torch.float64) + 0.4 * torch.randn(2, 4, 4, generator=gen, dtype=torch.float64)
+    free = torch.arange(6, 10)
+    same = mamba3_scan_ref(**_transform(inp, free, torch.linalg.inv(T), T.transpose(1, 2), 2))
+    assert ((same - y).norm() / y.norm()).item() < 1e-10
+
+    rho, psi = 1.7, 0.9
+    turn = torch.tensor([[math.cos(psi), -math.sin(psi)], [math.sin(psi), math.cos(psi)]], dtype=torch.float64)
+    pair = torch.arange(2, 4)
+    scalar = mamba3_scan_ref(**_transform(inp, pair, (rho * turn).expand(2, 2, 2), (turn / rho).expand(2, 2, 2), 2))
+    assert ((scalar - y).norm() / y.norm()).item() < 1e-10
+
+    for mixed in (torch.tensor([0, 2]), torch.tensor([1, 7])):  # two pairs; a pair and an unturned coordinate
+        M = torch.tensor([[1.0, 0.5], [0.2, 1.0]], dtype=torch.float64).expand(2, 2, 2)
+        moved = mamba3_scan_ref(**_transform(inp, mixed, torch.linalg.inv(M), M.transpose(1, 2), 2))
+        assert ((moved - y).norm() / y.norm()).item() > 1e-4
