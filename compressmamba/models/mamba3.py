@@ -14,7 +14,8 @@ mimo_z, mimo_o, D, norm, out_proj}`` as mamba-ssm's ``Mamba3``. Our state coordi
 turned pair side by side, (2i, 2i + 1) for i < S, then the N − 2S unturned ones; mamba-ssm's MIMO
 kernels pair i with i + N/2 instead, so a MIMO layer's B/C coordinates are permuted on the way in
 and out of mamba-ssm's layout (:func:`mimo_permutation`). Each layer has its own N
-(``state_sizes``) and S (``rope_angles``).
+(``state_sizes``) and S (``rope_angles``); after a balanced cut also ``mixer.bc_proj.{B, C}``
+(G, r, F_in), projecting the normed unturned coordinates (config ``bc_proj_in``: F_in per layer).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..kernels.mamba3 import mamba3_scan_fn, mamba3_step
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
 from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
-from .mamba2 import GatedRMSNorm
+from .mamba2 import BCProjection, GatedRMSNorm
 
 
 def default_angles(n: int, rope_fraction: float) -> int:
@@ -87,6 +88,7 @@ class CompressMamba3Config(compat.PreTrainedConfig):
         bos_token_id: int = 0,
         eos_token_id: int = 0,
         use_cache: bool = True,
+        bc_proj_in: list[int | None] | None = None,
         **kwargs,
     ):
         alias = {name: kwargs.pop(a) for a, name in self.attribute_map.items() if a in kwargs}
@@ -108,6 +110,7 @@ class CompressMamba3Config(compat.PreTrainedConfig):
             raise ValueError(f"mimo_rank must be >= 1, got {mimo_rank!r}")
         self.A_floor, self.chunk_size = float(A_floor), int(chunk_size)
         self.rope_angles = _angles(rope_angles, self.state_sizes, self.rope_fraction)
+        self.bc_proj_in = _projection_widths(bc_proj_in, self.state_sizes, self.rope_angles)
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -130,6 +133,20 @@ def _angles(angles, sizes: list[int], fraction: float) -> list[int]:
 def _compute_dtype(t: Tensor) -> torch.dtype:
     """float64 for a float64 model (the tests' reference precision), else float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _projection_widths(widths, sizes: list[int], angles: list[int]) -> list[int | None] | None:
+    """``bc_proj_in``: per layer None, or the number F_in >= N − 2S of unturned coordinates that
+    in_proj and the B/C norms carry before a balanced cut's projection; None when no layer has one."""
+    if widths is None:
+        return None
+    widths = [None if w is None else int(w) for w in widths]
+    if len(widths) != len(sizes) or any(w is not None and w < n - 2 * a for w, n, a in zip(widths, sizes, angles)):
+        raise ValueError(
+            f"bc_proj_in {widths} must hold one entry per layer ({len(sizes)}), each null or >= that layer's "
+            f"unturned state count N - 2S (state sizes {sizes}, rope angles {angles})"
+        )
+    return widths
 
 
 def heavy_tail(t: Tensor) -> Tensor:
@@ -187,12 +204,16 @@ class Mamba3Mixer(MixerBase):
         self.n_heads, self.head_dim, self.n_groups, self.rank = c.num_heads, c.head_dim, c.n_groups, c.mimo_rank
         self.d_inner = c.intermediate_size
         n = self.state_size = c.state_sizes[layer_idx]
-        self.n_angles = c.rope_angles[layer_idx]
+        self.n_angles = s = c.rope_angles[layer_idx]
+        f_in = (c.bc_proj_in or [None] * c.num_hidden_layers)[layer_idx]
+        self.bc_width = n if f_in is None else 2 * s + f_in  # B/C coordinates out of in_proj and the norms
         h, r = self.n_heads, self.rank
-        self.in_proj = nn.Linear(c.hidden_size, self._proj_width(n, self.n_angles), bias=c.use_bias)
+        self.in_proj = nn.Linear(c.hidden_size, self._proj_width(self.bc_width, s), bias=c.use_bias)
         self.dt_bias = nn.Parameter(torch.zeros(h))
         self.B_bias, self.C_bias = nn.Parameter(torch.ones(h, r, n)), nn.Parameter(torch.ones(h, r, n))
-        self.B_norm, self.C_norm = BCNorm(n), BCNorm(n)
+        self.B_norm, self.C_norm = BCNorm(self.bc_width), BCNorm(self.bc_width)
+        self.bc_proj = BCProjection(self.n_groups, n - 2 * s, f_in) if f_in is not None else None
+        self._balancing = None  # (sigma, T, Tinv) of the last energy(stats, "balanced")
         if c.is_mimo:
             self.mimo_x = nn.Parameter(torch.full((h, r, self.head_dim), 1.0 / r))
             self.mimo_z = nn.Parameter(torch.ones(h, r, self.head_dim))
@@ -221,22 +242,30 @@ class Mamba3Mixer(MixerBase):
         for t in (self.mimo_x, self.mimo_o) if self.config.is_mimo else ():
             if where(t):
                 t.fill_(1.0 / self.rank)
+        for w in (self.bc_proj.B, self.bc_proj.C) if self.bc_proj is not None else ():
+            if where(w):
+                w.copy_(torch.eye(*w.shape[1:]).expand_as(w))
         self.rescale_out_proj(where)
 
     def _prepare(self, u: Tensor) -> dict:
         """in_proj(u) (..., H_model) → z (..., H, P) and the scan's inputs (kernels/mamba3)."""
-        n, g, r, h = self.state_size, self.n_groups, self.rank, self.n_heads
+        n, g, r, h = self.bc_width, self.n_groups, self.rank, self.n_heads
         parts = torch.split(self.in_proj(u), [self.d_inner] * 2 + [r * g * n] * 2 + [h] * 3 + [self.n_angles], dim=-1)
         z, x, B, C, dd_dt, dd_A, trap, theta = parts
         ct = _compute_dtype(x)
+        B, C = self.B_norm(B.unflatten(-1, (r, g, n))), self.C_norm(C.unflatten(-1, (r, g, n)))
+        if self.bc_proj is not None:  # a balanced cut's projection of the unturned coordinates
+            s2 = 2 * self.n_angles
+            Bu, Cu = self.bc_proj(B[..., s2:], C[..., s2:])
+            B, C = torch.cat([B[..., :s2], Bu], -1), torch.cat([C[..., :s2], Cu], -1)
         A = (-heavy_tail(dd_A.to(ct))).clamp(max=-self.config.A_floor)
         args = {
             "x": x.unflatten(-1, (h, self.head_dim)),
             "delta": F.softplus(dd_dt.to(ct) + self.dt_bias.to(ct)),
             "A": A,
             "trap": torch.sigmoid(trap.to(ct)),
-            "B": self.B_norm(B.unflatten(-1, (r, g, n))),
-            "C": self.C_norm(C.unflatten(-1, (r, g, n))),
+            "B": B,
+            "C": C,
             "theta": theta.to(ct),
             "B_bias": self.B_bias.to(ct),
             "C_bias": self.C_bias.to(ct),
@@ -285,12 +314,19 @@ class Mamba3Mixer(MixerBase):
 
     def energy(self, stats: dict | None, method: str = "output") -> Tensor:
         """One float64 energy per mode (S turned pairs, then the N − 2S unturned coordinates),
-        summed over heads; ``truncate_`` takes indices into it (reduction/mamba3.py)."""
-        from ..reduction.mamba3 import mode_energy
+        summed over heads; ``truncate_`` takes indices into it (reduction/mamba3.py). With
+        ``balanced`` the unturned modes are each group's balanced coordinates (their Hankel singular
+        values summed over groups), and the next ``truncate_`` projects onto them."""
+        from ..reduction.mamba3 import balanced_modes, mode_energy
 
         if stats is None:
             raise ValueError(f"layer {self.layer_idx}: Mamba-3 energy needs calibration statistics")
-        return mode_energy(stats, method, self.n_angles, self.state_size, layer=f"layers.{self.layer_idx}")
+        where = f"layers.{self.layer_idx}"
+        self._balancing = None
+        if method != "balanced":
+            return mode_energy(stats, method, self.n_angles, self.state_size, layer=where)
+        energy, self._balancing = balanced_modes(stats, self.n_angles, self.state_size, self.n_groups, layer=where)
+        return energy
 
     @torch.no_grad()
     def truncate_(self, keep) -> dict:
@@ -298,26 +334,46 @@ class Mamba3Mixer(MixerBase):
 
         return truncate_layer_(self, keep)
 
+    def _empty_bc_(self, width: int, s: int, proj_shape: tuple | None) -> None:
+        """in_proj and the B/C norms reshaped (uninitialised) to ``width`` B/C coordinates and S = ``s``
+        angles, with a state projection of ``proj_shape`` (G, F_out, F_in): the shapes a stored layer
+        (a checkpoint of a cut model, rebuilt from its state sizes alone) is loaded into."""
+        w = self.in_proj.weight
+        rows = self._proj_width(width, s)
+        self.in_proj.weight = nn.Parameter(w.new_empty(rows, w.shape[1]))
+        if self.in_proj.bias is not None:
+            self.in_proj.bias = nn.Parameter(w.new_empty(rows))
+        self.in_proj.out_features = rows
+        self.B_norm.weight, self.C_norm.weight = nn.Parameter(w.new_empty(width)), nn.Parameter(w.new_empty(width))
+        if proj_shape is not None:
+            self.bc_proj = BCProjection(*proj_shape).to(device=w.device, dtype=w.dtype)
+        self.bc_width = width
+        self._set_shape(self.state_size, s)
+
+    def _set_proj_width(self, f_in: int | None) -> None:
+        widths = self.config.bc_proj_in or [None] * self.config.num_hidden_layers
+        widths[self.layer_idx] = f_in
+        self.config.bc_proj_in = widths if any(w is not None for w in widths) else None
+
     def _set_shape(self, n: int, s: int) -> None:
         self.state_size, self.n_angles = n, s
         self.config.state_sizes[self.layer_idx] = n
         self.config.rope_angles[self.layer_idx] = s
         self.config.state_size = max(self.config.state_sizes)
+        if self.bc_proj is not None:
+            self._set_proj_width(self.bc_width - 2 * s)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Before loading: take S from the stored in_proj (a checkpoint of a cut model rebuilt from
         its state sizes alone) and, for a state dict in mamba-ssm's MIMO layout (config
         ``mamba_ssm_layout``, set by the mamba-ssm loader), permute its B/C coordinates into ours."""
-        stored = state_dict.get(prefix + "in_proj.weight")
-        if stored is not None:
-            s = stored.shape[0] - self._proj_width(self.state_size, 0)
-            if s != self.n_angles and 0 <= 2 * s <= self.state_size:
-                w = self.in_proj.weight
-                self.in_proj.weight = nn.Parameter(w.new_empty(stored.shape[0], w.shape[1]))
-                if self.in_proj.bias is not None:
-                    self.in_proj.bias = nn.Parameter(w.new_empty(stored.shape[0]))
-                self.in_proj.out_features = stored.shape[0]
-                self._set_shape(self.state_size, s)
+        stored, norm = state_dict.get(prefix + "in_proj.weight"), state_dict.get(prefix + "B_norm.weight")
+        proj = state_dict.get(prefix + "bc_proj.B")
+        if stored is not None and norm is not None:
+            width = norm.shape[0]
+            s = stored.shape[0] - self._proj_width(width, 0)
+            if (width, s) != (self.bc_width, self.n_angles) or (proj is not None and self.bc_proj is None):
+                self._empty_bc_(width, s, None if proj is None else tuple(proj.shape))
         if getattr(self.config, "mamba_ssm_layout", False) and self.config.is_mimo:
             perm = mimo_permutation(self.state_size, self.n_angles)
             own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -337,7 +393,7 @@ def mimo_permutation(n: int, s: int) -> Tensor:
 
 def bc_rows(mixer: Mamba3Mixer, coords: Tensor) -> Tensor:
     """in_proj rows that carry B and C coordinates ``coords`` of every (rank, group), in order."""
-    n, blocks = mixer.state_size, mixer.rank * mixer.n_groups
+    n, blocks = mixer.bc_width, mixer.rank * mixer.n_groups
     base = 2 * mixer.d_inner
     per = (torch.arange(blocks)[:, None] * n + coords[None]).flatten()
     return torch.cat([base + per, base + blocks * n + per])
@@ -347,7 +403,7 @@ def permute_bc(mixer: Mamba3Mixer, sd: dict, perm: Tensor) -> dict:
     """The layer's B/C tensors of state dict ``sd`` (names relative to the layer) with their
     coordinates taken in order ``perm``."""
     out = {}
-    rows = bc_rows(mixer, torch.arange(mixer.state_size))
+    rows = bc_rows(mixer, torch.arange(mixer.bc_width))
     new_rows = bc_rows(mixer, perm)
     for name, t in sd.items():
         if name in ("in_proj.weight", "in_proj.bias"):
@@ -471,6 +527,11 @@ def mamba_ssm_config(config: CompressMamba3Config) -> dict:
     must have the N and S a mamba-ssm layer of its d_state has (one N, mamba-ssm's S for it)."""
     sizes, angles = config.state_sizes, config.rope_angles
     n = sizes[0]
+    if config.bc_proj_in is not None:
+        raise ValueError(
+            f"layers with a balanced cut's state projection (bc_proj_in {config.bc_proj_in}) have no mamba-ssm "
+            "form: save the model with save_pretrained (our format) instead, or cut it with output or hankel"
+        )
     if len(set(sizes)) > 1 or any(s != default_angles(n, config.rope_fraction) for s in angles):
         raise ValueError(
             f"mamba-ssm's Mamba3 has one d_state and rope_fraction·d_state/2 angles per layer; this model has "
@@ -533,7 +594,7 @@ FAMILY = register_family(
     ModelFamily(
         name="mamba3",
         build=build_mamba3,
-        energy_methods=("output", "hankel"),
+        energy_methods=("output", "hankel", "balanced"),
         causal_lm=CompressMamba3ForCausalLM,
         model_types=("compressmamba3",),
         mamba_ssm_layer="Mamba3",

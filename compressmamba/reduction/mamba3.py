@@ -24,7 +24,8 @@ mode's turned k, q and its trapezoidal terms are as before, except for one thing
 RMSNorms normalise over the N' kept coordinates instead of N. The cut layer is therefore the
 uncut layer with the dropped modes' B, C zeroed after the norm and the norm's mean square taken
 over the kept coordinates (tests/reduction/test_mamba3_cut.py proves both that and that the
-norm over N is not kept).
+norm over N is not kept). ``balanced`` (:func:`balanced_modes`, :func:`truncate_layer_`) balances
+each group's unturned coordinates and projects onto the kept ones (docs/design.md, "Mamba-3").
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Mamba3Stats:
             "in": z(heads, n),
             "out": z(heads, n),
             "decay": z(heads),
+            "bal_in": z(heads, f, f),
+            "bal_out": z(heads, f, f),
         }
 
     @torch.no_grad()
@@ -81,6 +84,9 @@ class Mamba3Stats:
         s["decay"] += alpha.double().sum((0, 1))
         s["in"] += (dl[..., None, None] ** 2 * u**2).double().sum((0, 1, 3))
         s["out"] += (q.double() ** 2).sum((0, 1, 2))
+        uf, qf = u[..., 2 * self.s :].double(), q[..., 2 * self.s :].double()
+        s["bal_in"] += torch.einsum("blh,blhpf,blhpg->hfg", dl.double() ** 2, uf, uf)
+        s["bal_out"] += torch.einsum("blrhf,blrhg->hfg", qf, qf)
         state = torch.zeros(b, h, p, self.n, dtype=ct, device=x.device)
         prev = torch.zeros_like(state)
         for t in range(l):
@@ -123,6 +129,34 @@ def mode_energy(stats: dict, method: str, s: int, n: int, layer: str = "?") -> T
     return e
 
 
+def balanced_modes(stats: dict, s: int, n: int, groups: int, layer: str = "?") -> tuple[Tensor, tuple]:
+    """``balanced``: energies (S + F,) and the balancing (σ, T, T⁻¹) of each group's unturned part.
+
+    Per group g (heads h ∈ g, ā_h = E[α]) over the F unturned coordinates:
+    P_g = Σ_h E[Δ² Σ_p b b ᵀ] / (1 − ā_h²) with b = Σ_r v_r[p] k_r, Q_g = Σ_h E[Σ_r q_r q_rᵀ] / (1 − ā_h²);
+    σ_g = sqrt(eig(P_g Q_g)) by square-root balancing, and unturned mode i is every group's i-th
+    balanced coordinate, energy Σ_g σ_g[i]. A turned pair gets the same quantity on its two
+    coordinates' diagonal (a rotation keeps it), Σ_g sqrt(P_g Q_g)."""
+    from .ssd import balance_groups
+
+    count = checked_count(stats, ("bal_in", "bal_out", "in", "out", "decay"), layer, " (balanced needs them)")
+    if stats["bal_in"].shape[-1] != n - 2 * s:
+        raise ValueError(
+            f"layer {layer}: statistics are for {stats['bal_in'].shape[-1]} unturned states, not {n - 2 * s}"
+        )
+    m = {k: stats[k].double() / count for k in ("bal_in", "bal_out", "in", "out", "decay")}
+    if not all(torch.isfinite(v).all() for v in m.values()):
+        raise ValueError(f"layer {layer}: calibration statistics contain NaN or inf; refusing to cut")
+    w = 1 / (1 - m["decay"].clamp(max=1 - 1e-6) ** 2)  # (H,)
+    per_group = lambda t: (t * w.view(-1, *[1] * (t.dim() - 1))).unflatten(0, (groups, -1)).sum(1)  # noqa: E731
+    P, Q = per_group(m["bal_in"]), per_group(m["bal_out"])
+    sigma, T, Tinv = balance_groups(P, Q, layer=layer)
+    Pp = per_group(_per_mode(m["in"], s)[:, :s])
+    Qp = per_group(_per_mode(m["out"], s)[:, :s])
+    energy = torch.cat([torch.sqrt(Pp * Qp).sum(0), sigma.sum(0)])
+    return energy, (sigma, T, Tinv)
+
+
 def mode_coordinates(keep: Tensor, s: int) -> tuple[Tensor, int]:
     """Kept modes (sorted) → the kept coordinates in our layout (kept pairs side by side, then the
     kept unturned coordinates) and the new S."""
@@ -149,28 +183,72 @@ def _rows(idx: Tensor, dim: int = 0):
 @torch.no_grad()
 def truncate_layer_(mixer, keep) -> dict:
     """Keep modes ``keep`` of a Mamba3Mixer (indices into its energy: S pairs, then F unturned
-    coordinates): slice in_proj's B, C and angle rows, B_bias, C_bias and the norm weights, and
-    return their state maps. Keeping every mode changes nothing."""
+    modes) and return the state maps. The kept pairs' B, C rows of in_proj, norm weights, biases and
+    angle rows are sliced. Unturned modes: by selection, their rows (or, on a layer with a state
+    projection, the rows of ``bc_proj``); after ``energy(stats, "balanced")`` a projection onto the
+    kept balanced coordinates (composed with any earlier one; in_proj and the norms keep every
+    unturned input coordinate, the biases turn with the basis, their moments and bc_proj's are
+    dropped). Keeping every mode changes nothing."""
+    from ..models.mamba2 import BCProjection
+    from ..models.mamba3 import bc_rows
+
     n, s = mixer.state_size, mixer.n_angles
+    basis, mixer._balancing = mixer._balancing, None
     keep = _check_keep(keep, n - s, mixer.layer_idx)
     if keep.numel() == n - s:
         return {}
-    from ..models.mamba3 import bc_rows
-
-    coords, s_new = mode_coordinates(keep, s)
-    di, h, rgn = mixer.d_inner, mixer.n_heads, mixer.rank * mixer.n_groups * n
+    pairs, free = keep[keep < s], keep[keep >= s] - s
+    coords, s_new = mode_coordinates(keep, s)  # kept state coordinates (selection)
+    turned = coords[: 2 * s_new]
+    projected = basis is not None or mixer.bc_proj is not None
+    f_in = mixer.bc_width - 2 * s
+    inputs = torch.cat([turned, 2 * s + torch.arange(f_in)]) if projected else coords  # kept B/C input coordinates
+    di, h, rgn = mixer.d_inner, mixer.n_heads, mixer.rank * mixer.n_groups * mixer.bc_width
     tail = 2 * di + 2 * rgn
     rows = torch.cat(
-        [torch.arange(2 * di), bc_rows(mixer, coords), torch.arange(tail, tail + 3 * h), tail + 3 * h + keep[keep < s]]
+        [torch.arange(2 * di), bc_rows(mixer, inputs), torch.arange(tail, tail + 3 * h), tail + 3 * h + pairs]
     )
-    maps = {"in_proj.weight": _rows(rows), "B_bias": _rows(coords, 2), "C_bias": _rows(coords, 2)}
-    maps.update({"B_norm.weight": _rows(coords), "C_norm.weight": _rows(coords)})
+    maps = {"in_proj.weight": _rows(rows), "B_norm.weight": _rows(inputs), "C_norm.weight": _rows(inputs)}
     if mixer.in_proj.bias is not None:
         maps["in_proj.bias"] = _rows(rows)
+    if basis is None:
+        maps.update({"B_bias": _rows(coords, 2), "C_bias": _rows(coords, 2)})
+        if mixer.bc_proj is not None:
+            maps.update({"bc_proj.B": _rows(free, 1), "bc_proj.C": _rows(free, 1)})
+    _apply(mixer, maps)
+    if basis is not None:
+        maps.update(_project_unturned_(mixer, basis, free, turned, 2 * s, BCProjection))
+    mixer.bc_width = int(inputs.numel())
+    mixer._set_shape(2 * s_new + int(free.numel()), s_new)
+    return maps
+
+
+def _apply(mixer, maps: dict) -> None:
     for name, fn in maps.items():
         mod, _, attr = name.rpartition(".")
         module = mixer.get_submodule(mod) if mod else mixer
         setattr(module, attr, torch.nn.Parameter(fn(getattr(module, attr)).clone()))
     mixer.in_proj.out_features = mixer.in_proj.weight.shape[0]
-    mixer._set_shape(int(coords.numel()), s_new)
-    return maps
+
+
+def _project_unturned_(mixer, basis, free: Tensor, turned: Tensor, s2: int, projection_cls) -> dict:
+    """A balanced cut of the unturned part: W_B = T⁻¹[keep], W_C = T[:, keep]ᵀ per group (composed
+    with an existing bc_proj), biases B̂ = W_B b, Ĉ = W_C c per head (its group's W). Returns None
+    state maps: a new basis."""
+    from .ssd import balanced_projections
+
+    g = mixer.n_groups
+    W_B, W_C = balanced_projections(*basis, free.expand(g, -1), layer=str(mixer.layer_idx))
+    per_head = lambda W: W.repeat_interleave(mixer.n_heads // g, dim=0)  # noqa: E731
+    for name, W in (("B_bias", W_B), ("C_bias", W_C)):
+        old = getattr(mixer, name)
+        moved = torch.einsum("hij,hrj->hri", per_head(W).to(old), old[..., s2:])
+        setattr(mixer, name, torch.nn.Parameter(torch.cat([old[..., turned], moved], -1)))
+    if mixer.bc_proj is not None:
+        W_B, W_C = W_B @ mixer.bc_proj.B.double(), W_C @ mixer.bc_proj.C.double()
+    ref = mixer.in_proj.weight
+    proj = projection_cls(g, W_B.shape[1], W_B.shape[2]).to(device=ref.device, dtype=ref.dtype)
+    proj.B.copy_(W_B)
+    proj.C.copy_(W_C)
+    mixer.bc_proj = proj
+    return {"B_bias": None, "C_bias": None, "bc_proj.B": None, "bc_proj.C": None}

@@ -169,3 +169,57 @@ def test_what_a_change_of_basis_preserves(mimo):
         M = torch.tensor([[1.0, 0.5], [0.2, 1.0]], dtype=torch.float64).expand(2, 2, 2)
         moved = mamba3_scan_ref(**_transform(inp, mixed, torch.linalg.inv(M), M.transpose(1, 2), 2))
         assert ((moved - y).norm() / y.norm()).item() > 1e-4
+
+
+def _calibrated(mixer, method, seed=0):
+    mixer.start_stats()
+    with torch.no_grad():
+        mixer(torch.randn(2, 24, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    return mixer.energy(mixer.pop_stats(), method)
+
+
+@pytest.mark.parametrize("mimo", [False, True])
+def test_balanced_with_every_unturned_coordinate_is_the_selection_cut(mimo):
+    """Keeping every balanced coordinate is a change of basis of the unturned part (exact), so a
+    balanced cut that drops only pair 1 equals the selection cut that drops pair 1."""
+    u = torch.randn(2, 11, 16, dtype=torch.float64)
+    sel, bal = _layer(mimo, seed=6), _layer(mimo, seed=6)
+    e = _calibrated(bal, "balanced")
+    assert e.shape == (7,) and (e[3:].diff() <= 1e-12).all()  # σ summed over groups, descending
+    keep = torch.tensor([0, 2, 3, 4, 5, 6])
+    sel.truncate_(keep)
+    maps = bal.truncate_(keep)
+    assert bal.bc_proj.B.shape == (2, 4, 4) and bal.config.bc_proj_in == [4] and bal.state_size == 8
+    assert maps["B_bias"] is None and maps["bc_proj.B"] is None and maps["in_proj.weight"] is not None
+    with torch.no_grad():
+        assert ((bal(u) - sel(u)).norm() / sel(u).norm()).item() < 1e-9
+
+
+def test_balanced_cut_composes_and_reloads(tmp_path):
+    from compressmamba.models import load_pretrained
+
+    torch.manual_seed(0)
+    m = build_mamba3(d_model=16, n_layers=1, state_size=12, head_dim=8, n_groups=2, vocab_size=11,
+                     is_mimo=True, mimo_rank=2).double()  # fmt: skip
+    mixer = m.ssm_layers()[0]  # S = 3: 9 modes
+    _calibrated(mixer, "balanced")
+    mixer.truncate_(torch.tensor([0, 1, 3, 4, 5, 6]))  # pairs 0, 1; 4 of 6 balanced coordinates
+    assert mixer.state_size == 8 and mixer.bc_width == 10 and mixer.config.rope_angles == [2]
+    _calibrated(mixer, "balanced", seed=1)
+    mixer.truncate_(torch.tensor([0, 2, 3]))  # pair 0, 2 balanced coordinates: composed with the first
+    assert mixer.bc_proj.B.shape == (2, 2, 6) and m.config.bc_proj_in == [6] and m.state_sizes == [4]
+    _calibrated(mixer, "output")
+    mixer.truncate_(torch.tensor([0, 2]))  # a selection on a projected layer slices bc_proj's rows
+    assert mixer.bc_proj.B.shape == (2, 1, 6) and m.state_sizes == [3]
+    m.save_pretrained(tmp_path)
+    back = load_pretrained(tmp_path).double()
+    ids = torch.randint(0, 11, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, m(ids).logits, atol=1e-10)
+        full, cache = m(ids).logits, __import__("compressmamba.models.mamba3", fromlist=["x"]).Mamba3Cache(1)
+        steps = [m(ids[:, :4], cache=cache).logits] + [m(ids[:, t : t + 1], cache=cache).logits for t in range(4, 9)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-8)
+    from compressmamba.models.mamba3 import export_mamba_ssm
+
+    with pytest.raises(ValueError, match="balanced cut's state projection"):
+        export_mamba_ssm(m, tmp_path / "ssm")

@@ -60,3 +60,19 @@ def test_mamba3_two_ranks_cut_identically(tmp_path, two_ranks):
     text_lm(corpus="python_stdlib", max_bytes=60000, seq_len=32, seed=2)  # built once, before the ranks start
     r0, r1 = two_ranks(recipe, tmp_path / "run")
     assert len(r0) >= 2 and r0 == r1 and r0[-1]["sizes"] != [12, 12]
+
+
+def test_mamba3_balanced_cuts_train_and_resume(tmp_path):
+    """method: balanced: the first cut adds each layer's bc_proj (fresh Adam state for it and the
+    turned biases), the second composes it; a resume rebuilds the projected shapes bit for bit."""
+    recipe = _recipe(tmp_path, is_mimo=True, mimo_rank=2)
+    recipe["reduction"]["method"] = "balanced"
+    tr = Trainer(recipe_from_dict(recipe))
+    s = tr.fit()
+    assert s["val_perplexity"] < 256 and tr.model.config.bc_proj_in == [6, 6]
+    cuts = [r for r in read_metrics(Path(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "cut"]
+    assert cuts[0]["optimizer"]["sliced"] == 6 and cuts[0]["optimizer"]["dropped"] == 4  # in_proj, norms; biases
+    again = Trainer(recipe_from_dict(recipe), resume=tmp_path / "run")
+    assert again.model.config.bc_proj_in == [6, 6] and again.model.state_sizes == tr.model.state_sizes
+    for a, b in zip(again.model.state_dict().values(), tr.model.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu())
