@@ -197,8 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         default="output",
         choices=_lm_energy_methods(),
-        help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
-        "through a state projection, which plain transformers format cannot hold",
+        help="state energy; balanced (Mamba-2; Mamba-3: its unturned coordinates) keeps the best r-dimensional "
+        "subspace per group through a state projection, which plain transformers and mamba-ssm formats cannot hold",
     )
     c.add_argument("--calib-batches", type=int, default=8)
     c.add_argument("--batch-size", type=int, default=4)
