@@ -154,6 +154,10 @@ def _cmd_convert(args) -> int:
     model = _load_any(args.src)
     if args.to == "transformers":
         export_transformers(model, args.dst)
+    elif args.to == "mamba_ssm":
+        from .models.mamba3 import export_mamba_ssm
+
+        export_mamba_ssm(model, args.dst)
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.to} checkpoint to {args.dst} (state sizes {model.state_sizes})")
@@ -193,8 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         default="output",
         choices=_lm_energy_methods(),
-        help="state energy; balanced (Mamba-2 only) keeps the best r-dimensional subspace per group "
-        "through a state projection, which plain transformers format cannot hold",
+        help="state energy; balanced (Mamba-2; Mamba-3: its unturned coordinates) keeps the best r-dimensional "
+        "subspace per group through a state projection, which plain transformers and mamba-ssm formats cannot hold",
     )
     c.add_argument("--calib-batches", type=int, default=8)
     c.add_argument("--batch-size", type=int, default=4)
@@ -220,5 +224,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("src")
     v.add_argument("dst")
-    v.add_argument("--to", default="compressmamba", choices=["compressmamba", "transformers"])
+    v.add_argument(
+        "--to",
+        default="compressmamba",
+        choices=["compressmamba", "transformers", "mamba_ssm"],
+        help="mamba_ssm: a MambaLMHeadModel folder (Mamba-3 models, one N in every layer)",
+    )
     v.set_defaults(func=_cmd_convert)

@@ -30,6 +30,7 @@ _MODEL_MODULES = (
     "compressmamba.models.lru",
     "compressmamba.models.mamba",
     "compressmamba.models.mamba2",
+    "compressmamba.models.mamba3",
     "compressmamba.models.hybrid",
 )
 _DATA_MODULES = (

@@ -71,3 +71,15 @@ def test_bench_ssd_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "| cpu | 13 |" in out and "| ref | 4 |" in out and "speed-up vs N=13" in out
     assert len(rows) == 4 and all(r[2] > 0 and r[3] > 0 for r in rows)
+
+
+def test_bench_mamba3_prints_its_table(capsys):
+    from compressmamba.eval import bench_mamba3
+
+    rows = bench_mamba3.main(
+        ["--device", "cpu", "--seqlen", "24", "--d-inner", "16", "--headdim", "8", "--states", "8,12",
+         "--mimo-rank", "2", "--chunk-size", "8", "--reps", "1", "--backends", "cpu,ref"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| cpu | 12 |" in out and "| ref | 8 |" in out and "rank 2" in out
+    assert all(r[2] is not None for r in rows)

@@ -125,7 +125,7 @@ def _overrides(recipe, tmp_path: Path, data_path: Path | None) -> list[str]:
         "reduction.plots=false",
         "train.mixed_precision='no'",
     ]
-    if recipe.model["name"] == "mamba2":  # d_model 8 → 16 channels: 2 heads of 8, one group each
+    if recipe.model["name"] in ("mamba2", "mamba3"):  # d_model 8 → 16 channels: 2 heads of 8, one group each
         o += ["model.head_dim=8", "model.n_groups=2", "model.chunk_size=8"]
     if recipe.reduction.mode != "none":
         o.append("reduction.attempts=[1]")
