@@ -104,8 +104,6 @@ class MambaMixer(MixerBase):
     SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
 
     needs_calibration = True
-    # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
-    default_energy_method = "output"
     # optimizer groups (names relative to the layer; see models/protocol.py)
     no_weight_decay_params = ("A_log", "D", "dt_proj.bias")
     ssm_params = ("A_log",)
@@ -201,7 +199,7 @@ class MambaMixer(MixerBase):
 
         self.stats = MambaStats(self.d_inner, self.state_size)
 
-    def energy(self, stats: dict | None, method: str = "output") -> Tensor:
+    def energy(self, stats: dict | None, method: str) -> Tensor:
         from ..reduction.mamba import mamba_energy
 
         if stats is None:
@@ -351,6 +349,8 @@ FAMILY = register_family(
         name="mamba",
         build=build_mamba,
         energy_methods=tuple(ENERGY_METHODS),
+        # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
+        default_energy_method="output",
         causal_lm=CompressMambaForCausalLM,
         model_types=("compressmamba", "mamba"),
         mamba_ssm_layer="Mamba1",

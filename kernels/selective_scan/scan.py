@@ -36,14 +36,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..limits import check_int32_indexing
+from ..limits import MAX_N, check_int32_indexing, check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 # COMPRESSMAMBA_AUTOTUNE=0: launch the fixed block and warps (those the compile report checks)
 # instead of autotuning, so a first call compiles one config per kernel, not a dozen
 AUTOTUNE = os.environ.get("COMPRESSMAMBA_AUTOTUNE", "1") != "0"
-MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
 CHUNK = 64  # steps between the states the forward stores for the backward (bench_scan --chunks times others)
 # BLOCK_D * BLOCK_N at most: beyond it the backward spills (python -m compressmamba.eval.kernel_report)
 MAX_TILE = 1024
@@ -601,8 +600,7 @@ def selective_scan_triton(
     function checks only what the kernel itself cannot do.
     """
     n = A.shape[-1]
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
+    check_state_size(n)
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     b, d, L = u.shape

@@ -3,16 +3,15 @@ next power of two in registers). One program per (batch row, block of channels).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..limits import check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
-from .scan import MAX_N, _channel_params, _tile, block_d, fixed_warps
+from .scan import _channel_params, _tile, block_d, fixed_warps
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 
 
 @triton.jit
@@ -72,8 +71,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     dividing d; D, dt_bias (d,). Returns y (b, d) in x's dtype.
     """
     b, d, n = state.shape
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
+    check_state_size(n)
     x, dt = x.contiguous(), dt.contiguous()
     z = z.contiguous() if z is not None else None
     Bn = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()
