@@ -167,9 +167,33 @@ def run_tasks(
     manager = manager or task_manager(tasks, include_path, include_defaults)
     device = device or ("cuda" if _cuda() else "cpu")
     lm = CompressMambaLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    res = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=log_samples)
+    try:
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=log_samples
+        )
+    except OSError as e:  # ConnectionError: a hub dataset that is neither cached nor reachable (offline)
+        raise ValueError(unreachable_dataset_message(e, tasks, manager)) from None
     res.setdefault("config", {})["compressmamba_model"] = {"model": model, "state_sizes": lm.model.state_sizes}
     return res
+
+
+def unreachable_dataset_message(error: OSError, tasks: list[str], manager) -> str:
+    """One line for a task whose dataset could not be read (not cached, hub unreachable): the
+    task, its dataset, and ``--include-path`` for tasks over local files."""
+    index = getattr(manager, "task_index", {}) or {}
+    paths = {}
+    for t in tasks:
+        entry = index.get(t)
+        cfg = getattr(entry, "cfg", None) or (entry.get("cfg") if isinstance(entry, dict) else None) or {}
+        paths[t] = cfg.get("dataset_path")
+    named = [t for t in tasks if paths[t] and str(paths[t]) in str(error)] or tasks
+    which = ", ".join(f"{t} (dataset {paths[t] or 'unknown'})" for t in named)
+    reason = " ".join(str(error).split())[:200]
+    return (
+        f"--tasks: {which} could not be read: not in the local Hugging Face cache and the hub is not reachable "
+        f"({reason}); run once with network access to cache it, or evaluate local tasks with --include-path "
+        "(a folder of task YAML files over local data)"
+    )
 
 
 def _cuda() -> bool:
