@@ -6,26 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _load_any(src: str):
-    """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
-    p = Path(src).expanduser()
-    if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
-        from .registry import families
-        from .training.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ck = load_checkpoint(p)
-        name = ck["recipe"]["model"].get("name")
-        lms = sorted(n for n, f in families().items() if f.causal_lm is not None)
-        if name not in lms:
-            raise ValueError(
-                f"{src} is a checkpoint of a {name!r} model; compress expects a language model, one of {lms}"
-            )
-        # every language model here has an output head (tied or not) named lm_head
-        return model_from_checkpoint(ck, {"vocab_size": ck["model"]["lm_head.weight"].shape[0]})
-    from .models.loading import load_pretrained
-
-    return load_pretrained(src).eval()
+from .inputs import load_any
 
 
 def compress_model(
@@ -122,7 +103,7 @@ def _cmd_compress(args) -> int:
             check_eval_options(args, "--eval-batch-size")  # before the work, not after it
         except ValueError as e:
             raise ValueError(f"--evaluate: {e}") from None
-    model = _load_any(args.checkpoint)
+    model = load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
     batches = _calib_batches(args.calib, args.tokenizer, args.seq_len, args.batch_size, args.calib_batches)
@@ -138,9 +119,9 @@ def _cmd_compress(args) -> int:
     else:
         model.save_pretrained(out)
     if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
-        from .training.export import _save_tokenizer
+        from .training.export import save_tokenizer
 
-        _save_tokenizer(args.tokenizer, out)
+        save_tokenizer(args.tokenizer, out)
     print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
     if args.evaluate:
         from .evaluate import evaluate_and_report, parse_tasks
@@ -158,7 +139,7 @@ def _cmd_compress(args) -> int:
 
 def _cmd_convert(args) -> int:
     _check_out_folder("DST", args.dst)
-    model = _load_any(args.src)
+    model = load_any(args.src)
     from .models.loading import export_transformers
 
     if args.to == "transformers":

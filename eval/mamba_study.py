@@ -70,9 +70,9 @@ from compressmamba.eval.study_arms import (
 )
 from compressmamba.eval.study_report import (
     METRICS,
-    _metric,
     collect,
     markdown,
+    metric_of,
     paired,
     plot,
     study_metric,
@@ -84,7 +84,7 @@ __all__ = [
     "METRICS",
     "OTHERS",
     "SIZED",
-    "_metric",
+    "metric_of",
     "add_params",
     "add_timing",
     "arch",

@@ -89,7 +89,7 @@ def _autotune(**kw):
 
 
 @triton.jit
-def _tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+def tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's batch row, channel block, channel and state offsets, their masks, its
     B/C group, and the (channel, state) offsets into a (d, n) array."""
     pid_b = tl.program_id(0)
@@ -103,7 +103,7 @@ def _tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+def channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     """A (BLOCK_D, BLOCK_N), D and delta_bias (BLOCK_D,) in fp32; zeros where absent."""
     A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
     Dv = tl.zeros_like(offs_d).to(tl.float32)
@@ -208,8 +208,8 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634  # exp(dt A) = exp2(dt A2)
     # fmt: off
     u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(
@@ -301,8 +301,8 @@ def _bwd_kernel(
     CHUNK: tl.constexpr,
     SUB: tl.constexpr = 16,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634
     # fmt: off
     u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(

@@ -9,7 +9,7 @@ import triton.language as tl
 
 from ..limits import check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
-from .scan import _channel_params, _tile, block_d, fixed_warps
+from .scan import block_d, channel_params, fixed_warps, tile
 
 _INTERPRET = triton_interpret()
 
@@ -44,8 +44,8 @@ def _step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     sp = s_ptr + pid_b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(sp, mask=mdn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
