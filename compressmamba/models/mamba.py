@@ -242,7 +242,6 @@ class MambaMixer(MixerBase):
         }
 
 
-MambaCache = RecurrentCache  # the name before Mamba-2 shared it
 
 
 class CompressMambaForCausalLM(SSMForCausalLM):

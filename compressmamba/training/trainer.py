@@ -134,10 +134,6 @@ class Trainer(RunFolder, Evaluation):
         cuts = self.state.cut_steps
         return rewarm_factor(self.step, cuts[-1] if cuts else None, self.recipe.reduction.rewarm_steps)
 
-    @property
-    def unwrapped(self):
-        return self.model
-
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[torch.Tensor, int, float]:
         """One optimizer step over ``train.grad_accum`` micro-batches. Returns the mean loss (a
