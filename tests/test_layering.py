@@ -71,3 +71,12 @@ def test_the_model_reading_commands_import_in_one_direction():
 
     for m in sorted(group):
         visit(m)
+
+
+def test_state_size_is_the_largest_state_size_in_one_place():
+    """``config.state_size = max(config.state_sizes)`` is written once (models/lm.py
+    set_state_sizes); every cut and builder goes through it."""
+    import re
+
+    files = [f for f in (ROOT / "compressmamba").rglob("*.py") if re.search(r"state_size\s*=\s*max\(", f.read_text())]
+    assert [f.name for f in files] == ["lm.py"]

@@ -34,6 +34,7 @@ from .lm import (
     blocks,
     init_weights,
     set_shared_config_fields,
+    set_state_sizes,
 )
 from .loading import MAMBA_SHARED_FIELDS
 
@@ -225,8 +226,7 @@ class MambaMixer(MixerBase):
         self.x_proj.weight = nn.Parameter(self.x_proj.weight[rows].clone())
         self.x_proj.out_features = rows.numel()
         self.state_size = keep.numel()
-        self.config.state_sizes[self.layer_idx] = self.state_size
-        self.config.state_size = max(self.config.state_sizes)
+        set_state_sizes(self.config, [self.state_size], layer=self.layer_idx)
         keep_c, rows_c = keep.cpu(), rows.cpu()
         return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
 

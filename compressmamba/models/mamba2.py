@@ -28,7 +28,7 @@ from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_s
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
+from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields, set_state_sizes
 from .loading import MAMBA_SHARED_FIELDS
 
 
@@ -422,8 +422,7 @@ class Mamba2Mixer(MixerBase):
 
     def _set_state_size(self, r: int) -> None:
         self.state_size = r
-        self.config.state_sizes[self.layer_idx] = r
-        self.config.state_size = max(self.config.state_sizes)
+        set_state_sizes(self.config, [r], layer=self.layer_idx)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A state dict with ``bc_proj`` for a layer built without one (a training checkpoint
