@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from ..registry import MODEL_INFO_KEYS
+
 
 @dataclass
 class OptimConfig:
@@ -79,7 +81,7 @@ class ReductionConfig:
 _TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction", "baseline")
 TASKS = ("classification", "lm")
 # keys the trainer passes to the builders itself (from the dataset's info, the checkpoint, the seed)
-_TRAINER_MODEL_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len", "state_sizes")
+_TRAINER_MODEL_KEYS = (*MODEL_INFO_KEYS, "state_sizes")  # the dataset's facts, and the sizes on resume
 _TRAINER_DATA_KEYS = ("seed",)
 # Keys a resume may change without changing what the run computes (where it writes, how often it
 # logs or checkpoints, progress bars, workers that build the same batches, trackers, plots).
