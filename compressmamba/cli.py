@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .run_paths import LAST_CHECKPOINT
 
 
 def _cmd_train(args) -> int:
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("recipe", help="a YAML file, or a shipped recipe's name (`compressmamba recipes` lists them)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
-    t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
+    t.add_argument("--resume", metavar="RUN_DIR", help=f"resume from RUN_DIR/{LAST_CHECKPOINT}")
     t.add_argument(
         "--overwrite",
         action="store_true",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .run_paths import LAST_CHECKPOINT, last_checkpoint
+
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'compressmamba[eval]' (or pip install lm_eval)"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -91,10 +93,10 @@ def load_for_eval(spec: str, tokenizer: str | None = None):
         run_tok = _run_tokenizer(path)
         if (path / "model" / "config.json").is_file():
             path = path / "model"
-        elif (path / "checkpoints" / "last.pt").is_file():
+        elif last_checkpoint(path).is_file():
             model = load_any(str(path))
         else:
-            raise FileNotFoundError(f"MODEL {spec}: a run folder with neither model/ nor checkpoints/last.pt")
+            raise FileNotFoundError(f"MODEL {spec}: a run folder with neither model/ nor {LAST_CHECKPOINT}")
     if model is None:
         model = load_pretrained(path if path.is_dir() else spec)
     if tokenizer is None:
@@ -120,7 +122,7 @@ def _default_tokenizer(spec: str, path: Path, run_tok: str | None, vocab_size: i
 def load_any(src: str):
     """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
     p = Path(src).expanduser()
-    if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
+    if last_checkpoint(p).is_file() or (p.is_file() and p.suffix == ".pt"):
         from .registry import families
         from .training.checkpoint import load_checkpoint, model_from_checkpoint
 

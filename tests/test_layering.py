@@ -80,3 +80,15 @@ def test_state_size_is_the_largest_state_size_in_one_place():
 
     files = [f for f in (ROOT / "compressmamba").rglob("*.py") if re.search(r"state_size\s*=\s*max\(", f.read_text())]
     assert [f.name for f in files] == ["lm.py"]
+
+
+def test_the_last_checkpoint_path_is_written_once():
+    """RUN_DIR/checkpoints/last.pt is spelled only in compressmamba/run_paths.py."""
+    import re
+
+    files = [
+        f.name
+        for f in (ROOT / "compressmamba").rglob("*.py")
+        if re.search(r"[\"']last\.pt[\"']|checkpoints/last\.pt[\"']", f.read_text())
+    ]
+    assert files == ["run_paths.py"]

@@ -21,6 +21,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
+from ..run_paths import last_checkpoint
 from . import rank_hashes, tracking
 from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_from_dict
@@ -191,7 +192,7 @@ class Trainer(RunFolder, Evaluation):
         self._sync_time()
         if self.accelerator.is_main_process:
             save_checkpoint(
-                self.run_dir / "checkpoints" / "last.pt",
+                last_checkpoint(self.run_dir),
                 model=self.model,
                 optimizer=self.optimizer,
                 step=self.step,
