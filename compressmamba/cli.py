@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
+from .run_paths import LAST_CHECKPOINT
 
 
 def _cmd_train(args) -> int:
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("recipe", help="a YAML file, or a shipped recipe's name (`compressmamba recipes` lists them)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500")
-    t.add_argument("--resume", metavar="RUN_DIR", help="resume from RUN_DIR/checkpoints/last.pt")
+    t.add_argument("--resume", metavar="RUN_DIR", help=f"resume from RUN_DIR/{LAST_CHECKPOINT}")
     t.add_argument(
         "--overwrite",
         action="store_true",
@@ -77,12 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _requested_cpu_processes() -> int:
     """``accelerate launch --cpu --num_processes N`` without mpirun starts one plain process
-    (accelerate's simple launcher) and does not pass N on. Read N from the launcher's command
-    line so that the request is honoured instead of silently training on one process."""
+    (accelerate's simple launcher) and does not pass N on: no environment variable and no public
+    accelerate API tells the child N. Read N from the launcher's command line so that the request
+    is honoured instead of silently training on one process.
+
+    Why ``/proc/<ppid>/cmdline``: it is the only place N is written. Only under
+    ``ACCELERATE_USE_CPU`` with no ``WORLD_SIZE`` (a launcher that starts the ranks itself sets
+    it) and a parent that is ``accelerate``; elsewhere (no /proc: macOS, Windows) one process. The
+    documented way that needs none of this is ``torchrun --nproc_per_node N -m compressmamba
+    train ...`` (README "Training")."""
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true") or "WORLD_SIZE" in os.environ:
         return 1
     try:
-        parent = open(f"/proc/{os.getppid()}/cmdline", "rb").read().split(b"\0")
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return 1
     args = [a.decode(errors="replace") for a in parent]

@@ -6,39 +6,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from torch.utils.data import default_collate
-
-from .models.loading import export_transformers, load_pretrained
-from .training.config import ReductionConfig
-from .training.cut import compression_event
+from .inputs import load_any
 
 
-def _load_any(src: str):
-    """A Hugging Face / mamba-ssm folder or hub id, or a compressmamba training run folder."""
-    p = Path(src).expanduser()
-    if (p / "checkpoints" / "last.pt").is_file() or (p.is_file() and p.suffix == ".pt"):
-        from .registry import families
-        from .training.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ck = load_checkpoint(p)
-        name = ck["recipe"]["model"].get("name")
-        lms = sorted(n for n, f in families().items() if f.causal_lm is not None)
-        if name not in lms:
-            raise ValueError(
-                f"{src} is a checkpoint of a {name!r} model; compress expects a language model, one of {lms}"
-            )
-        # every language model here has an output head (tied or not) named lm_head
-        return model_from_checkpoint(ck, {"vocab_size": ck["model"]["lm_head.weight"].shape[0]})
-    return load_pretrained(src).eval()
-
-
-def compress_model(model, calib_batches, tau: float | None, method: str = "output", uniform: int | bool = False):
+def compress_model(
+    model, calib_batches, tau: float | None, method: str | None = None, uniform: int | bool = False
+):
     """Cut ``model`` in place over ``calib_batches``: by the τ rule, each layer to its own N; with
     ``uniform=True`` every layer to the largest N the rule chooses; with ``uniform=N`` (an int)
     every layer to its N highest-energy states per group. Returns the CutReport."""
+    import torch
     from accelerate import Accelerator
 
+    from .training.config import ReductionConfig
+    from .training.cut import compression_event
+
+    method = resolve_method(model, method)
     fixed = uniform if isinstance(uniform, int) and not isinstance(uniform, bool) else None
     if fixed is None and tau is None:
         raise ValueError("give --tau (the τ rule) or --uniform N (one state size for every layer)")
@@ -54,6 +37,9 @@ def compress_model(model, calib_batches, tau: float | None, method: str = "outpu
 
 
 def _calib_batches(spec: str, tokenizer: str, seq_len: int, batch_size: int, n_batches: int):
+    import torch
+    from torch.utils.data import default_collate
+
     from .data.text import text_lm
 
     kw = (
@@ -117,7 +103,7 @@ def _cmd_compress(args) -> int:
             check_eval_options(args, "--eval-batch-size")  # before the work, not after it
         except ValueError as e:
             raise ValueError(f"--evaluate: {e}") from None
-    model = _load_any(args.checkpoint)
+    model = load_any(args.checkpoint)
     if args.tokenizer == "byte" and model.config.vocab_size < 256:
         raise ValueError(f"model vocabulary {model.config.vocab_size} < 256: give --tokenizer")
     batches = _calib_batches(args.calib, args.tokenizer, args.seq_len, args.batch_size, args.calib_batches)
@@ -126,14 +112,16 @@ def _cmd_compress(args) -> int:
     for i, (o, n, e) in enumerate(zip(report.old_sizes, report.new_sizes, report.energy_kept)):
         print(f"{i:>5} {o:>6} {n:>6} {e:>12.4f}")
     out = Path(args.out)
+    from .models.loading import export_transformers
+
     if args.format == "transformers":
         export_transformers(model, out, uniform=args.uniform is not False)
     else:
         model.save_pretrained(out)
     if args.tokenizer != "byte":  # the folder evaluates and generates on its own (runs' model/ does the same)
-        from .training.export import _save_tokenizer
+        from .training.export import save_tokenizer
 
-        _save_tokenizer(args.tokenizer, out)
+        save_tokenizer(args.tokenizer, out)
     print(f"saved {args.format} checkpoint to {out} (state sizes {model.state_sizes})")
     if args.evaluate:
         from .evaluate import evaluate_and_report, parse_tasks
@@ -151,7 +139,9 @@ def _cmd_compress(args) -> int:
 
 def _cmd_convert(args) -> int:
     _check_out_folder("DST", args.dst)
-    model = _load_any(args.src)
+    model = load_any(args.src)
+    from .models.loading import export_transformers
+
     if args.to == "transformers":
         export_transformers(model, args.dst)
     elif args.to == "mamba_ssm":
@@ -164,11 +154,21 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _lm_energy_methods() -> list[str]:
-    """Every energy method a language-model family offers (the family specs say which)."""
-    from .registry import families
+def resolve_method(model, method: str | None) -> str | None:
+    """``method`` checked against the energy methods of ``model``'s family; None: the family's
+    default (``ModelFamily.default_energy_method``). A model of no registered family: as given."""
+    from .registry import family_of_model_type
 
-    return sorted({m for f in families().values() if f.causal_lm is not None for m in f.energy_methods})
+    family = family_of_model_type(getattr(getattr(model, "config", None), "model_type", ""))
+    if family is None:
+        return method
+    if method is None:
+        return family.default_energy_method
+    if method not in family.energy_methods:
+        raise ValueError(
+            f"--method {method!r}: expected one of {list(family.energy_methods)} for a {family.name} model"
+        )
+    return method
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -195,10 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tokenizer", default="byte", help="byte, a tokenizer.json, or a hub tokenizer name")
     c.add_argument(
         "--method",
-        default="output",
-        choices=_lm_energy_methods(),
-        help="state energy; balanced (Mamba-2; Mamba-3: its unturned coordinates) keeps the best r-dimensional "
-        "subspace per group through a state projection, which plain transformers and mamba-ssm formats cannot hold",
+        help="state energy (hankel, hankel_mean, output, balanced; default: the model family's, `compressmamba env` "
+        "lists each family's methods); balanced (Mamba-2; Mamba-3: its unturned coordinates) keeps the best "
+        "r-dimensional subspace per group through a state projection, which plain transformers and mamba-ssm "
+        "formats cannot hold",
     )
     c.add_argument("--calib-batches", type=int, default=8)
     c.add_argument("--batch-size", type=int, default=4)

@@ -53,7 +53,8 @@ def env_info() -> dict[str, str]:
 
     for f in families().values():
         reads = ", ".join([*f.model_types, *([f"mamba-ssm {f.mamba_ssm_layer}"] if f.mamba_ssm_layer else [])])
-        info[f"model {f.name}"] = f"{f.description}; methods {', '.join(f.energy_methods)}" + (
+        methods = f"methods {', '.join(f.energy_methods)} (default {f.default_energy_method})"
+        info[f"model {f.name}"] = f"{f.description}; {methods}" + (
             f"; loads {reads}" if reads else ""
         )
     for name, (lo, hi) in compat.SUPPORTED.items():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .evaluate import require_lm_eval
+from .inputs import require_lm_eval
 
 require_lm_eval()
 
@@ -32,12 +32,12 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 @register_model("compressmamba")
 class CompressMambaLM(HFLM):
-    """lm-eval's ``hf`` model type over :func:`compressmamba.evaluate.load_for_eval`."""
+    """lm-eval's ``hf`` model type over :func:`compressmamba.inputs.load_for_eval`."""
 
     def __init__(self, pretrained, tokenizer=None, backend: str = "causal", **kwargs):
         if backend != "causal":
             raise ValueError(f"backend={backend!r}: compressmamba models are causal language models")
-        from .evaluate import load_for_eval, load_tokenizer
+        from .inputs import load_for_eval, load_tokenizer
 
         given = None if isinstance(tokenizer, str) else tokenizer  # a transformers tokenizer object
         spec = tokenizer if isinstance(tokenizer, str) else None

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import Dataset
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 MODELS: dict[str, Callable[..., Any]] = {}
 DATASETS: dict[str, Callable[..., Any]] = {}
@@ -78,7 +79,11 @@ class ModelFamily:
     * ``name``: the recipe's ``model.name``; ``build``: the recipe builder (its named parameters
       are the recipe's ``model`` keys; it takes ``state_sizes`` on resume and the dataset's
       ``MODEL_INFO_KEYS``);
-    * ``energy_methods``: the ``reduction.method`` values its layers offer (the first is the default);
+    * ``energy_methods``: the ``reduction.method`` values its layers offer;
+      ``default_energy_method``: the one a recipe or ``compress`` that names none uses (the one
+      place it is written; left out: the first of ``energy_methods``);
+    * ``recipe_energy_methods(model_cfg)``: where they depend on the model a recipe's ``model``
+      mapping builds, the methods that model offers (checked when the recipe is validated);
     * ``causal_lm``: its ``PreTrainedModel`` class with per-layer ``state_sizes`` (None: no
       Hugging Face form); ``model_types``: the ``config.json`` model types loaded as that class
       (our own first, then the stock transformers type whose weight names it shares);
@@ -95,14 +100,25 @@ class ModelFamily:
     name: str
     build: Callable[..., Any]
     energy_methods: tuple[str, ...]
+    default_energy_method: str = ""
     causal_lm: type | None = None
     model_types: tuple[str, ...] = ()
     mamba_ssm_layer: str | None = None
     from_mamba_ssm: Callable[[dict, dict], Any] | None = None
     transformers_export: tuple[str, str, tuple[str, ...]] | None = None
+    recipe_energy_methods: Callable[[dict], tuple[str, ...]] | None = None
     load: Callable[..., Any] | None = None
     export: Callable[..., Any] | None = None
     description: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if not self.default_energy_method:
+            object.__setattr__(self, "default_energy_method", self.energy_methods[0])
+        if self.default_energy_method not in self.energy_methods:
+            raise ValueError(
+                f"model family {self.name!r}: default_energy_method = {self.default_energy_method!r}, expected one "
+                f"of its energy_methods {list(self.energy_methods)}"
+            )
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -144,6 +160,27 @@ def model_family(name: str) -> ModelFamily | None:
 def family_of_model_type(model_type: str) -> ModelFamily | None:
     """The family that loads ``config.json``'s ``model_type`` (ours or stock), or None."""
     return next((f for f in families().values() if model_type in f.model_types), None)
+
+
+def family_of_model(model) -> ModelFamily | None:
+    """The family whose module defines ``type(model)`` (each family's classes live beside its
+    builder), or None."""
+    module = type(model).__module__
+    return next((f for f in families().values() if f.build.__module__ == module), None)
+
+
+def default_energy_method(model, layer=None) -> str:
+    """The energy method a cut of ``model`` uses when none is named: its family's
+    ``default_energy_method``; a model of no registered family: its layer's own
+    ``default_energy_method`` (models/protocol.py)."""
+    family = family_of_model(model)
+    if family is not None:
+        return family.default_energy_method
+    if getattr(layer, "default_energy_method", None):
+        return layer.default_energy_method
+    raise ValueError(
+        f"reduction.method = None for a {type(model).__name__} of no registered model family: name the method"
+    )
 
 
 def family_of_mamba_ssm_layer(layer: str) -> ModelFamily | None:

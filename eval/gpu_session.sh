@@ -16,7 +16,7 @@
 #
 # Files under $OUT (the device tool brings back at most 8): session.txt (device, versions, each
 # step's exit status and seconds), tests_kernels.log, bench_scan.md, bench_ssd.md, bench_model.md.
-# tests/eval/test_gpu_session.py runs the dry run and checks the limits add up to under 480 s.
+# tests/kernels/test_gpu_session.py runs the dry run and checks the limits add up to under 480 s.
 set -uo pipefail
 
 # step limits in seconds; the total must stay under 480 (8 minutes), leaving the device call's

@@ -79,9 +79,9 @@ from compressmamba.eval.study_arms import (
 from compressmamba.eval.study_flops import plot_curves
 from compressmamba.eval.study_report import (
     METRICS,
-    _metric,
     collect,
     markdown,
+    metric_of,
     paired,
     plot,
     study_metric,
@@ -93,7 +93,7 @@ __all__ = [
     "METRICS",
     "OTHERS",
     "SIZED",
-    "_metric",
+    "metric_of",
     "add_params",
     "add_timing",
     "arch",

@@ -6,19 +6,19 @@ import os
 import shutil
 from pathlib import Path
 
-from compressmamba.eval.probe_cases_runs import _payload_not_run, _resumed_to, _write_payload
+from compressmamba.eval.probe_cases_runs import payload_not_run, resumed_to, write_payload
 from compressmamba.eval.probe_core import (
     LM,
     Probe,
-    _damage,
     case,
+    damage_file,
 )
 
 
 @case("compress_damaged_ckpt", "refused", "compress a run whose last.pt is damaged mid-file", ("last.pt",))
 def _(pr, d):
     run = pr.copy_run(d)
-    _damage(run / "checkpoints" / "last.pt", 0.5, os.urandom(4096))
+    damage_file(run / "checkpoints" / "last.pt", 0.5, os.urandom(4096))
     return pr.cli(d, "compress", str(run), "--tau", "0.05", "--out", str(d / "small"), *_calib(d))
 
 
@@ -49,12 +49,12 @@ def _model_folder(pr: Probe, d: Path) -> Path:
     "refused",
     "convert a model folder whose pytorch_model.bin carries a pickle payload",
     ("pytorch_model.bin",),
-    check=_payload_not_run,
+    check=payload_not_run,
 )
 def _(pr, d):
     m = _model_folder(pr, d)
     (m / "model.safetensors").unlink()
-    _write_payload(pr, d, m / "pytorch_model.bin")
+    write_payload(pr, d, m / "pytorch_model.bin")
     return pr.cli(d, "convert", str(m), str(d / "out"))
 
 
@@ -110,11 +110,11 @@ def _(pr, d):
     "resume_from_prev_after_damage",
     "succeeds",
     "follow the damaged-checkpoint message: --resume RUN/checkpoints/prev.pt",
-    check=_resumed_to(8),
+    check=resumed_to(8),
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    _damage(run / "checkpoints" / "last.pt", 0.5, os.urandom(4096))
+    damage_file(run / "checkpoints" / "last.pt", 0.5, os.urandom(4096))
     prev = run / "checkpoints" / "prev.pt"
     return pr.train_lm(d, f"out_dir={run}", "train.steps=8", "--resume", str(prev), "--allow-recipe-change")
 

@@ -11,8 +11,8 @@ from compressmamba.eval.probe_core import (
     SMNIST,
     Outcome,
     Probe,
-    _damage,
     case,
+    damage_file,
 )
 
 
@@ -38,11 +38,11 @@ def _refused_or_rebuilt(pr: Probe, d: Path, o: Outcome) -> str | None:
 
 
 def _in_vocab(p: Path) -> None:  # byte tokenizer: ids 0..255 are in the vocabulary
-    _damage(p, 0.5, bytes(range(256)) * 16)
+    damage_file(p, 0.5, bytes(range(256)) * 16)
 
 
 def _out_of_vocab(p: Path) -> None:  # uint16 0xffff: far outside a byte vocabulary
-    _damage(p, 0.5, b"\xff" * 4096)
+    damage_file(p, 0.5, b"\xff" * 4096)
 
 
 case(

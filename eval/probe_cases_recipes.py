@@ -10,62 +10,62 @@ from compressmamba.eval.probe_core import (
     TINY_LM,
     Outcome,
     Probe,
-    _lm_override,
-    _write_recipe,
     case,
+    lm_override,
+    write_recipe,
 )
 
 # recipes and overrides -----------------------------------------------------------------------------
-_lm_override("model.expand=abc", ("model.expand", "abc"), "expand_abc", "model.expand=abc")
-_lm_override("model.expand=0", ("model.expand", "0"), "expand_zero", "model.expand=0")
-_lm_override("train=5", ("train", "5"), "section_scalar", "train=5 (a section given as a scalar)")
-_lm_override("model=5", ("model",), "model_section_scalar", "model=5 (the model section as a scalar)")
-_lm_override("train.stepz=5", ("stepz", "train"), "unknown_key", "train.stepz=5 (a misspelt key)")
-_lm_override("bogus=1", ("bogus",), "unknown_top_key", "bogus=1 (an unknown top-level key)")
-_lm_override("model.dmodel=32", ("dmodel", "model"), "unknown_model_key", "model.dmodel=32")
-_lm_override("train.steps=-5", ("train.steps", "-5"), "steps_negative", "train.steps=-5")
-_lm_override("train.steps=0", ("train.steps", "0"), "steps_zero", "train.steps=0")
-_lm_override("train.steps=abc", ("train.steps", "abc"), "steps_abc", "train.steps=abc")
-_lm_override("train.steps=2.5", ("train.steps", "2.5"), "steps_fraction", "train.steps=2.5")
-_lm_override("optim.lr=nan", ("optim.lr", "nan"), "lr_nan", "optim.lr=nan")
-_lm_override("optim.lr=inf", ("optim.lr", "inf"), "lr_inf", "optim.lr=inf")
-_lm_override("optim.lr=-0.1", ("optim.lr", "-0.1"), "lr_negative", "optim.lr=-0.1")
-_lm_override("train.mixed_precision=fp16", ("fp16",), "fp16_cpu", "train.mixed_precision=fp16 on the CPU")
-_lm_override(
+lm_override("model.expand=abc", ("model.expand", "abc"), "expand_abc", "model.expand=abc")
+lm_override("model.expand=0", ("model.expand", "0"), "expand_zero", "model.expand=0")
+lm_override("train=5", ("train", "5"), "section_scalar", "train=5 (a section given as a scalar)")
+lm_override("model=5", ("model",), "model_section_scalar", "model=5 (the model section as a scalar)")
+lm_override("train.stepz=5", ("stepz", "train"), "unknown_key", "train.stepz=5 (a misspelt key)")
+lm_override("bogus=1", ("bogus",), "unknown_top_key", "bogus=1 (an unknown top-level key)")
+lm_override("model.dmodel=32", ("dmodel", "model"), "unknown_model_key", "model.dmodel=32")
+lm_override("train.steps=-5", ("train.steps", "-5"), "steps_negative", "train.steps=-5")
+lm_override("train.steps=0", ("train.steps", "0"), "steps_zero", "train.steps=0")
+lm_override("train.steps=abc", ("train.steps", "abc"), "steps_abc", "train.steps=abc")
+lm_override("train.steps=2.5", ("train.steps", "2.5"), "steps_fraction", "train.steps=2.5")
+lm_override("optim.lr=nan", ("optim.lr", "nan"), "lr_nan", "optim.lr=nan")
+lm_override("optim.lr=inf", ("optim.lr", "inf"), "lr_inf", "optim.lr=inf")
+lm_override("optim.lr=-0.1", ("optim.lr", "-0.1"), "lr_negative", "optim.lr=-0.1")
+lm_override("train.mixed_precision=fp16", ("fp16",), "fp16_cpu", "train.mixed_precision=fp16 on the CPU")
+lm_override(
     "train.mixed_precision=fp8",
     ("train.mixed_precision", "fp8"),
     "mixed_precision_unknown",
     "train.mixed_precision=fp8",
 )
-_lm_override("train.batch_size=0", ("train.batch_size", "0"), "batch_size_zero", "train.batch_size=0")
-_lm_override("train.grad_accum=0", ("train.grad_accum", "0"), "grad_accum_zero", "train.grad_accum=0")
-_lm_override("reduction.tau=2", ("reduction.tau", "2"), "tau_out_of_range", "reduction.tau=2")
-_lm_override(
+lm_override("train.batch_size=0", ("train.batch_size", "0"), "batch_size_zero", "train.batch_size=0")
+lm_override("train.grad_accum=0", ("train.grad_accum", "0"), "grad_accum_zero", "train.grad_accum=0")
+lm_override("reduction.tau=2", ("reduction.tau", "2"), "tau_out_of_range", "reduction.tau=2")
+lm_override(
     "reduction.mode=sometimes", ("reduction.mode", "sometimes"), "reduction_mode_unknown", "reduction.mode=sometimes"
 )
-_lm_override("seed=-1", ("seed", "-1"), "seed_negative", "seed=-1")
-_lm_override("model.name=transformer", ("model.name", "transformer"), "model_name_unknown", "model.name=transformer")
-_lm_override("data.name=imagenet", ("data.name", "imagenet"), "data_name_unknown", "data.name=imagenet")
-_lm_override(
+lm_override("seed=-1", ("seed", "-1"), "seed_negative", "seed=-1")
+lm_override("model.name=transformer", ("model.name", "transformer"), "model_name_unknown", "model.name=transformer")
+lm_override("data.name=imagenet", ("data.name", "imagenet"), "data_name_unknown", "data.name=imagenet")
+lm_override(
     "model.state_size=[8,8]", ("state_size",), "state_sizes_wrong_length", "model.state_size=[8,8] for a 1-layer model"
 )
-_lm_override("train.steps=[1,", ("train.steps",), "override_bad_yaml", "train.steps=[1, (unclosed YAML)")
-_lm_override("train.steps", ("train.steps",), "override_without_value", "train.steps (no =value)")
-_lm_override("data.max_bytes=abc", ("data.max_bytes", "abc"), "max_bytes_abc", "data.max_bytes=abc")
-_lm_override("data.seq_len=0", ("data.seq_len", "0"), "seq_len_zero", "data.seq_len=0")
-_lm_override("data.corpus=no_such_corpus", ("no_such_corpus",), "corpus_unknown", "data.corpus=no_such_corpus")
-_lm_override("data.val_fraction=1.5", ("val_fraction", "1.5"), "val_fraction_out_of_range", "data.val_fraction=1.5")
+lm_override("train.steps=[1,", ("train.steps",), "override_bad_yaml", "train.steps=[1, (unclosed YAML)")
+lm_override("train.steps", ("train.steps",), "override_without_value", "train.steps (no =value)")
+lm_override("data.max_bytes=abc", ("data.max_bytes", "abc"), "max_bytes_abc", "data.max_bytes=abc")
+lm_override("data.seq_len=0", ("data.seq_len", "0"), "seq_len_zero", "data.seq_len=0")
+lm_override("data.corpus=no_such_corpus", ("no_such_corpus",), "corpus_unknown", "data.corpus=no_such_corpus")
+lm_override("data.val_fraction=1.5", ("val_fraction", "1.5"), "val_fraction_out_of_range", "data.val_fraction=1.5")
 
 
 @case("yaml_syntax_error", "refused", "a recipe file with a YAML syntax error", ("recipe.yaml", "line"), cheap=True)
 def _(pr, d):
-    r = _write_recipe(d, "name: x\nmodel: {name: mamba, d_model: 16\ntrain: [steps: 3\n")
+    r = write_recipe(d, "name: x\nmodel: {name: mamba, d_model: 16\ntrain: [steps: 3\n")
     return pr.cli(d, "train", str(r))
 
 
 @case("recipe_not_mapping", "refused", "a recipe file that holds a list", ("recipe.yaml",), cheap=True)
 def _(pr, d):
-    return pr.cli(d, "train", str(_write_recipe(d, "- a\n- b\n")))
+    return pr.cli(d, "train", str(write_recipe(d, "- a\n- b\n")))
 
 
 @case("recipe_missing_file", "refused", "train a recipe file that does not exist", ("no_such_recipe",), cheap=True)

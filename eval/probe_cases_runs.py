@@ -15,16 +15,16 @@ from compressmamba.eval.probe_core import (
     TINY_LM,
     Outcome,
     Probe,
-    _damage,
-    _file_hashes,
     case,
+    damage_file,
+    file_hashes,
 )
 
 
 # run folders -------------------------------------------------------------------------------------
 def _finished_run_intact(pr: Probe, d: Path, o: Outcome) -> str | None:
     before = json.loads((d / "hashes.json").read_text())
-    after = _file_hashes(d / "run")
+    after = file_hashes(d / "run")
     changed = sorted(k for k in before if after.get(k) != before[k])
     return f"the finished run changed: {changed}" if changed else None
 
@@ -38,7 +38,7 @@ def _finished_run_intact(pr: Probe, d: Path, o: Outcome) -> str | None:
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps(_file_hashes(run)))
+    (d / "hashes.json").write_text(json.dumps(file_hashes(run)))
     return pr.train_lm(d, f"out_dir={run}", "train.steps=4")
 
 
@@ -75,11 +75,11 @@ def _(pr, d):
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps({"metrics.jsonl": _file_hashes(run)["metrics.jsonl"]}))
+    (d / "hashes.json").write_text(json.dumps({"metrics.jsonl": file_hashes(run)["metrics.jsonl"]}))
     return pr.train_lm(d, f"out_dir={run}", "--resume", str(run))
 
 
-def _resumed_to(steps: int):
+def resumed_to(steps: int):
     def check(pr: Probe, d: Path, o: Outcome) -> str | None:
         s = json.loads((d / "run" / "summary.json").read_text())
         if s.get("steps") not in (steps, None) and s.get("step") not in (steps, None):
@@ -96,7 +96,7 @@ def _resumed_to(steps: int):
     "resume_more_steps_allowed",
     "succeeds",
     "--resume with train.steps raised and --allow-recipe-change",
-    check=_resumed_to(8),
+    check=resumed_to(8),
 )
 def _(pr, d):
     run = pr.copy_run(d)
@@ -112,7 +112,7 @@ def _(pr, d):
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps(_file_hashes(run)))
+    (d / "hashes.json").write_text(json.dumps(file_hashes(run)))
     return pr.train_lm(d, f"out_dir={run}", "train.steps=8", "--resume", str(run))
 
 
@@ -125,7 +125,7 @@ def _(pr, d):
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps(_file_hashes(run)))
+    (d / "hashes.json").write_text(json.dumps(file_hashes(run)))
     return pr.train_lm(d, f"out_dir={run}", "model.d_model=24", "--resume", str(run), "--allow-recipe-change")
 
 
@@ -138,7 +138,7 @@ def _(pr, d):
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps(_file_hashes(run)))
+    (d / "hashes.json").write_text(json.dumps(file_hashes(run)))
     return pr.train_lm(d, f"out_dir={run}", "--resume", str(run), "--overwrite")
 
 
@@ -241,7 +241,7 @@ _FSIZE_LIMITED = (
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    (d / "hashes.json").write_text(json.dumps({"checkpoints/last.pt": _file_hashes(run)["checkpoints/last.pt"]}))
+    (d / "hashes.json").write_text(json.dumps({"checkpoints/last.pt": file_hashes(run)["checkpoints/last.pt"]}))
     limit = str((run / "checkpoints" / "last.pt").stat().st_size // 2)
     args = ["train", LM, *TINY_LM, f"out_dir={run}", "train.steps=8", "--resume", str(run), "--allow-recipe-change"]
     return pr.run(["-c", _FSIZE_LIMITED, limit, *args], d)
@@ -252,7 +252,7 @@ def _resume_damaged(damage: Callable[[Path], None]):
     def fn(pr: Probe, d: Path) -> Outcome:
         run = pr.copy_run(d)
         damage(run / "checkpoints" / "last.pt")
-        (d / "hashes.json").write_text(json.dumps({"checkpoints/prev.pt": _file_hashes(run)["checkpoints/prev.pt"]}))
+        (d / "hashes.json").write_text(json.dumps({"checkpoints/prev.pt": file_hashes(run)["checkpoints/prev.pt"]}))
         return pr.train_lm(d, f"out_dir={run}", "train.steps=8", "--resume", str(run), "--allow-recipe-change")
 
     return fn
@@ -264,7 +264,7 @@ case(
     "--resume from last.pt with 4 KiB overwritten mid-file (same size)",
     ("last.pt", "prev.pt"),
     check=_finished_run_intact,
-)(_resume_damaged(lambda p: _damage(p, 0.5, os.urandom(4096))))
+)(_resume_damaged(lambda p: damage_file(p, 0.5, os.urandom(4096))))
 case(
     "ckpt_truncated", "refused", "--resume from last.pt cut to half its size", ("last.pt",), check=_finished_run_intact
 )(_resume_damaged(lambda p: os.truncate(p, p.stat().st_size // 2)))
@@ -276,7 +276,7 @@ case(
 )(_resume_damaged(lambda p: p.write_text("this is not a checkpoint\n" * 100)))
 
 
-def _payload_not_run(pr: Probe, d: Path, o: Outcome) -> str | None:
+def payload_not_run(pr: Probe, d: Path, o: Outcome) -> str | None:
     if (d / "payload_ran").exists():
         return "the pickle payload ran"
     if "weights_only=False" in o.stderr:
@@ -293,7 +293,7 @@ torch.save({"format": "x", "model": P()}, sys.argv[1])
 """
 
 
-def _write_payload(pr: Probe, d: Path, target: Path) -> None:
+def write_payload(pr: Probe, d: Path, target: Path) -> None:
     o = pr.run(["-c", _PAYLOAD, str(target), str(d / "payload_ran")], d)
     if o.rc != 0:
         raise RuntimeError(o.stderr)
@@ -304,9 +304,9 @@ def _write_payload(pr: Probe, d: Path, target: Path) -> None:
     "refused",
     "--resume from a last.pt holding a pickle payload",
     ("last.pt",),
-    check=_payload_not_run,
+    check=payload_not_run,
 )
 def _(pr, d):
     run = pr.copy_run(d)
-    _write_payload(pr, d, run / "checkpoints" / "last.pt")
+    write_payload(pr, d, run / "checkpoints" / "last.pt")
     return pr.train_lm(d, f"out_dir={run}", "--resume", str(run))

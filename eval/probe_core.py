@@ -149,7 +149,7 @@ def _text(b) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else b
 
 
-def _file_hashes(folder: Path) -> dict[str, str]:
+def file_hashes(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
@@ -157,13 +157,13 @@ def _file_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def _write_recipe(case_dir: Path, text: str, name: str = "recipe.yaml") -> Path:
+def write_recipe(case_dir: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = case_dir / name
     path.write_text(text)
     return path
 
 
-def _damage(path: Path, offset_frac: float, data: bytes) -> None:
+def damage_file(path: Path, offset_frac: float, data: bytes) -> None:
     """Overwrite ``data`` at ``offset_frac`` of ``path``'s size, keeping the size."""
     size = path.stat().st_size
     at = max(0, min(size - len(data), int(size * offset_frac)))
@@ -184,7 +184,7 @@ def case(name, expect, what, needles=(), check=None, cheap=False):
     return deco
 
 
-def _lm_override(key_value: str, needles, name: str, what: str, cheap: bool = True):
+def lm_override(key_value: str, needles, name: str, what: str, cheap: bool = True):
     """A case: the tiny LM recipe with one bad override, refused before any training."""
 
     def fn(pr: Probe, d: Path) -> Outcome:

@@ -144,7 +144,7 @@ def _cell(r: dict, m: dict, sep: str = " / ") -> str:
     return f"{r['val_perplexity']:.4f}{sep}{_bpb(r.get('val_bits_per_byte'))}"
 
 
-def _metric(study: dict) -> dict:
+def metric_of(study: dict) -> dict:
     """The study's metric (:data:`METRICS`); a study.json written before accuracy existed: perplexity."""
     return METRICS[study.get("metric", "perplexity")]
 
@@ -159,7 +159,7 @@ def _ci(c: dict, kind: str = "relative") -> str:
 def markdown(study: dict) -> str:
     arms = list(study["results"])
     res = study["results"]
-    m = _metric(study)
+    m = metric_of(study)
     lines = [
         f"### {study['label']}: `{study['recipe']}` {' '.join(f'`{o}`' for o in study['overrides'])}".rstrip(),
         "",
@@ -244,7 +244,7 @@ def _equal_flops_table(study: dict, m: dict) -> list[str]:
 
 def _compressed_scores(study: dict) -> dict[str, float]:
     """seed -> the compressed arm's score (the study's metric)."""
-    key = _metric(study)["key"]
+    key = metric_of(study)["key"]
     return {seed: r[key] for seed, r in study["results"].get("compressed", {}).items()}
 
 
@@ -258,8 +258,8 @@ def _versus_first(study: dict, first: dict) -> str:
     seeds = sorted(set(mine) & set(theirs), key=int)
     if not seeds:
         return "- (no common seed)"
-    c = paired([mine[s] for s in seeds], [theirs[s] for s in seeds], _metric(study)["kind"])
-    return f"{_ci(c, _metric(study)['kind'])}, {c['wins']}/{c['n']}"
+    c = paired([mine[s] for s in seeds], [theirs[s] for s in seeds], metric_of(study)["kind"])
+    return f"{_ci(c, metric_of(study)['kind'])}, {c['wins']}/{c['n']}"
 
 
 def collect(dirs: list[Path]) -> str:
@@ -290,7 +290,7 @@ def collect(dirs: list[Path]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in studies:
-        comp, kind = st["comparisons"], _metric(st)["kind"]
+        comp, kind = st["comparisons"], metric_of(st)["kind"]
         cell = {o: (f"{_ci(comp[o], kind)}, {comp[o]['wins']}/{comp[o]['n']}" if o in comp else "-") for o in OTHERS}
         sp = st["speed"]
         ratio = "-"
@@ -311,7 +311,7 @@ def plot(study: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res, seeds, m = study["results"], study["seeds"], _metric(study)
+    res, seeds, m = study["results"], study["seeds"], metric_of(study)
     arms = list(res)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for s in seeds:

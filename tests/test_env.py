@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import compressmamba
 from compressmamba import compat, env
 from compressmamba.env import env_info, format_env
 
@@ -50,10 +51,22 @@ def test_env_with_mamba_ssm_and_causal_conv1d_installed(monkeypatch, tmp_path):
 
 
 def test_env_command_prints_the_report():
+    """The printed report is env_info() of this interpreter, one ``- key: value`` line per entry."""
+    import torch
+    import transformers
+
     out = subprocess.run(
         [sys.executable, "-m", "compressmamba", "env"], capture_output=True, text=True, timeout=120, check=True
     ).stdout
-    assert "transformers" in out and "CUDA device" in out and "supported" in out
+    rows = dict(line[2:].split(":", 1) for line in out.splitlines() if line.startswith("- "))
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    assert list(rows) == list(env_info()), "the report's keys, in order"
+    assert rows["torch"] == torch.__version__ and rows["transformers"] == transformers.__version__
+    assert rows["compressmamba"] == compressmamba.__version__
+    if not torch.cuda.is_available():
+        assert rows["CUDA device"] == "none"
+    assert rows["transformers supported (>=4.45.2,<6)"] == "ok"
+    assert rows["model mamba"].endswith("(default output); loads compressmamba, mamba, mamba-ssm Mamba1")
 
 
 @pytest.mark.parametrize(

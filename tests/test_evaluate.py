@@ -276,3 +276,21 @@ def _request(context, continuation):
     from lm_eval.api.instance import Instance
 
     return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
+
+
+def test_a_hub_task_offline_is_one_line_naming_task_dataset_and_include_path(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    """Offline (HF_HUB_OFFLINE=1, set by conftest) with an empty dataset cache: lambada_openai's
+    dataset cannot be fetched; the command ends in one line, not a ConnectionError traceback."""
+    import datasets
+
+    from compressmamba.cli import main
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty_cache")
+    rc = main(["evaluate", str(model_dir), "--tasks", "lambada_openai", "--limit", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()  # transformers' weight-loading bar comes first
+    assert rc == 2 and "Traceback" not in "".join(err), err
+    err = err[-1]
+    assert err.startswith("compressmamba evaluate: error: --tasks: lambada_openai (dataset EleutherAI/lambada_openai)")
+    assert "--include-path" in err

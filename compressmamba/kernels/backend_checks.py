@@ -4,10 +4,13 @@ where the Triton kernels can run, and empty inputs."""
 from __future__ import annotations
 
 import importlib
-import os
 
 import torch
 from torch import Tensor
+
+from .limits import state_size_fits, triton_interpret
+
+TRITON_INSTALL_HINT = "pip install triton (or install a CUDA build of torch, which brings Triton)"
 
 
 def shape_error(name: str, t: Tensor, expected: str):
@@ -25,15 +28,18 @@ def check_devices_and_floats(tensors: dict[str, Tensor | None]) -> None:
             raise ValueError(f"{k} has dtype {t.dtype}, expected a floating-point tensor")
 
 
-def pick_backend(backend: str, backends: tuple[str, ...], x: Tensor, op: str, module: str) -> str:
+def pick_backend(
+    backend: str, backends: tuple[str, ...], x: Tensor, op: str, module: str, state_size: int | None = None
+) -> str:
     """The backend that runs ``op`` on ``x``: ``backend`` if it is one of ``backends`` (ValueError
     otherwise), with ``auto`` resolved to ``triton`` for CUDA tensors when ``module``'s Triton
-    kernels import and to ``cpu`` otherwise; a forced ``triton`` is checked to be able to run
-    (:func:`check_triton_device`)."""
+    kernels import and ``state_size`` is within their range (limits.MAX_N), and to ``cpu``
+    otherwise; a forced ``triton`` is checked to be able to run (:func:`check_triton_device`)."""
     if backend not in backends:
         raise ValueError(f"backend must be one of {backends}, got {backend!r}")
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_available(module) else "cpu"
+        fits = state_size is None or state_size_fits(state_size)
+        return "triton" if x.is_cuda and fits and triton_available(module) else "cpu"
     if backend == "triton":
         check_triton_device(x, op)
     return backend
@@ -41,14 +47,26 @@ def pick_backend(backend: str, backends: tuple[str, ...], x: Tensor, op: str, mo
 
 def check_triton_device(x: Tensor, op: str) -> None:
     """ValueError, in words, when ``backend='triton'`` is asked for on CPU tensors without the
-    Triton interpreter (the kernels run on CUDA tensors; on the CPU only under TRITON_INTERPRET=1)."""
-    if x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    Triton interpreter (the kernels run on CUDA tensors; on the CPU only under TRITON_INTERPRET=1),
+    and ImportError naming the install command when Triton is not installed."""
+    if not triton_installed():
+        raise ImportError(f"{op}: backend='triton' needs Triton, which is not installed: {TRITON_INSTALL_HINT}")
+    if x.is_cuda or triton_interpret():
         return
     raise ValueError(
         f"{op}: backend='triton' got tensors on {x.device}, but the Triton kernels run on CUDA tensors "
         "(or on CPU tensors under the Triton interpreter, TRITON_INTERPRET=1 set before compressmamba is "
         "imported); use backend='cpu' (or 'auto') for CPU tensors, or move them to a GPU"
     )
+
+
+def triton_installed() -> bool:
+    """Whether ``triton`` imports (a CPU-only install may leave it out: it is an extra)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def triton_available(module: str) -> bool:

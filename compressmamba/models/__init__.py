@@ -1,5 +1,7 @@
-"""Models: the LRU, Mamba-1, Mamba-2 and transformers' hybrids with Mamba-2 mixers (importing this
-registers both Mambas and every hybrid this transformers can run with transformers' Auto classes)."""
+"""Models: the LRU, Mamba-1, Mamba-2 and transformers' hybrids with Mamba-1 and Mamba-2 mixers
+(importing this registers Mamba-1, Mamba-2 and every hybrid this transformers can run with
+transformers' Auto classes; ``import compressmamba`` imports this when transformers' Auto classes
+are first imported: compressmamba/auto_classes.py)."""
 
 from .hybrid import HYBRIDS, build_hybrid, export_stock
 from .lru import LRULayer, LRUModel, build_lru

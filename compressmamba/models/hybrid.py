@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from packaging.version import Version
 from torch import nn
 
 from .. import compat
@@ -67,6 +68,7 @@ class Hybrid:
     state_field: str
     since: str
     description: str
+    mixer: str = "mamba2"  # or "mamba": Mamba-1 mixers (per-channel A; no balanced truncation)
 
 
 HYBRIDS = {
@@ -84,8 +86,16 @@ HYBRIDS = {
         Hybrid("zamba2", "Zamba2ForCausalLM", "Zamba2Config", "mamba_d_state", "4.49", "Zyphra Zamba2"),
         Hybrid("nemotron_h", "NemotronHForCausalLM", "NemotronHConfig", "ssm_state_size", "5.3", "NVIDIA Nemotron-H"),
         Hybrid("falcon_h1", "FalconH1ForCausalLM", "FalconH1Config", "mamba_d_state", "4.53", "TII Falcon-H1"),
-        Hybrid("jamba", "JambaForCausalLM", "JambaConfig", "mamba_d_state", "4.40", "AI21 Jamba"),
-        Hybrid("falcon_mamba", "FalconMambaForCausalLM", "FalconMambaConfig", "state_size", "4.45", "TII Falcon-Mamba"),
+        Hybrid("jamba", "JambaForCausalLM", "JambaConfig", "mamba_d_state", "4.40", "AI21 Jamba", "mamba"),
+        Hybrid(
+            "falcon_mamba",
+            "FalconMambaForCausalLM",
+            "FalconMambaConfig",
+            "state_size",
+            "4.45",
+            "TII Falcon-Mamba",
+            "mamba",
+        ),
     )
 }
 OUR_PREFIX = "compressmamba_"
@@ -97,12 +107,11 @@ def _version_needed(h: Hybrid) -> str:
 
 def available(model_type: str) -> str | None:
     """None when this transformers can run ``model_type`` with per-layer state sizes; else why not
-    (naming the version needed)."""
+    (naming the version needed). Decided by version, so that no modeling module is imported."""
     h = HYBRIDS[model_type]
-    have = hasattr(transformers, h.causal_lm) and hasattr(transformers.Cache, "get_conv_state")
-    if have:
-        return None
     need = _version_needed(h)
+    if Version(transformers.__version__) >= Version(need):
+        return None
     return (
         f"model type {model_type!r} ({h.description}) with one state size per layer needs transformers >= "
         f"{need} (installed: {transformers.__version__}): pip install -U 'transformers>={need}'"
@@ -147,33 +156,75 @@ class HybridMixin:
         return super().save_pretrained(*args, **kwargs)
 
 
+_CONFIGS: dict[str, type] = {}
 _CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def _publish(cls: type) -> type:
+    cls.__module__ = __name__  # importable by name (pickle, Accelerate's repr)
+    globals()[cls.__name__] = cls
+    return cls
+
+
+def hybrid_config_class(model_type: str) -> type:
+    """The config class of the per-layer-N form of stock ``model_type`` (a subclass of transformers'
+    own, model type ``compressmamba_<model_type>``); imports the stock configuration module only."""
+    model_type = model_type.removeprefix(OUR_PREFIX)
+    h = _require(model_type)
+    if model_type not in _CONFIGS:
+        base_cfg = getattr(transformers, h.config)
+        cfg_cls = type(f"Compress{base_cfg.__name__}", (base_cfg,), {"model_type": OUR_PREFIX + model_type})
+        _CONFIGS[model_type] = _publish(cfg_cls)
+    return _CONFIGS[model_type]
 
 
 def hybrid_classes(model_type: str) -> tuple[type, type]:
     """(config class, causal LM class) of the per-layer-N form of stock ``model_type``: subclasses
-    of transformers' own, registered with the Auto classes as ``compressmamba_<model_type>``."""
+    of transformers' own, registered with the Auto classes as ``compressmamba_<model_type>``
+    (this imports the stock family's modeling module; :func:`register_auto_lazily` does not)."""
     model_type = model_type.removeprefix(OUR_PREFIX)
     h = _require(model_type)
     if model_type not in _CLASSES:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        base_cfg, base_lm = getattr(transformers, h.config), getattr(transformers, h.causal_lm)
-        cfg_cls = type(f"Compress{base_cfg.__name__}", (base_cfg,), {"model_type": OUR_PREFIX + model_type})
+        cfg_cls, base_lm = hybrid_config_class(model_type), getattr(transformers, h.causal_lm)
         lm_cls = type(
             f"Compress{base_lm.__name__}", (HybridMixin, base_lm), {"config_class": cfg_cls, "hybrid": h}
         )
-        for cls in (cfg_cls, lm_cls):  # importable by name (pickle, Accelerate's repr)
-            cls.__module__ = __name__
-            globals()[cls.__name__] = cls
+        _publish(lm_cls)
         compat.share_weight_conversions(cfg_cls.model_type, model_type)
-        try:
-            AutoConfig.register(cfg_cls.model_type, cfg_cls)
-            AutoModelForCausalLM.register(cfg_cls, lm_cls)
-        except ValueError:  # registered already
-            pass
+        AutoModelForCausalLM.register(cfg_cls, lm_cls, exist_ok=True)  # replaces the lazy entry
         _CLASSES[model_type] = (cfg_cls, lm_cls)
     return _CLASSES[model_type]
+
+
+def _lazy_causal_lm(model_type: str, cfg_cls: type) -> type:
+    """What ``AutoModelForCausalLM`` holds for ``compressmamba_<model_type>`` until the family is
+    first built: a stand-in whose ``from_pretrained`` / ``_from_config`` build the real class
+    (:func:`hybrid_classes`) and hand over to it."""
+
+    def from_pretrained(cls, *args, **kwargs):
+        return hybrid_classes(model_type)[1].from_pretrained(*args, **kwargs)
+
+    def _from_config(cls, config, **kwargs):
+        return hybrid_classes(model_type)[1]._from_config(config, **kwargs)
+
+    methods = {"from_pretrained": classmethod(from_pretrained), "_from_config": classmethod(_from_config)}
+    return type(f"Lazy{cfg_cls.__name__}ForCausalLM", (), {"config_class": cfg_cls, **methods})
+
+
+def register_auto_lazily() -> None:
+    """``AutoConfig`` / ``AutoModelForCausalLM`` know every ``compressmamba_<family>`` this
+    transformers can run, through transformers' public ``register``: the config class now (the
+    stock configuration module only), the model class when the family is first built or loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for model_type in HYBRIDS:
+        if available(model_type) is not None or model_type in _CLASSES:
+            continue
+        cfg_cls = hybrid_config_class(model_type)
+        AutoConfig.register(cfg_cls.model_type, cfg_cls, exist_ok=True)
+        AutoModelForCausalLM.register(cfg_cls, _lazy_causal_lm(model_type, cfg_cls), exist_ok=True)
 
 
 def _stock_type(model_type: str) -> str:
@@ -254,6 +305,23 @@ def build_hybrid(
     return model
 
 
+def _recipe_model_type(model_cfg: dict) -> str | None:
+    """The stock model type a recipe's ``model`` mapping builds: ``config.model_type``, or a local
+    ``pretrained`` folder's config.json (None: a hub id, known only once loaded)."""
+    if isinstance(model_cfg.get("config"), dict):
+        return _stock_type(str(model_cfg["config"].get("model_type", "")))
+    path = Path(str(model_cfg.get("pretrained", ""))).expanduser() / "config.json"
+    if model_cfg.get("pretrained") and path.is_file():
+        return _stock_type(str(json.loads(path.read_text()).get("model_type", "")))
+    return None
+
+
+def recipe_energy_methods(model_cfg: dict) -> tuple[str, ...]:
+    """The energy methods of the hybrid a recipe builds: ``balanced`` for Mamba-2 mixers only."""
+    h = HYBRIDS.get(_recipe_model_type(model_cfg) or "")
+    return ENERGY_METHODS if h is not None and h.mixer == "mamba" else (*ENERGY_METHODS, "balanced")
+
+
 # --- exports to the stock family ---------------------------------------------------------------
 @torch.no_grad()
 def export_stock(model: nn.Module, out_dir: str | Path, uniform: bool = False) -> Path:
@@ -308,6 +376,8 @@ FAMILY = register_family(
         name="hybrid",
         build=build_hybrid,
         energy_methods=(*ENERGY_METHODS, "balanced"),
+        default_energy_method="output",
+        recipe_energy_methods=recipe_energy_methods,
         causal_lm=HybridMixin,
         model_types=tuple(t for h in HYBRIDS for t in (OUR_PREFIX + h, h)),
         load=load_hybrid,
@@ -317,10 +387,7 @@ FAMILY = register_family(
     )
 )
 
-# AutoConfig / AutoModelForCausalLM know every compressmamba_<family> this transformers can run
-for _type in HYBRIDS:
-    if available(_type) is None:
-        hybrid_classes(_type)
+register_auto_lazily()
 
 __all__ = [
     "CACHE_SINCE",
@@ -332,6 +399,8 @@ __all__ = [
     "export_stock",
     "from_stock",
     "hybrid_classes",
+    "hybrid_config_class",
+    "register_auto_lazily",
     "is_stock_mamba2_mixer",
     "is_stock_mamba_mixer",
     "is_stock_mixer",

@@ -20,6 +20,7 @@ from ..kernels import (
     ssd_scan_fn,
     ssd_state_update,
 )
+from .lm import set_state_sizes
 from .mamba import CompressMambaConfig, MambaMixer
 from .mamba2 import BCProjection, CompressMamba2Config, Mamba2Mixer
 
@@ -300,8 +301,7 @@ class HybridMambaMixer(MambaMixer):
         self.x_proj.weight = nn.Parameter(self.x_proj.weight.new_empty(rank + 2 * r, self.d_inner))
         self.x_proj.out_features = rank + 2 * r
         self.state_size = r
-        self.config.state_sizes[self.layer_idx] = r
-        self.config.state_size = max(self.config.state_sizes)
+        set_state_sizes(self.config, [r], layer=self.layer_idx)
 
     def stock_tensors(self, n_out: int, uniform: bool) -> dict[str, Tensor]:
         """The layer's tensors in the stock family at N = ``n_out``: zero-padded (exact), or with

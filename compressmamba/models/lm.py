@@ -41,6 +41,16 @@ SHARED_CONFIG_FIELDS = (
 )  # fmt: skip
 
 
+def set_state_sizes(config, sizes: list[int], layer: int | None = None) -> None:
+    """``config.state_sizes`` = ``sizes`` (or, with ``layer``, that layer's entry = ``sizes[0]``),
+    and ``config.state_size`` their largest: the one place the two are kept in step."""
+    if layer is None:
+        config.state_sizes = list(sizes)
+    else:
+        config.state_sizes[layer] = sizes[0]
+    config.state_size = max(config.state_sizes)
+
+
 def set_shared_config_fields(config, args: dict, alias: dict) -> None:
     """Set ``config``'s shared fields from its ``__init__``'s arguments (``args``, its locals())
     and the mamba-ssm aliases it was given (``alias``: our name → value, which win): the padded
@@ -50,8 +60,7 @@ def set_shared_config_fields(config, args: dict, alias: dict) -> None:
         setattr(config, name, alias.get(name, args[name]))
     config.vocab_size = padded_vocab(args["vocab_size"], args["pad_vocab_size_multiple"])
     config.pad_vocab_size_multiple = int(args["pad_vocab_size_multiple"])
-    config.state_sizes = per_layer_sizes(args["state_size"], args["state_sizes"], config.num_hidden_layers)
-    config.state_size = max(config.state_sizes)
+    set_state_sizes(config, per_layer_sizes(args["state_size"], args["state_sizes"], config.num_hidden_layers))
     rank = alias.get("time_step_rank", args["time_step_rank"])
     config.time_step_rank = math.ceil(config.hidden_size / 16) if rank == "auto" else int(rank)
 

@@ -45,7 +45,6 @@ class LRULayer(nn.Module):
     """One LRU with state size n over width H. Implements the compressible-layer protocol."""
 
     needs_calibration = False
-    default_energy_method = "hankel"
     # the paper's "ssm" group (lr × factor, no weight decay): all SSM parameters but C
     ssm_params = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
 

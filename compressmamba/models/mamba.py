@@ -34,6 +34,7 @@ from .lm import (
     blocks,
     init_weights,
     set_shared_config_fields,
+    set_state_sizes,
 )
 from .loading import MAMBA_SHARED_FIELDS
 
@@ -104,8 +105,6 @@ class MambaMixer(MixerBase):
     SiLU(z) gate) → out_proj. Implements the compressible-layer protocol."""
 
     needs_calibration = True
-    # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
-    default_energy_method = "output"
     # optimizer groups (names relative to the layer; see models/protocol.py)
     no_weight_decay_params = ("A_log", "D", "dt_proj.bias")
     ssm_params = ("A_log",)
@@ -201,7 +200,7 @@ class MambaMixer(MixerBase):
 
         self.stats = MambaStats(self.d_inner, self.state_size)
 
-    def energy(self, stats: dict | None, method: str = "output") -> Tensor:
+    def energy(self, stats: dict | None, method: str) -> Tensor:
         from ..reduction.mamba import mamba_energy
 
         if stats is None:
@@ -227,8 +226,7 @@ class MambaMixer(MixerBase):
         self.x_proj.weight = nn.Parameter(self.x_proj.weight[rows].clone())
         self.x_proj.out_features = rows.numel()
         self.state_size = keep.numel()
-        self.config.state_sizes[self.layer_idx] = self.state_size
-        self.config.state_size = max(self.config.state_sizes)
+        set_state_sizes(self.config, [self.state_size], layer=self.layer_idx)
         keep_c, rows_c = keep.cpu(), rows.cpu()
         return {"A_log": lambda t: t[:, keep_c.to(t.device)], "x_proj.weight": lambda t: t[rows_c.to(t.device)]}
 
@@ -244,7 +242,6 @@ class MambaMixer(MixerBase):
         }
 
 
-MambaCache = RecurrentCache  # the name before Mamba-2 shared it
 
 
 class CompressMambaForCausalLM(SSMForCausalLM):
@@ -352,6 +349,8 @@ FAMILY = register_family(
         name="mamba",
         build=build_mamba,
         energy_methods=tuple(ENERGY_METHODS),
+        # the winner of eval/mamba_ablation.py (docs/results.md): exact per-state output energy
+        default_energy_method="output",
         causal_lm=CompressMambaForCausalLM,
         model_types=("compressmamba", "mamba"),
         mamba_ssm_layer="Mamba1",

@@ -28,7 +28,7 @@ from ..kernels import causal_conv1d_fn, causal_conv1d_update, ssd_scan_fn, ssd_s
 from ..reduction.mamba import ENERGY_METHODS
 from ..registry import ModelFamily, register_family
 from .common import cut_to_sizes_, per_layer_sizes
-from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
+from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields, set_state_sizes
 from .loading import MAMBA_SHARED_FIELDS
 
 
@@ -169,7 +169,6 @@ class Mamba2Mixer(MixerBase):
     coordinates (a state projection, ``bc_proj``); any other method means state selection."""
 
     needs_calibration = True
-    default_energy_method = "output"
     no_weight_decay_params = ("A_log", "D", "dt_bias")
     ssm_params = ("A_log",)
 
@@ -266,7 +265,7 @@ class Mamba2Mixer(MixerBase):
 
         self.stats = Mamba2Stats(self.n_heads, self.head_dim, self.n_groups, self.state_size)
 
-    def energy(self, stats: dict | None, method: str = "output") -> Tensor:
+    def energy(self, stats: dict | None, method: str) -> Tensor:
         """Per-state energies (G, N) float64. ``balanced``: each group's Hankel singular values
         (descending, one per balanced coordinate), and the next ``truncate_`` keeps balanced
         coordinates; the other methods (reduction/mamba.py) score the states as they are."""
@@ -423,8 +422,7 @@ class Mamba2Mixer(MixerBase):
 
     def _set_state_size(self, r: int) -> None:
         self.state_size = r
-        self.config.state_sizes[self.layer_idx] = r
-        self.config.state_size = max(self.config.state_sizes)
+        set_state_sizes(self.config, [r], layer=self.layer_idx)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A state dict with ``bc_proj`` for a layer built without one (a training checkpoint
@@ -561,6 +559,7 @@ FAMILY = register_family(
         name="mamba2",
         build=build_mamba2,
         energy_methods=(*ENERGY_METHODS, "balanced"),
+        default_energy_method="output",
         causal_lm=CompressMamba2ForCausalLM,
         model_types=("compressmamba2", "mamba2"),
         mamba_ssm_layer="Mamba2",

@@ -31,7 +31,7 @@ from .. import compat
 from ..kernels.mamba3 import mamba3_scan_fn, mamba3_step
 from ..registry import ModelFamily, register_family
 from .common import per_layer_sizes
-from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields
+from .lm import MixerBase, RecurrentCache, SSMForCausalLM, set_shared_config_fields, set_state_sizes
 from .mamba2 import BCProjection, GatedRMSNorm
 
 
@@ -194,7 +194,6 @@ class Mamba3Mixer(MixerBase):
     whole modes: a turned pair (one complex state) or one unturned coordinate (reduction/mamba3.py)."""
 
     needs_calibration = True
-    default_energy_method = "output"
     no_weight_decay_params = ("D", "dt_bias")
 
     def __init__(self, config: CompressMamba3Config, layer_idx: int):
@@ -357,9 +356,8 @@ class Mamba3Mixer(MixerBase):
 
     def _set_shape(self, n: int, s: int) -> None:
         self.state_size, self.n_angles = n, s
-        self.config.state_sizes[self.layer_idx] = n
+        set_state_sizes(self.config, [n], layer=self.layer_idx)
         self.config.rope_angles[self.layer_idx] = s
-        self.config.state_size = max(self.config.state_sizes)
         if self.bc_proj is not None:
             self._set_proj_width(self.bc_width - 2 * s)
 
@@ -595,6 +593,7 @@ FAMILY = register_family(
         name="mamba3",
         build=build_mamba3,
         energy_methods=("output", "hankel", "balanced"),
+        default_energy_method="output",
         causal_lm=CompressMamba3ForCausalLM,
         model_types=("compressmamba3",),
         mamba_ssm_layer="Mamba3",

@@ -15,7 +15,8 @@ Each :class:`CompressibleLayer` offers
 * ``start_stats()`` / ``pop_stats() -> dict[str, Tensor]`` (only when ``needs_calibration``):
   between the two calls every forward pass adds its per-state sums into the layer; the trainer
   sums the popped tensors across ranks (they must be plain sums, plus a ``count`` entry);
-* ``default_energy_method: str``: the energy estimate used when a recipe names none;
+* ``default_energy_method: str`` (only a layer of a model of no registered family; a family's
+  default is ``ModelFamily.default_energy_method``): the energy estimate used when a recipe names none;
 * ``energy(stats, method) -> Tensor``: one non-negative float64 energy per state *coordinate*
   (shape ``(n,)``, or ``(G, n)`` for G groups that keep the same count), in the coordinates that
   ``truncate_`` selects from (balanced coordinates for the LRU, the diagonal modes for Mamba).

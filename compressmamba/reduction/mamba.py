@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels.selective_scan.cpu import _scan_forward
+from ..kernels.selective_scan.cpu import scan_forward
 
 ENERGY_METHODS = ("hankel", "hankel_mean", "output")
 MIN_TOKENS = 16
@@ -98,7 +98,7 @@ class MambaStats:
             a = torch.exp(dt.unsqueeze(-1) * At)  # (b, T, d, n)
             s["decay"] += a.double().sum((0, 1))
             x = du[..., sl].float().transpose(1, 2).unsqueeze(-1) * Bc[..., sl].float().permute(0, 3, 1, 2)
-            h = _scan_forward(a, x) + torch.cumprod(a, dim=1) * h0[:, None]
+            h = scan_forward(a, x) + torch.cumprod(a, dim=1) * h0[:, None]
             s["out2"] += ((h * Cc[..., sl].float().permute(0, 3, 1, 2)) ** 2).double().sum((0, 1))
             h0 = h[:, -1]
         self.sums = s

@@ -28,6 +28,7 @@ import torch
 
 from ..atomic import atomic_write
 from ..models.files import safe_torch_load
+from ..run_paths import last_checkpoint
 
 FORMAT = "compressmamba-checkpoint-2"
 CHECKSUM_RECORD = ".data/checksum.sha256"  # inside the archive's folder; torch.load ignores it
@@ -205,7 +206,8 @@ def checkpoint_path(path) -> Path:
     """RUN_DIR → RUN_DIR/checkpoints/last.pt; a file path is returned as is."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+        last = last_checkpoint(path)
+        path = last if last.parent.is_dir() else path / last.name
     return path
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from ..registry import MODEL_INFO_KEYS
+
 
 @dataclass
 class OptimConfig:
@@ -79,7 +81,7 @@ class ReductionConfig:
 _TOP = ("name", "seed", "task", "out_dir", "model", "data", "optim", "train", "reduction", "baseline")
 TASKS = ("classification", "lm")
 # keys the trainer passes to the builders itself (from the dataset's info, the checkpoint, the seed)
-_TRAINER_MODEL_KEYS = ("d_input", "n_classes", "vocab_size", "pair", "seq_len", "state_sizes")
+_TRAINER_MODEL_KEYS = (*MODEL_INFO_KEYS, "state_sizes")  # the dataset's facts, and the sizes on resume
 _TRAINER_DATA_KEYS = ("seed",)
 # Keys a resume may change without changing what the run computes (where it writes, how often it
 # logs or checkpoints, progress bars, workers that build the same batches, trackers, plots).
@@ -414,7 +416,7 @@ def _check_train(t: TrainConfig) -> None:
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
 
 
-def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
+def _check_reduction(red: ReductionConfig, model_cfg: dict, steps: int) -> None:
     from ..registry import model_family
 
     _check(
@@ -452,14 +454,18 @@ def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:
     _check(
         red.pragmatic_tolerance >= 0, "reduction.pragmatic_tolerance", red.pragmatic_tolerance, ">= 0 (a score drop)"
     )
+    model_name = model_cfg.get("name")
     family = model_family(model_name)
     methods = family.energy_methods if family is not None else None
+    if family is not None and family.recipe_energy_methods is not None:
+        methods = family.recipe_energy_methods(model_cfg)
     why = " (balanced needs a scalar decay per head: Mamba-2 layers only)" if red.method == "balanced" else ""
+    default = f", {family.default_energy_method}" if family is not None else ""
     _check(  # other models: checked by their layers at the cut
         red.method is None or methods is None or red.method in methods,
         "reduction.method",
         red.method,
-        f"null (the layer's default) or one of {list(methods or ())} for model {model_name!r}{why}",
+        f"null (the family's default{default}) or one of {list(methods or ())} for model {model_name!r}{why}",
     )
     if red.mode != "none" and red.attempts is None:
         _check(red.n_attempts >= 1, "reduction.n_attempts", red.n_attempts, f">= 1 in reduction.mode {red.mode!r}")
@@ -528,7 +534,7 @@ def validate(r: Recipe) -> None:
     _check_model(r.model)
     _check_optim(r.optim)
     _check_train(r.train)
-    _check_reduction(r.reduction, r.model["name"], r.train.steps)
+    _check_reduction(r.reduction, r.model, r.train.steps)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -11,6 +11,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from torch import nn
 
+from ..registry import default_energy_method
 from .config import ReductionConfig
 from .schedule import LayerDecision, decide_layer
 
@@ -108,7 +109,7 @@ def compression_event(
     decisions: list[LayerDecision] = []
     energies, orders, raw = [], [], []
     for i, (layer, s) in enumerate(zip(layers, stats)):
-        method = cfg.method or getattr(layer, "default_energy_method", "hankel")
+        method = cfg.method or default_energy_method(model, layer)
         e = layer.energy(s, method).detach().to(torch.float64).cpu()
         e_sorted, order = torch.sort(e.flatten(), descending=True)  # (G, n) energies report as G·n states
         energies.append(e_sorted.tolist())

@@ -26,7 +26,7 @@ import torch
 CLASSIFIER_FORMAT = "compressmamba-classifier-1"
 
 
-def _save_tokenizer(spec: str, out: Path) -> None:
+def save_tokenizer(spec: str, out: Path) -> None:
     """Tokenizer files for a recipe's ``data.tokenizer`` (a tokenizer.json, a folder holding one,
     or a hub name already in the local cache)."""
     path = Path(os.path.expanduser(spec))
@@ -69,7 +69,7 @@ def save_final_model(
         if isinstance(model, PreTrainedModel):
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer not in (None, "byte"):
-                _save_tokenizer(tokenizer, tmp)
+                save_tokenizer(tokenizer, tmp)
         else:
             _write_classifier(model, tmp, model_cfg, info)
         old = None

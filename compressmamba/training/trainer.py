@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..flops import FlopMeter
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
+from ..run_paths import last_checkpoint
 from . import rank_hashes, tracking
 from .checkpoint import (
     CheckpointWriteError,
@@ -144,10 +145,6 @@ class Trainer(RunFolder, Evaluation):
         cuts = self.state.cut_steps
         return rewarm_factor(self.step, cuts[-1] if cuts else None, self.recipe.reduction.rewarm_steps)
 
-    @property
-    def unwrapped(self):
-        return self.model
-
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[torch.Tensor, int, float]:
         """One optimizer step over ``train.grad_accum`` micro-batches. Returns the mean loss (a
@@ -212,7 +209,7 @@ class Trainer(RunFolder, Evaluation):
         if self.accelerator.is_main_process:
             try:
                 save_checkpoint(
-                    self.run_dir / "checkpoints" / "last.pt",
+                    last_checkpoint(self.run_dir),
                     model=self.model,
                     optimizer=self.optimizer,
                     step=self.step,

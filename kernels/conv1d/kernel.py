@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..limits import check_int32_indexing
+from ..limits import check_int32_indexing, triton_interpret
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 MAX_WIDTH = 8  # widths unrolled at compile time; wider filters run the torch path
 BLOCK_D, BLOCK_L = 16, 64  # 1024-element tiles: the backward (W² recomputation) spills at 16x128, 4 warps
 

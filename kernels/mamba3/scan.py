@@ -20,12 +20,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from compressmamba.kernels.limits import check_int32_indexing
+from compressmamba.kernels.limits import MAX_N, check_int32_indexing
 
 from .cpu import mamba3_scan_cpu, rotated_keys
 from .reference import compute_dtype, rank_values, zero_state
 
-MAX_N = 256
 MAX_P = 256
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from .reference import scan_epilogue, scan_prologue
 
 
-def _scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
+def scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
     """h_t = a_t h_{t−1} + x_t along dim 1 of (b, l, ...) tensors (h_{−1} = h0, default 0).
 
     Blocked scan: the sequence is cut into chunks of T ≈ sqrt(L); (1) all chunks are scanned at
@@ -54,10 +54,10 @@ def _scan_forward(a: Tensor, x: Tensor, h0: Tensor | None = None) -> Tensor:
     return h[:, :L] if pad else h
 
 
-def _scan_reverse(a: Tensor, g: Tensor) -> Tensor:
+def scan_reverse(a: Tensor, g: Tensor) -> Tensor:
     """The adjoint recurrence G_t = g_t + a_{t+1} G_{t+1} along dim 1 (G_L = 0).
 
-    The blocked scan of :func:`_scan_forward` run from the end, without flipping copies: chunks
+    The blocked scan of :func:`scan_forward` run from the end, without flipping copies: chunks
     of T ≈ sqrt(L) are scanned backwards all at once, the chunk-start states are carried from the
     last chunk to the first, and each chunk adds its carried-in state times the suffix product
     of its decays."""
@@ -90,14 +90,14 @@ def _scan_reverse(a: Tensor, g: Tensor) -> Tensor:
 class LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
-        h = _scan_forward(a, x)
+        h = scan_forward(a, x)
         ctx.save_for_backward(a, h)
         return h
 
     @staticmethod
     def backward(ctx, grad_h: Tensor):
         a, h = ctx.saved_tensors
-        G = _scan_reverse(a, grad_h)  # dLoss/dx_t
+        G = scan_reverse(a, grad_h)  # dLoss/dx_t
         grad_a = torch.zeros_like(G)
         grad_a[:, 1:] = G[:, 1:] * h[:, :-1]
         return grad_a, G
@@ -120,7 +120,7 @@ def _chunk_states(dt, du, A, Bt, h0):
     """Decays a, inputs x and states h of one chunk in (b, T, g, d/g, n) layout."""
     a = torch.exp(dt.unsqueeze(-1) * A)
     x = du.unsqueeze(-1) * Bt.unsqueeze(-2)
-    return a, _scan_forward(a, x, h0)
+    return a, scan_forward(a, x, h0)
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -162,7 +162,7 @@ class _ChunkedScan(torch.autograd.Function):
             a, h = _chunk_states(dt[:, s:e], du[:, s:e], A, Bt[:, s:e], h0)
             gh = gy[:, s:e].unsqueeze(-1) * Ct[:, s:e].unsqueeze(-2)  # (b, T, g, dg, n)
             gh[:, -1] += carry
-            G = _scan_reverse(a, gh)  # dLoss/dx_t = dLoss/dh_t in full
+            G = scan_reverse(a, gh)  # dLoss/dx_t = dLoss/dh_t in full
             carry = a[:, 0] * G[:, 0]
             h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)
             g_C[:, s:e] = (h.transpose(-1, -2) @ gy[:, s:e].unsqueeze(-1)).squeeze(-1)

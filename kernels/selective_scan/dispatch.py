@@ -93,7 +93,7 @@ def selective_scan_fn(
     tensors → Triton when available, else the PyTorch scan; ``backend`` forces one of
     ``triton`` (also on CPU tensors under TRITON_INTERPRET=1), ``cpu``, ``ref``, ``mamba_ssm``."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    backend = pick_backend(backend, BACKENDS, u, "selective_scan_fn", TRITON_MODULE)
+    backend = pick_backend(backend, BACKENDS, u, "selective_scan_fn", TRITON_MODULE, state_size=A.shape[1])
     if u.numel() == 0:  # batch, dim or seqlen 0: nothing to scan
         return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -128,7 +128,7 @@ def selective_state_update(
     dtype. CUDA tensors → Triton; otherwise the (already vectorised) PyTorch reference;
     ``backend="triton"`` forces the kernel (CPU tensors under TRITON_INTERPRET=1)."""
     check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    if pick_backend(backend, BACKENDS, state, "selective_state_update", TRITON_MODULE) == "triton":
+    if pick_backend(backend, BACKENDS, state, "selective_state_update", TRITON_MODULE, A.shape[1]) == "triton":
         from .step import selective_state_update_triton
 
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

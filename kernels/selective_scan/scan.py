@@ -36,14 +36,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..limits import check_int32_indexing
+from ..limits import MAX_N, check_int32_indexing, check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 # COMPRESSMAMBA_AUTOTUNE=0: launch the fixed block and warps (those the compile report checks)
 # instead of autotuning, so a first call compiles one config per kernel, not a dozen
 AUTOTUNE = os.environ.get("COMPRESSMAMBA_AUTOTUNE", "1") != "0"
-MAX_N = 256  # largest d_state: the (BLOCK_D, N) fp32 tiles must fit in registers
 CHUNK = 64  # steps between the states the forward stores for the backward (bench_scan --chunks times others)
 # BLOCK_D * BLOCK_N at most: beyond it the backward spills (python -m compressmamba.eval.kernel_report)
 MAX_TILE = 1024
@@ -90,7 +89,7 @@ def _autotune(**kw):
 
 
 @triton.jit
-def _tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+def tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's batch row, channel block, channel and state offsets, their masks, its
     B/C group, and the (channel, state) offsets into a (d, n) array."""
     pid_b = tl.program_id(0)
@@ -104,7 +103,7 @@ def _tile(d, n, chans_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+def channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     """A (BLOCK_D, BLOCK_N), D and delta_bias (BLOCK_D,) in fp32; zeros where absent."""
     A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
     Dv = tl.zeros_like(offs_d).to(tl.float32)
@@ -209,8 +208,8 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634  # exp(dt A) = exp2(dt A2)
     # fmt: off
     u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(
@@ -302,8 +301,8 @@ def _bwd_kernel(
     CHUNK: tl.constexpr,
     SUB: tl.constexpr = 16,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634
     # fmt: off
     u_p, dt_p, z_p, b_ptrs, c_ptrs = _input_ptrs(
@@ -601,8 +600,7 @@ def selective_scan_triton(
     function checks only what the kernel itself cannot do.
     """
     n = A.shape[-1]
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
+    check_state_size(n)
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     b, d, L = u.shape

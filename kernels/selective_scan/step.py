@@ -3,16 +3,15 @@ next power of two in registers). One program per (batch row, block of channels).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..limits import check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
-from .scan import MAX_N, _channel_params, _tile, block_d, fixed_warps
+from .scan import block_d, channel_params, fixed_warps, tile
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 
 
 @triton.jit
@@ -45,8 +44,8 @@ def _step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = _tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
+    pid_b, pid_d, offs_d, offs_n, md, mn, mdn, grp, dn = tile(d, n, chans_per_group, BLOCK_D, BLOCK_N)
+    A, Dv, bias = channel_params(A_ptr, D_ptr, bias_ptr, dn, mdn, offs_d, md, HAS_D, HAS_BIAS)
     sp = s_ptr + pid_b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(sp, mask=mdn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_xb + offs_d, mask=md, other=0.0).to(tl.float32)
@@ -72,8 +71,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     dividing d; D, dt_bias (d,). Returns y (b, d) in x's dtype.
     """
     b, d, n = state.shape
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"d_state {n} exceeds the Triton kernel's range 1..{MAX_N}; use backend='cpu'")
+    check_state_size(n)
     x, dt = x.contiguous(), dt.contiguous()
     z = z.contiguous() if z is not None else None
     Bn = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()

@@ -100,7 +100,7 @@ def ssd_scan_fn(
     specification. ``backend="triton"`` also runs on CPU tensors under TRITON_INTERPRET=1.
     """
     check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states)
-    backend = pick_backend(backend, BACKENDS, x, "ssd_scan_fn", TRITON_MODULE)
+    backend = pick_backend(backend, BACKENDS, x, "ssd_scan_fn", TRITON_MODULE, state_size=B.shape[-1])
     kw = dict(
         D=D,
         z=z,
@@ -129,7 +129,7 @@ def ssd_state_update(
     are the same); ``backend="triton"`` forces the kernel (CPU tensors under TRITON_INTERPRET=1).
     """
     check_ssd_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    if pick_backend(backend, BACKENDS, state, "ssd_state_update", TRITON_MODULE) == "triton":
+    if pick_backend(backend, BACKENDS, state, "ssd_state_update", TRITON_MODULE, state.shape[-1]) == "triton":
         from .step import ssd_state_update_triton
 
         return ssd_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

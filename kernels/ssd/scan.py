@@ -26,18 +26,15 @@ autotuning yet, fixed warps, and chunks short enough that the tiles stay in regi
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..limits import check_int32_indexing
+from ..limits import MAX_N, check_int32_indexing, check_state_size, triton_interpret
 from .reference import process_dt, skip_and_gate
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_N = 256  # largest d_state: whole (Q, n) tiles live in registers
+_INTERPRET = triton_interpret()
 MAX_P = 256  # largest headdim, for the same reason
 BWD_N_BLOCK = 16  # states per block of the backward (32 compiles without spills too, at more registers)
 NUM_WARPS = 8  # of the chunk and passing kernels; the whole-chunk tiles spill with 4
@@ -449,10 +446,9 @@ def ssd_scan_triton(
     chunk_size = default_chunk(N) if chunk_size is None else chunk_size
     if chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be a power of two in 16..128 for the Triton kernels, got {chunk_size!r}")
-    if not 1 <= N <= MAX_N or not 1 <= P <= MAX_P:
-        raise ValueError(
-            f"d_state {N} and headdim {P} must lie in 1..{MAX_N} and 1..{MAX_P} for the Triton kernels; use backend='cpu'"
-        )
+    check_state_size(N)
+    if not 1 <= P <= MAX_P:
+        raise ValueError(f"headdim {P} exceeds the Triton kernels' range 1..{MAX_P}; use backend='cpu'")
     Q = chunk_size
     nc = triton.cdiv(L, Q)
     check_int32_indexing(x=b * L * H * P, chunk_states=b * nc * H * P * N, dB_per_head=b * L * H * N)

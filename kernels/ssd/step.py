@@ -4,16 +4,15 @@ head) holds the head's whole (p, n) state."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..limits import check_state_size, triton_interpret
 from ..triton_math import softplus as _softplus
-from .scan import MAX_N, MAX_P
+from .scan import MAX_P
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = triton_interpret()
 
 
 @triton.jit
@@ -98,10 +97,9 @@ def ssd_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     or (h, p). Returns y (b, h, p) in x's dtype.
     """
     b, H, P, N = state.shape
-    if not 1 <= N <= MAX_N or not 1 <= P <= MAX_P:
-        raise ValueError(
-            f"d_state {N} and headdim {P} must lie in 1..{MAX_N} and 1..{MAX_P} for the Triton kernels; use backend='cpu'"
-        )
+    check_state_size(N)
+    if not 1 <= P <= MAX_P:
+        raise ValueError(f"headdim {P} exceeds the Triton kernels' range 1..{MAX_P}; use backend='cpu'")
     g = B.shape[1]
     y = torch.empty(b, H, P, device=x.device, dtype=torch.float32)
     zz = z if z is not None else x  # placeholder pointer, never read

@@ -535,7 +535,7 @@ def test_step_batches_of_a_huge_dataset_draw_rows_lazily(monkeypatch):
     assert fresh.indices(7, 1) == r[0].indices(7, 1) and fresh.indices(7, 1) != r[0].indices(7 + 50, 1)
 
 
-def _damage(path, offset, data):
+def damage(path, offset, data):
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)
@@ -552,7 +552,7 @@ def test_a_store_damaged_in_place_is_rebuilt_on_open_or_refused_on_read(tmp_path
     tok_file = data.train.tokens_path
     want = tok_file.read_bytes()
     assert len(data.info["manifest"]["checksums"]["tokens.bin"]) == -(-len(want) // 4096) > 2
-    _damage(tok_file, len(want) // 2, b"aaaa")  # in the vocabulary: only the checksum sees it
+    damage(tok_file, len(want) // 2, b"aaaa")  # in the vocabulary: only the checksum sees it
     logs = []
     monkeypatch.setattr("sys.stderr", type("W", (), {"write": lambda s, x: logs.append(x), "flush": lambda s: 0})())
     again = text_lm(**kw)
@@ -560,7 +560,7 @@ def test_a_store_damaged_in_place_is_rebuilt_on_open_or_refused_on_read(tmp_path
     assert tok_file.read_bytes() == want
     # damaged after it was opened: the first read of the block refuses, naming the file
     rows = again.train
-    _damage(tok_file, len(want) - 64, b"\x00\x01" * 8)
+    damage(tok_file, len(want) - 64, b"\x00\x01" * 8)
     with pytest.raises(ValueError) as e:
         for i in range(len(rows)):
             rows[i]

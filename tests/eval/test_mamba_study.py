@@ -94,7 +94,7 @@ def test_study_of_a_recall_task_pairs_answer_accuracy(tmp_path):
     ms.plot(study, tmp_path / "study.png")
     text_study = {**study, "metric": None}
     del text_study["metric"]  # a study.json written before the metric was recorded: perplexity
-    assert ms._metric(text_study)["key"] == "val_perplexity"
+    assert ms.metric_of(text_study)["key"] == "val_perplexity"
 
 
 def test_arm_recipes():

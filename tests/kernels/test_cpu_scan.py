@@ -1,6 +1,6 @@
 import pytest
 import torch
-from compressmamba.kernels.selective_scan.cpu import _scan_forward, _scan_reverse, linear_scan
+from compressmamba.kernels.selective_scan.cpu import linear_scan, scan_forward, scan_reverse
 
 from compressmamba.kernels import (
     selective_scan_cpu,
@@ -98,5 +98,5 @@ def test_blocked_scans_match_a_loop_in_both_directions(L):
     for t in reversed(range(L)):
         G = x[:, t] + (a[:, t + 1] * G if t + 1 < L else 0)
         want_G[t] = G
-    torch.testing.assert_close(_scan_forward(a, x, h0), torch.stack(want_h, 1))
-    torch.testing.assert_close(_scan_reverse(a, x), torch.stack(want_G, 1))
+    torch.testing.assert_close(scan_forward(a, x, h0), torch.stack(want_h, 1))
+    torch.testing.assert_close(scan_reverse(a, x), torch.stack(want_G, 1))

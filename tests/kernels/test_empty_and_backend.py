@@ -80,3 +80,36 @@ def test_ssd_triton_on_cpu_tensors_without_the_interpreter_says_so(monkeypatch):
         ssd_scan_fn(x, dt, A, B, C, backend="triton")
     with pytest.raises(ValueError, match=r"ssd_state_update: backend='triton' got tensors on cpu"):
         ssd_state_update(torch.zeros(b, h, p, n), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], backend="triton")
+
+
+class _FakeCuda:
+    """Stands for a CUDA tensor in backend selection (which reads only ``is_cuda``)."""
+
+    is_cuda = True
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["compressmamba.kernels.selective_scan.scan", "compressmamba.kernels.ssd.scan"],
+)
+def test_auto_falls_back_to_cpu_above_the_triton_state_size(module):
+    from compressmamba.kernels.backend_checks import pick_backend
+    from compressmamba.kernels.limits import MAX_N
+
+    backends = ("auto", "triton", "cpu")
+    assert pick_backend("auto", backends, _FakeCuda(), "op", module, state_size=MAX_N) == "triton"
+    assert pick_backend("auto", backends, _FakeCuda(), "op", module, state_size=MAX_N + 1) == "cpu"
+    assert pick_backend("auto", backends, torch.zeros(1), "op", module, state_size=3) == "cpu"
+
+
+def test_each_kernel_limit_is_written_once():
+    """TRITON_INTERPRET is read, and MAX_N defined, only in compressmamba/kernels/limits.py."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*root.glob("compressmamba/**/*.py"), *root.glob("kernels/**/*.py")]
+    assert len(files) > 20
+    reads = [f for f in files if re.search(r"environ(\.get)?\W+[\"']TRITON_INTERPRET", f.read_text())]
+    limits = [f for f in files if re.search(r"^MAX_N\s*=", f.read_text(), re.M)]
+    assert [f.name for f in reads] == ["limits.py"] and [f.name for f in limits] == ["limits.py"], (reads, limits)

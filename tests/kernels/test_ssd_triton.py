@@ -96,7 +96,7 @@ def test_inference_forward_same_result():
 
 def test_bad_input_is_refused():
     inp = make_ssd_inputs(1, 3, 2, 2, 1, MAX_N + 1)
-    with pytest.raises(ValueError, match="d_state 257 and headdim 2 must lie in 1..256"):
+    with pytest.raises(ValueError, match="d_state 257 exceeds the Triton kernels. range 1..256"):
         ssd_scan_triton(**inp)
     inp = make_ssd_inputs(1, 3, 2, 2, 1, 4)
     with pytest.raises(ValueError, match="chunk_size must be a power of two in 16..128 for the Triton kernels, got 24"):

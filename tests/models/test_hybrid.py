@@ -192,11 +192,32 @@ def test_a_stock_folder_loads_as_our_model_with_declared_no_decay_names(model_ty
 
 
 def test_unavailable_family_names_the_transformers_version(monkeypatch):
-    monkeypatch.delattr(transformers.Cache, "get_conv_state", raising=False)
+    monkeypatch.setattr(transformers, "__version__", "5.20.1")  # before the per-layer recurrent cache
     why = hybrid.available("bamba")
-    assert why is not None and ">= 5.21" in why and transformers.__version__ in why
+    assert why is not None and ">= 5.21" in why and "installed: 5.20.1" in why
     with pytest.raises(ImportError, match="needs transformers >= 5.21"):
         hybrid.build_hybrid(config=tiny_config("bamba"))
+
+
+def test_balanced_is_refused_at_validation_for_mamba1_mixer_hybrids(tmp_path):
+    """Jamba and Falcon-Mamba have Mamba-1 mixers (per-channel A): balanced is refused when the
+    recipe is read, not when the first cut runs; the Mamba-2 hybrids accept it."""
+    from compressmamba.training.config import recipe_from_dict
+
+    def recipe(model_type, method):
+        return {
+            "model": {"name": "hybrid", "config": {"model_type": model_type, "hidden_size": 8}},
+            "data": {"name": "mqar", "vocab_size": 64, "seq_len": 16, "n_pairs": 2, "n_train": 8, "n_val": 4},
+            "train": {"steps": 4, "batch_size": 2},
+            "reduction": {"mode": "fixed", "fraction": 0.5, "attempts": [2], "method": method},
+            "out_dir": str(tmp_path / model_type),
+        }
+
+    for mtype in ("jamba", "falcon_mamba", "compressmamba_jamba"):
+        with pytest.raises(ValueError, match=r"reduction.method = 'balanced'.*\['hankel', 'hankel_mean', 'output'\]"):
+            recipe_from_dict(recipe(mtype, "balanced"))
+        assert recipe_from_dict(recipe(mtype, "output")).reduction.method == "output"
+    assert recipe_from_dict(recipe("bamba", "balanced")).reduction.method == "balanced"
 
 
 def test_builder_refuses_bad_arguments():

@@ -72,13 +72,24 @@ def test_model_trains_after_cut_and_reports_sizes():
 
 
 def test_token_and_pair_heads():
-    model = build_lru(d_model=8, n_layers=1, state_size=4, vocab_size=20, n_classes=2, pair=True)
-    a, b = torch.randint(0, 20, (3, 11)), torch.randint(0, 20, (3, 9))
-    out = model(
-        inputs=a,
-        inputs2=b,
-        lengths=torch.tensor([11, 5, 2]),
-        lengths2=torch.tensor([9, 9, 1]),
-        labels=torch.tensor([0, 1, 1]),
-    )
-    assert out.logits.shape == (3, 2) and torch.isfinite(out.loss)
+    """The pair head reads both token sequences up to their lengths and nothing past them, and its
+    loss is the cross-entropy of its logits."""
+    torch.manual_seed(0)
+    model = build_lru(d_model=8, n_layers=1, state_size=4, vocab_size=20, n_classes=2, pair=True).eval()
+    a, b = torch.randint(1, 20, (3, 11)), torch.randint(1, 20, (3, 9))
+    la, lb, labels = torch.tensor([11, 5, 2]), torch.tensor([9, 9, 1]), torch.tensor([0, 1, 1])
+
+    def logits(x, y):
+        return model(inputs=x, inputs2=y, lengths=la, lengths2=lb).logits
+
+    with torch.no_grad():
+        out = model(inputs=a, inputs2=b, lengths=la, lengths2=lb, labels=labels)
+        assert out.logits.shape == (3, 2)
+        torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+        a_pad, b_pad = a.clone(), b.clone()  # new tokens past each length: padding, never read
+        for i in range(3):
+            a_pad[i, la[i] :] = (a[i, la[i] :] % 19) + 1
+            b_pad[i, lb[i] :] = (b[i, lb[i] :] % 19) + 1
+        torch.testing.assert_close(logits(a_pad, b_pad), out.logits)
+        for x, y in ((a, b.roll(1, dims=0)), (a.roll(1, dims=0), b)):  # each input is read, in every row
+            assert ((logits(x, y) - out.logits).abs().sum(-1) > 1e-6).all()

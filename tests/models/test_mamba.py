@@ -113,13 +113,13 @@ def test_greedy_generate_matches_transformers_with_recurrent_cache(tmp_path):
 
 
 def test_decode_with_per_layer_sizes_equals_full_forward():
-    from compressmamba.models.mamba import MambaCache
+    from compressmamba.models.lm import RecurrentCache
 
     m = _tiny((16, 5, 9))
     x = torch.randint(0, 41, (2, 12))
     with torch.no_grad():
         full = m(input_ids=x).logits
-        cache = MambaCache(3)
+        cache = RecurrentCache(3)
         first = m(input_ids=x[:, :5], cache_params=cache).logits
         steps = [m(input_ids=x[:, t : t + 1], cache_params=cache).logits for t in range(5, 12)]
     assert [s.shape[-1] for s in cache.ssm] == [16, 5, 9]

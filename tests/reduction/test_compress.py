@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from compressmamba.compress import _load_any, compress_model
+from compressmamba.compress import compress_model
+from compressmamba.inputs import load_any
 from compressmamba.models.mamba import build_mamba
 
 
@@ -64,4 +65,4 @@ def test_compress_rejects_another_architecture(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     torch.save(ck, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(ValueError, match="checkpoint of a 'lru' model; compress expects a language model"):
-        _load_any(str(tmp_path))
+        load_any(str(tmp_path))

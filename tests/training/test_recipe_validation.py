@@ -70,9 +70,15 @@ def test_bad_values_are_rejected_naming_the_key_and_the_range(toy_recipe, overri
 
 
 def test_n_attempts_only_matters_when_cutting(toy_recipe):
-    recipe_from_dict(apply_overrides(toy_recipe, ["reduction.mode=none", "reduction.n_attempts=0"]))
-    recipe_from_dict(apply_overrides(toy_recipe, ["optim.grad_clip=0", "train.report_to=tensorboard"]))
-    recipe_from_dict(apply_overrides(toy_recipe, ["train.report_to=[tensorboard, wandb]"]))
+    """n_attempts = 0 is refused where cuts are scheduled from it and accepted (kept as given)
+    where none are: the check follows reduction.mode, not the number alone."""
+    base = ["reduction.attempts=null", "reduction.n_attempts=0"]
+    with pytest.raises(ValueError, match=r"^reduction.n_attempts = 0: expected >= 1 in reduction.mode 'tolerance'"):
+        recipe_from_dict(apply_overrides(toy_recipe, [*base, "reduction.mode=tolerance"]))
+    r = recipe_from_dict(apply_overrides(toy_recipe, [*base, "reduction.mode=none"]))
+    assert (r.reduction.mode, r.reduction.n_attempts) == ("none", 0)
+    r = recipe_from_dict(apply_overrides(toy_recipe, ["optim.grad_clip=0", "train.report_to=[tensorboard, wandb]"]))
+    assert r.optim.grad_clip == 0 and r.train.report_to == ["tensorboard", "wandb"]
 
 
 def test_train_accepts_options_and_overrides_in_any_order(toy_recipe, tmp_path, capsys):
