@@ -3,8 +3,6 @@ against the per-channel path they replaced (reduction/reference.py), inside real
 family: each layer feeds the same forward's inputs to both, and every energy method of the layer
 and the states a cut keeps must agree."""
 
-import copy
-
 import pytest
 import torch
 import transformers
@@ -124,4 +122,4 @@ def test_mamba2_output_energy_equals_the_reference_at_chunk_length_one_and_longe
         new, ref = both.new.as_dict(), both.ref.as_dict()
         torch.testing.assert_close(layer.energy(new, "output"), layer.energy(ref, "output"), rtol=1e-5, atol=0)
         torch.testing.assert_close(new["out2"], ref["out2"].unflatten(0, (layer.n_heads, -1)).sum(1), rtol=1e-5, atol=0)
-    assert copy.deepcopy(new).keys() == ref.keys()
+    assert new.keys() == ref.keys()  # the same statistics, key by key
