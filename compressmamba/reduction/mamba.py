@@ -7,7 +7,8 @@ calibration tokens t we accumulate float64 *sums* (so ranks can add theirs), nev
 tensors:
 
   count, Σ exp(Δ A) (d, n), Σ (Δ u B)² (d, n), Σ C² (n,), Σ Δ B (d, n), Σ C (n,),
-  Σ (C h)² (d, n) measured from the scan (h recomputed chunk by chunk).
+  Σ (C h)² (d, n) measured from the scan (h recomputed chunk by chunk of the sequence, in float32,
+  the sums in float64; never a (b, d, n, l) tensor: Σ (Δ u B)² and Σ Δ B are matmuls over the tokens).
 
 Energies per state n (float64 (n,)), with ā = E[exp(Δ A)]:
   hankel      : P = E[(Δ u B)²] / (1 − ā²), Q = E[C²] / (1 − ā²), e_n = Σ_d sqrt(P Q)
@@ -30,14 +31,17 @@ _KEYS = ("count", "decay", "in2", "c2", "dB", "c", "out2")
 class MambaStats:
     """Running float64 sums for one layer of d channels and n states.
 
-    ``chunk`` bounds the scan's working memory to a few b·d·n·chunk floats per update.
+    Streamed over the sequence: each update runs chunks of at most ``chunk`` steps (fewer when
+    b·T·d·n would pass ``max_elems``), so its working memory is a few (b, T, d, n) float32 tensors
+    (float64 for float64 inputs, as in the tests), as the layer's own scan; the sums are float64.
+    The reduction/reference.py path it replaced gives the same sums (tests/reduction).
     """
 
-    def __init__(self, d: int, n: int, chunk: int = 256):
-        for name, v in (("d", d), ("n", n), ("chunk", chunk)):
+    def __init__(self, d: int, n: int, chunk: int = 64, max_elems: int = 1 << 22):
+        for name, v in (("d", d), ("n", n), ("chunk", chunk), ("max_elems", max_elems)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"MambaStats: {name} must be a positive int, got {v!r}")
-        self.d, self.n, self.chunk = d, n, chunk
+        self.d, self.n, self.chunk, self.max_elems = d, n, chunk, max_elems
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         self.sums = {
             "count": z(()),
@@ -74,34 +78,38 @@ class MambaStats:
         d // (d / g)). Grouped C makes the C sums (g, n) instead of (n,)."""
         g = self._check(u, delta, A, B, C)
         b, d, l = u.shape
-        dev = u.device
-        grouped = B.dim() == 4
-        s = {k: v.to(dev) for k, v in self.sums.items()}
-        if grouped and s["c"].dim() == 1:
+        s = {k: v.to(u.device) for k, v in self.sums.items()}
+        if B.dim() == 4 and s["c"].dim() == 1:
             if s["count"] > 0:
                 raise ValueError("B, C: grouped (b, g, n, l) after ungrouped batches in the same stats")
             s["c"], s["c2"] = s["c"].new_zeros(g, self.n), s["c2"].new_zeros(g, self.n)
-        # per-channel views (b, d, n, l) of B and C; (b, 1, n, l) when ungrouped
-        Bc = B.repeat_interleave(d // g, dim=1) if grouped else B[:, None]
-        Cc = C.repeat_interleave(d // g, dim=1) if grouped else C[:, None]
-        du = delta * u
         s["count"] += b * l
-        s["in2"] += torch.einsum("bdl,bdnl->dn", du.double() ** 2, (Bc.double() ** 2).expand(b, d, -1, -1))
-        s["dB"] += torch.einsum("bdl,bdnl->dn", delta.double(), Bc.double().expand(b, d, -1, -1))
         s["c2"] += (C.double() ** 2).sum((0, -1))
         s["c"] += C.double().sum((0, -1))
-        h0 = torch.zeros(b, d, self.n, dtype=torch.float32, device=dev)
-        At = A.float()
-        for t0 in range(0, l, self.chunk):
-            sl = slice(t0, min(l, t0 + self.chunk))
-            dt = delta[..., sl].float().transpose(1, 2)  # (b, T, d)
-            a = torch.exp(dt.unsqueeze(-1) * At)  # (b, T, d, n)
-            s["decay"] += a.double().sum((0, 1))
-            x = du[..., sl].float().transpose(1, 2).unsqueeze(-1) * Bc[..., sl].float().permute(0, 3, 1, 2)
-            h = scan_forward(a, x) + torch.cumprod(a, dim=1) * h0[:, None]
-            s["out2"] += ((h * Cc[..., sl].float().permute(0, 3, 1, 2)) ** 2).double().sum((0, 1))
-            h0 = h[:, -1]
+        wd = torch.float64 if u.dtype == torch.float64 else torch.float32
+        Bg, Cg = ((t if t.dim() == 4 else t[:, None]).to(wd) for t in (B, C))  # (b, g, n, l)
+        h0 = None
+        steps = max(1, min(self.chunk, self.max_elems // (b * d * self.n)))
+        for t0 in range(0, l, steps):
+            sl = slice(t0, min(l, t0 + steps))
+            h0 = self._chunk(s, u[..., sl].to(wd), delta[..., sl].to(wd), A.to(wd), Bg[..., sl], Cg[..., sl], h0)
         self.sums = s
+
+    def _chunk(self, s, u, dt, A, B, C, h0):
+        """One chunk of T steps: u, dt (b, d, T), B, C (b, g, n, T) in the work dtype; adds into
+        the float64 sums ``s`` and returns the state (b, T, d, n)[:, -1] carried to the next."""
+        b, d, T = u.shape
+        g = B.shape[1]
+        du = (dt * u).unflatten(1, (g, d // g))  # (b, g, d/g, T)
+        s["in2"] += torch.einsum("bgct,bgnt->gcn", du**2, B**2).flatten(0, 1).double()
+        s["dB"] += torch.einsum("bgct,bgnt->gcn", dt.unflatten(1, (g, d // g)), B).flatten(0, 1).double()
+        a = torch.exp(dt.transpose(1, 2).unsqueeze(-1) * A)  # (b, T, d, n)
+        s["decay"] += a.sum((0, 1)).double()
+        Bt, Ct = (t.permute(0, 3, 1, 2).unsqueeze(3) for t in (B, C))  # (b, T, g, 1, n)
+        x = (du.permute(0, 3, 1, 2).unsqueeze(-1) * Bt).flatten(2, 3)  # (b, T, d, n)
+        h = scan_forward(a, x, h0)
+        s["out2"] += (h.unflatten(2, (g, d // g)) * Ct).pow(2).sum((0, 1)).flatten(0, 1).double()
+        return h[:, -1]
 
     def as_dict(self) -> dict[str, Tensor]:
         """The float64 sums on CPU (add dicts key by key to combine ranks or batches)."""

@@ -32,29 +32,51 @@ import torch
 from torch import Tensor
 
 from .lti import balancing_transform, zero_energy
-from .mamba import MambaStats, checked_count
+from .mamba import checked_count
 
 GRAMIAN_KEYS = ("ssd_in", "ssd_out", "ssd_decay")
 
 
 class Mamba2Stats:
-    """Running float64 sums for one Mamba-2 layer: Mamba-1's per-state sums (MambaStats over the
-    H·p channels, grouped B and C) for the selection energies, and the group Gramian sums
+    """Running float64 sums for one Mamba-2 layer, computed in the structure of the SSD scan
+    (per head and group, chunks of ``chunk`` steps, float32 work, float64 for float64 inputs): the selection
+    energies' sums under MambaStats' keys and the group Gramian sums
 
       ssd_in (H, N, N) Σ_t Δ_t[h]² ‖x_t[h]‖² B_t[g(h)] B_t[g(h)]ᵀ,
       ssd_out (G, N, N) Σ_t C_t[g] C_t[g]ᵀ,   ssd_decay (H,) Σ_t exp(Δ_t[h] A[h]).
+
+    ``out2`` is (H, N) here, Σ_t C_t[n]² Σ_p s_t[h, p, n]² per head: ``output`` sums it over the
+    group's heads, so no channel's own state trajectory is needed. Within a chunk, with
+    L[t, s] = exp(Σ_{s<r≤t} Δ_r A) (one scalar per head), α_t = L[t, −1], the carried-in state S
+    (p, N) and ξ_s = Δ_s x_s:
+
+      Σ_t C_t² Σ_p s_t² = ‖S‖² Σ_t C_t² α_t² + 2 Σ_s α_s B_s (ξ_s S) U_s + Σ_{s'} B_{s'} U_{s'} Σ_{s≤s'} c K L B_s,
+
+    U_s = Σ_{t≥s} L[t, s]² C_t², K = ξ ξᵀ (T, T), c = 2 off the diagonal and 1 on it: matmuls
+    of (T, T) by (T, N) per head, as in the scan itself. ``decay`` and ``dB`` are one value per
+    head (per head and state) and come out expanded to MambaStats' (H·p, N).
     """
 
-    def __init__(self, heads: int, head_dim: int, groups: int, n: int):
-        for name, v in (("heads", heads), ("head_dim", head_dim), ("groups", groups), ("n", n)):
+    def __init__(self, heads: int, head_dim: int, groups: int, n: int, chunk: int = 64):
+        for name, v in (("heads", heads), ("head_dim", head_dim), ("groups", groups), ("n", n), ("chunk", chunk)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"Mamba2Stats: {name} must be a positive int, got {v!r}")
         if heads % groups:
             raise ValueError(f"Mamba2Stats: groups={groups} must divide heads={heads}")
-        self.heads, self.head_dim, self.groups, self.n = heads, head_dim, groups, n
-        self.modes = MambaStats(heads * head_dim, n)
+        self.heads, self.head_dim, self.groups, self.n, self.chunk = heads, head_dim, groups, n, chunk
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)
-        self.gram = {"ssd_in": z(heads, n, n), "ssd_out": z(groups, n, n), "ssd_decay": z(heads)}
+        h, p, g = heads, head_dim, groups
+        self.sums = {
+            "count": z(()),
+            "in2": z(h * p, n),
+            "dB": z(h, n),
+            "c2": z(g, n),
+            "c": z(g, n),
+            "out2": z(h, n),
+            "ssd_in": z(h, n, n),
+            "ssd_out": z(g, n, n),
+            "ssd_decay": z(h),
+        }
 
     @torch.no_grad()
     def update(self, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -66,25 +88,65 @@ class Mamba2Stats:
         for name, t in (("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C)):
             if tuple(t.shape) != want[name]:
                 raise ValueError(f"Mamba2Stats.update: {name} must be {want[name]}, got {tuple(t.shape)}")
-        # Mamba-1's layout: channel (h, p) with step Δ[h] and decay A[h] for every state
-        u = x.flatten(-2).transpose(1, 2).float()
-        d = delta.float().repeat_interleave(p, dim=-1).transpose(1, 2)
-        A_c = A.float().repeat_interleave(p)[:, None].expand(-1, n)
-        self.modes.update(u=u, delta=d, A=A_c, B=B.permute(0, 2, 3, 1).float(), C=C.permute(0, 2, 3, 1).float())
-        dev = x.device
-        s = {k: v.to(dev) for k, v in self.gram.items()}
-        w = delta.double() ** 2 * x.double().pow(2).sum(-1)  # (b, l, H)
-        Bh = B.double().repeat_interleave(h // g, dim=2)  # (b, l, H, N): head h's group
-        s["ssd_in"] += torch.einsum("blh,blhn,blhm->hnm", w, Bh, Bh)
-        s["ssd_out"] += torch.einsum("blgn,blgm->gnm", C.double(), C.double())
+        s = {k: v.to(x.device) for k, v in self.sums.items()}
+        s["count"] += b * l
         s["ssd_decay"] += torch.exp(delta.double() * A.double()).sum((0, 1))
-        self.gram = s
+        wd, state = _work_dtype(x), None
+        for t0 in range(0, l, self.chunk):
+            sl = slice(t0, min(l, t0 + self.chunk))
+            args = (t[:, sl].to(wd) for t in (x, delta, B, C))
+            state = self._chunk(s, *args, A.to(wd), state)
+        self.sums = s
+
+    def _chunk(self, s, x, dt, B, C, A, S):
+        """One chunk of T steps in the work dtype: x (b, T, H, p), dt (b, T, H), B, C (b, T, G, N);
+        S the carried-in state (b, H, p, N) or None. Adds into ``s``; returns the chunk-end state."""
+        r = self.heads // self.groups
+        s["c2"] += (C**2).sum((0, 1)).double()
+        s["c"] += C.sum((0, 1)).double()
+        C64 = C.double()  # the Gramians in float64: balanced truncation reads their smallest eigenvalues
+        s["ssd_out"] += torch.einsum("btgn,btgm->gnm", C64, C64)
+        xi = (x * dt.unsqueeze(-1)).permute(0, 2, 1, 3)  # (b, H, T, p): ξ = Δ x
+        Bh, Ch = (t.repeat_interleave(r, dim=2).permute(0, 2, 1, 3) for t in (B, C))  # (b, H, T, N)
+        s["in2"] += torch.einsum("bhtp,bhtn->hpn", xi**2, Bh**2).flatten(0, 1).double()
+        s["dB"] += torch.einsum("bth,bhtn->hn", dt, Bh).double()
+        B64 = Bh.double()
+        s["ssd_in"] += torch.einsum("bhtn,bhtm->hnm", B64 * xi.double().pow(2).sum(-1, keepdim=True), B64)
+        L = torch.exp(_segsum((dt * A).transpose(1, 2)))  # (b, H, T, T), zero above the diagonal
+        alpha = L[..., :, :1] * torch.exp(dt[:, :1] * A).permute(0, 2, 1).unsqueeze(-1)  # (b, H, T, 1)
+        U = L.pow(2).transpose(-1, -2) @ Ch.pow(2)  # (b, H, T, N)
+        K = (xi @ xi.transpose(-1, -2)) * L
+        K = K + K.tril(-1)  # c = 2 below the diagonal
+        out2 = (Bh * U * (K @ Bh)).sum(2)
+        if S is not None:
+            out2 += S.pow(2).sum(2) * (Ch.pow(2) * alpha.pow(2)).sum(2)
+            out2 += 2 * (alpha * Bh * (xi @ S) * U).sum(2)
+        s["out2"] += out2.sum(0).double()
+        new = (xi * L[..., -1, :, None]).transpose(-1, -2) @ Bh  # (b, H, p, N)
+        return new if S is None else new + alpha[..., -1:, :] * S
 
     def as_dict(self) -> dict[str, Tensor]:
-        """Every float64 sum on CPU, MambaStats' keys and GRAMIAN_KEYS (add dicts key by key)."""
-        out = self.modes.as_dict()
-        out.update({k: v.detach().cpu().clone() for k, v in self.gram.items()})
+        """Every float64 sum on CPU, MambaStats' keys and GRAMIAN_KEYS (add dicts key by key):
+        ``decay`` (H·p, N) and ``dB`` (H·p, N) repeat each head's value over its channels."""
+        out = {k: v.detach().cpu().clone() for k, v in self.sums.items()}
+        p, n = self.head_dim, self.n
+        out["decay"] = out["ssd_decay"].repeat_interleave(p)[:, None].expand(-1, n).clone()
+        out["dB"] = out["dB"].repeat_interleave(p, dim=0)
         return out
+
+
+def _work_dtype(t: Tensor) -> torch.dtype:
+    """float32 work for float32, bfloat16 or float16 inputs; float64 inputs (the tests) stay float64."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _segsum(a: Tensor) -> Tensor:
+    """a (..., T) → (..., T, T) with [t, s] = Σ_{s<r≤t} a_r for t ≥ s and −inf above the
+    diagonal, summed directly (not as differences of a cumsum, which cancel in float32)."""
+    T = a.shape[-1]
+    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    seg = a.unsqueeze(-1).expand(*a.shape, T).masked_fill(~below, 0).cumsum(-2)
+    return seg.masked_fill(~below.logical_or(torch.eye(T, dtype=torch.bool, device=a.device)), float("-inf"))
 
 
 def group_gramians(stats: dict[str, Tensor], head_dim: int, layer: str = "?") -> tuple[Tensor, Tensor]:
