@@ -192,7 +192,9 @@ def test_a_stock_folder_loads_as_our_model_with_declared_no_decay_names(model_ty
 
 
 def test_unavailable_family_names_the_transformers_version(monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "5.20.1")  # before the per-layer recurrent cache
+    # the module object hybrid.py reads: transformers 5.25 swaps sys.modules["transformers"] for a new lazy
+    # module when some model classes are first imported, so the test's own `transformers` may be another one
+    monkeypatch.setattr(hybrid.transformers, "__version__", "5.20.1")  # before the per-layer recurrent cache
     why = hybrid.available("bamba")
     assert why is not None and ">= 5.21" in why and "installed: 5.20.1" in why
     with pytest.raises(ImportError, match="needs transformers >= 5.21"):
