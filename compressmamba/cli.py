@@ -76,24 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _requested_cpu_processes() -> int:
-    """``accelerate launch --cpu --num_processes N`` without mpirun starts one plain process
-    (accelerate's simple launcher) and does not pass N on. Read N from the launcher's command
-    line so that the request is honoured instead of silently training on one process."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true") or "WORLD_SIZE" in os.environ:
-        return 1
-    try:
-        parent = open(f"/proc/{os.getppid()}/cmdline", "rb").read().split(b"\0")
-    except OSError:
-        return 1
-    args = [a.decode(errors="replace") for a in parent]
-    if not any("accelerate" in a for a in args[:3]):
-        return 1
-    for i, a in enumerate(args):
-        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
-            return int(args[i + 1])
-        if a.startswith(("--num_processes=", "--num-processes=")):
-            return int(a.split("=", 1)[1])
-    return 1
+    """``accelerate launch --cpu`` asked for N processes (its simple launcher starts one): N,
+    with the FSDP environment its config file asks for set for the ranks (cpu_launch.py)."""
+    from .cpu_launch import requested_cpu_ranks
+
+    n, env = requested_cpu_ranks()
+    os.environ.update(env)
+    return n
 
 
 def _spawn_cpu_workers(n: int, argv: list[str]) -> int:

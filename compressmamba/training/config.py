@@ -52,6 +52,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes building training batches (0: in-process)
     progress: bool = True
     report_to: str | list[str] | None = None  # Accelerate trackers: tensorboard, wandb, mlflow, comet_ml, trackio ...
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (sharded.py)
 
 
 @dataclass
@@ -91,6 +92,7 @@ HARMLESS_KEYS = frozenset(
         "train.num_workers",
         "train.log_every",
         "train.checkpoint_every",
+        "train.activation_checkpointing",
         "train.report_to",
         "reduction.plots",
     }
@@ -412,6 +414,12 @@ def _check_train(t: TrainConfig) -> None:
     _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")
     _check(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
+    _check(
+        isinstance(t.activation_checkpointing, bool),
+        "train.activation_checkpointing",
+        t.activation_checkpointing,
+        "true or false",
+    )
 
 
 def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:

@@ -21,8 +21,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
-from . import rank_hashes, tracking
-from .checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, set_rng_state
+from . import rank_hashes, sharded, sharded_checkpoint, tracking
+from .checkpoint import load_checkpoint, load_checkpoint_model, rng_state, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_from_dict
 from .cut_controller import CutController
 from .data import StepBatches
@@ -69,11 +69,13 @@ class Trainer(RunFolder, Evaluation):
             self.callbacks.append(PlotCallback())
         t = recipe.train
         self.run_dir = recipe.run_dir()
-        self.ckpt = load_checkpoint(resume) if resume else None
+        self.ckpt = _load_resume(resume) if resume else None
         changes = self._check_recipe_change(allow_recipe_change)
         trackers = tracking.tracker_names(t.report_to)
         tracking.check_trackers(trackers)
         self.accelerator = acc = _accelerator(recipe, trackers, accelerator)
+        sharded.check_supported(acc, recipe)
+        self.parallelism = sharded.parallelism(acc)
         if rank_hashes.wanted(acc.num_processes):
             self.callbacks.insert(0, rank_hashes.RankHashes())
         self._claim_run_dir(resume, overwrite)
@@ -86,22 +88,28 @@ class Trainer(RunFolder, Evaluation):
         self.answer_accuracy = self.task == "lm" and bool(self.data.info.get("answer_accuracy"))
         ck = self.ckpt
         self.model = self._build_model(ck["state_sizes"] if ck else None)
-        if ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
+        if ck and "model" in ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
             load_checkpoint_model(self.model, ck, resume, changes)
+        elif ck:  # sharded: loaded after _prepare, into the model as it is then
+            sharded_checkpoint.add_projections(self.model, ck.get("projections", {}))
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = ck["step"] if ck else 0
         self.state = TrainerState(initial_state_sizes=self.model.state_sizes)
         if ck:
-            self.optimizer.load_state_dict(ck["optimizer"])
+            if "optimizer" in ck:
+                self.optimizer.load_state_dict(ck["optimizer"])
             self.state = TrainerState.from_dict(ck["trainer"], self.model.state_sizes)
         self.saved_step = self.step if ck else None  # the step of the last checkpoint written or loaded
         self.cuts = CutController(self, ck.get("pragmatic_snapshot") if ck else None)
         self._prepare()
+        if ck and "sharded_path" in ck:
+            sharded_checkpoint.load_sharded(Path(ck["sharded_path"]), self.model, self.optimizer)
         self.batches = StepBatches(
             self.data.train, t.batch_size, recipe.seed, acc.process_index, acc.num_processes, t.grad_accum
         )
         self._stream = None  # training micro-batches, opened by fit() at the current step
         self._fit_start, self._time_base = None, self.state.train_time_s
+        self._logged_setup = False  # the first train row records the parallelism and world size
         self._open_outputs(trackers, changes)
         if ck:
             set_rng_state(ck["rng"])
@@ -114,12 +122,28 @@ class Trainer(RunFolder, Evaluation):
     def _build_model(self, state_sizes=None):
         info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
         extra = {"state_sizes": list(state_sizes)} if state_sizes is not None else {}
-        return build_model(self.recipe.model, **info, **extra)
+        model = build_model(self.recipe.model, **info, **extra)
+        if self.recipe.train.activation_checkpointing:
+            sharded.checkpoint_blocks(model)
+        return model
 
     def _prepare(self):
+        """Hand the model and optimizer to Accelerate (DDP wrapping, or FSDP2 sharding: then the
+        optimizer's state, keyed by the unsharded parameters, is moved onto the sharded ones)."""
         acc = self.accelerator
         acc.free_memory()
-        self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+        if not sharded.is_fsdp2(self):
+            self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+            return
+        moved = sharded.optimizer_states(self.model, self.optimizer)
+        if getattr(acc, "is_fsdp2", False):
+            self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+        else:  # CPU ranks: Accelerate has no FSDP there (sharded.shard_on_cpu)
+            self.wrapped = sharded.shard_on_cpu(self.model)
+            self.optimizer = build_optimizer(self.wrapped, self.recipe.optim)
+            self.opt = acc.prepare_optimizer(self.optimizer)
+        self.model = self.wrapped  # sharded in place
+        sharded.place_optimizer_states(self.model, self.optimizer, moved)
 
     def set_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Train on with ``optimizer`` (after a cut changed the parameters): re-prepared with
@@ -138,6 +162,10 @@ class Trainer(RunFolder, Evaluation):
     def unwrapped(self):
         return self.model
 
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[torch.Tensor, int, float]:
         """One optimizer step over ``train.grad_accum`` micro-batches. Returns the mean loss (a
@@ -153,7 +181,7 @@ class Trainer(RunFolder, Evaluation):
                 if v.is_floating_point():
                     bad_inputs[k] = bad_inputs.get(k, False) | ~torch.isfinite(v).all()
             sync = micro == t.grad_accum - 1
-            ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
+            ctx = self._no_sync() if not sync and acc.num_processes > 1 else contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     out = self.wrapped(**batch)
@@ -172,6 +200,19 @@ class Trainer(RunFolder, Evaluation):
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return total_loss, n_tokens, lr
+
+    @contextlib.contextmanager
+    def _no_sync(self):
+        """Accumulate gradients locally (no all-reduce) for a micro-batch that is not the last."""
+        if sharded.is_fsdp2(self) and not getattr(self.accelerator, "is_fsdp2", False):
+            self.wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.wrapped.set_requires_gradient_sync(True)
+        else:
+            with self.accelerator.no_sync(self.wrapped):
+                yield
 
     def calibration_batches(self):
         """The calibration batches of a cut at the current step (the same on resume)."""
@@ -192,8 +233,16 @@ class Trainer(RunFolder, Evaluation):
             self.state.train_time_s = self._time_base + (time.time() - self._fit_start)
 
     def save(self):
+        """Write the run's checkpoint: sharded (every rank its shards) when the model is, else
+        ``last.pt`` from the main process."""
         self._sync_time()
-        if self.accelerator.is_main_process:
+        if sharded.is_fsdp2(self):
+            meta = dict(step=self.step, state_sizes=self.model.state_sizes, rng=rng_state(),
+                        trainer=self.state.to_dict(), recipe=self.recipe.to_dict(), pragmatic_snapshot=None,
+                        projections=sharded_checkpoint.projection_shapes(self.model))  # fmt: skip
+            sharded_checkpoint.save_sharded(self.run_dir / "checkpoints", self.model, self.optimizer, meta,
+                                            self.accelerator)  # fmt: skip
+        elif self.accelerator.is_main_process:
             save_checkpoint(
                 self.run_dir / "checkpoints" / "last.pt",
                 model=self.model,
@@ -204,6 +253,7 @@ class Trainer(RunFolder, Evaluation):
                 recipe=self.recipe.to_dict(),
                 pragmatic_snapshot=self.cuts.pragmatic_snapshot,
             )
+            sharded_checkpoint.drop_sharded(self.run_dir / "checkpoints")
         self.saved_step = self.step
         self.accelerator.wait_for_everyone()
 
@@ -239,8 +289,10 @@ class Trainer(RunFolder, Evaluation):
         """The train row of this step (throughput over the window since the last one); returns
         the loss as the progress bar shows it."""
         samples_per_s, tokens_per_s = window.rates()
+        first = {} if self._logged_setup else {"parallelism": self.parallelism, "world_size": self.world_size}
+        self._logged_setup = True
         self._log(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
-                  samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, wall_time=time.time())  # fmt: skip
+                  samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, wall_time=time.time(), **first)  # fmt: skip
         return f"{loss:.3f}"
 
     def _finish(self) -> dict:
@@ -274,6 +326,13 @@ def _accelerator(recipe: Recipe, trackers: list[str], given: Accelerator | None)
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "trackers")),
     )
+
+
+def _load_resume(resume) -> dict:
+    """The checkpoint ``--resume`` names: a sharded one (its meta; the tensors load after the
+    model is prepared) or ``last.pt``."""
+    folder = sharded_checkpoint.sharded_path(resume)
+    return sharded_checkpoint.load_meta(folder) if folder is not None else load_checkpoint(resume)
 
 
 def _report_repairs(info: dict) -> None:
