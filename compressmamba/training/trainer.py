@@ -269,6 +269,8 @@ class Trainer(RunFolder, Evaluation):
             loss, n_tok, lr = self._train_step()
             window.count(t.batch_size * t.grad_accum * acc.num_processes, n_tok * acc.num_processes)
             if self.step % t.log_every == 0 or self.step == t.steps:
+                if acc.num_processes > 1:  # the mean over every rank's batch, as one process would log it
+                    loss = acc.reduce(loss, reduction="mean")
                 shown_loss = self._log_train(loss.item(), lr, window)  # the loss leaves the device here only
             window.pause()  # throughput counts training steps only: not evaluation, cuts or checkpoints
             if self.step % t.eval_every == 0 or self.step == t.steps:
