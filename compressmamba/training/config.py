@@ -414,12 +414,6 @@ def _check_train(t: TrainConfig) -> None:
     _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")
     _check(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
     _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision, "no, bf16 or fp16")
-    _check(
-        isinstance(t.activation_checkpointing, bool),
-        "train.activation_checkpointing",
-        t.activation_checkpointing,
-        "true or false",
-    )
 
 
 def _check_reduction(red: ReductionConfig, model_name: str, steps: int) -> None:

@@ -16,6 +16,7 @@ read with ``weights_only=True``; any entry DCP would unpickle (a non-tensor valu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -158,7 +159,8 @@ def load_sharded(folder: Path, model, optimizer) -> None:
     msd, osd = get_state_dict(model, optimizer)  # the optimizer's state is created here, to be filled
     state = {"model": msd, "optim": osd["state"]}
     try:
-        dcp.load(state, storage_reader=_SafeReader(str(folder)), planner=_TensorsOnly())
+        reader, planner = _safe_reader()
+        dcp.load(state, storage_reader=reader(str(folder)), planner=planner())
     except dcp.api.CheckpointException as e:
         refused = [line for line in str(e).splitlines() if "refused" in line]
         raise ValueError(refused[-1].split(": ", 1)[-1] if refused else f"checkpoint {folder}: {e}") from None
@@ -207,30 +209,30 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata: refused")
 
 
-def _reader_base():
+@functools.cache
+def _safe_reader():
+    """(reader, planner) classes over DCP's public FileSystemReader and DefaultLoadPlanner that
+    unpickle nothing but DCP's metadata classes (made on first use: importing DCP is not free)."""
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
 
-    return FileSystemReader, DefaultLoadPlanner
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            path = Path(self.path) / ".metadata"
+            try:
+                metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
+                raise ValueError(f"checkpoint {path.parent}: its DCP metadata {path} is refused ({e})") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
 
+    class TensorsOnly(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            raise ValueError(
+                f"checkpoint entry {read_item.dest_index.fqn} is a pickled object, not a tensor: refused (a "
+                "compressmamba sharded checkpoint holds tensors only)"
+            )
 
-class _SafeReader(_reader_base()[0]):
-    def read_metadata(self, *args, **kwargs):
-        path = Path(self.path) / ".metadata"
-        try:
-            metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"checkpoint {path.parent}: its DCP metadata {path} is refused ({e})") from None
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class _TensorsOnly(_reader_base()[1]):
-    def load_bytes(self, read_item, value):
-        raise ValueError(
-            f"checkpoint entry {read_item.dest_index.fqn} is a pickled object, not a tensor: refused (a compressmamba "
-            "sharded checkpoint holds tensors only)"
-        )
+    return SafeReader, TensorsOnly

@@ -119,3 +119,78 @@ def test_fsdp2_ddp_and_one_process_agree_across_two_cuts(tmp_path, key, two_rank
     assert first["parallelism"] == "fsdp2" and first["world_size"] == 2
     assert json.loads((runs["ddp"] / "summary.json").read_text())["parallelism"] == "ddp"
     assert json.loads((runs["one"] / "summary.json").read_text())["parallelism"] == "none"
+
+
+def _as_killed_at_prev(src: Path, dst: Path, sharded: bool) -> Path:
+    """A copy of finished run ``src`` as a run killed after its previous checkpoint (step 16, both
+    cuts behind it) leaves it: that checkpoint is the last, nothing after it is written."""
+    shutil.copytree(src, dst, symlinks=True)
+    ck = dst / "checkpoints"
+    if sharded:
+        newest = os.readlink(ck / "last")
+        (ck / "last").unlink()
+        os.symlink(os.readlink(ck / "prev"), ck / "last")
+        shutil.rmtree(ck / newest)
+    else:
+        os.replace(ck / "prev.pt", ck / "last.pt")
+    (dst / "summary.json").unlink()
+    shutil.rmtree(dst / "model")
+    return dst
+
+
+def _safetensors(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+@needs_fsdp2
+@pytest.mark.slow
+def test_fsdp2_sharded_checkpoint_resumes_bit_for_bit_and_at_world_size_one(tmp_path):
+    """A two-rank FSDP2 run killed after its cuts resumes from its sharded checkpoint to the same
+    losses and final weights, bit for bit; one process resumes from the same two-rank checkpoint
+    (DCP reshards it) to the same losses within fp32 tolerance, with the Adam state it held; the
+    final model/ is one folder that loads without any distributed setup."""
+    from transformers import AutoModelForCausalLM
+
+    key = "mamba2_balanced"
+    text_lm(corpus="python_stdlib", max_bytes=60_000, seq_len=32, seed=1)
+    full = tmp_path / "full"
+    launch_fsdp2(_write(tmp_path, "full", _recipe(full, key)))
+    ck = full / "checkpoints"
+    assert os.readlink(ck / "last") == "step-00000020" and os.readlink(ck / "prev") == "step-00000016"
+    assert not (ck / "last.pt").exists() and {p.name for p in (ck / "last").glob("__*_0.distcp")} == {
+        "__0_0.distcp", "__1_0.distcp"}  # fmt: skip
+    killed = _as_killed_at_prev(full, tmp_path / "killed", sharded=True)
+    launch_fsdp2(_write(tmp_path, "killed", _recipe(killed, key)), "--resume", str(killed))
+    assert _losses(killed) == _losses(full)  # bit for bit, the steps after the checkpoint included
+    a, b = _safetensors(killed), _safetensors(full)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    one = _as_killed_at_prev(full, tmp_path / "one", sharded=True)
+    tr = Trainer(recipe_from_dict(_recipe(one, key, batch_size=8)), resume=one, allow_recipe_change=True)
+    assert tr.step == 16 and tr.model.state_sizes == [3, 3] and tr.model.config.bc_proj_in == [12, 12]
+    steps = {int(s["step"]) for s in tr.optimizer.state.values()}
+    assert steps == {16} and len(tr.optimizer.state) == sum(1 for _ in tr.model.parameters())
+    tr.fit()
+    _close(_losses(one), _losses(full))
+    model = AutoModelForCausalLM.from_pretrained(full / "model")
+    assert model.state_sizes == [3, 3]
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+@needs_fsdp2
+@pytest.mark.slow
+def test_fsdp2_resumes_a_one_process_checkpoint_on_two_ranks(tmp_path):
+    """1 -> 2: a one-process run's last.pt resumed under FSDP2 on two ranks (its Adam state moved
+    onto the sharded parameters) goes on to the same losses within fp32 tolerance."""
+    key = "mamba"
+    text_lm(corpus="python_stdlib", max_bytes=60_000, seq_len=32, seed=1)
+    full = tmp_path / "full"
+    Trainer(recipe_from_dict(_recipe(full, key, batch_size=8))).fit()
+    two = _as_killed_at_prev(full, tmp_path / "two", sharded=False)
+    launch_fsdp2(_write(tmp_path, "two", _recipe(two, key)), "--resume", str(two), "--allow-recipe-change")
+    _close(_losses(two), _losses(full))
+    ck = two / "checkpoints"
+    assert os.readlink(ck / "last") == "step-00000020" and not (ck / "last.pt").exists()
