@@ -151,7 +151,11 @@ def slice_states(states: dict[str, dict], shapes: dict[str, tuple], maps: dict) 
 def place_optimizer_states(model: nn.Module, optimizer: torch.optim.Optimizer, states: dict[str, dict]) -> None:
     """Put whole states (:func:`optimizer_states`) on ``model``'s parameters, sharded like each
     parameter (``distribute_tensor``) when it is a DTensor."""
-    for name, p in model.named_parameters():
+    params = dict(model.named_parameters())
+    live = {id(q) for q in params.values()}
+    for stale in [p for p in optimizer.state if id(p) not in live]:
+        del optimizer.state[stale]  # keyed by a parameter the model no longer has (before sharding)
+    for name, p in params.items():
         state = states.get(name)
         if state is not None:
             optimizer.state[p] = {k: _like(v, p) for k, v in state.items()}

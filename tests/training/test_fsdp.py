@@ -168,13 +168,13 @@ def test_fsdp2_sharded_checkpoint_resumes_bit_for_bit_and_at_world_size_one(tmp_
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     one = _as_killed_at_prev(full, tmp_path / "one", sharded=True)
     tr = Trainer(recipe_from_dict(_recipe(one, key, batch_size=8)), resume=one, allow_recipe_change=True)
-    assert tr.step == 16 and tr.model.state_sizes == [3, 3] and tr.model.config.bc_proj_in == [12, 12]
+    assert tr.step == 16 and tr.model.state_sizes == [5, 5] and tr.model.config.bc_proj_in == [12, 12]
     steps = {int(s["step"]) for s in tr.optimizer.state.values()}
     assert steps == {16} and len(tr.optimizer.state) == sum(1 for _ in tr.model.parameters())
     tr.fit()
     _close(_losses(one), _losses(full))
     model = AutoModelForCausalLM.from_pretrained(full / "model")
-    assert model.state_sizes == [3, 3]
+    assert model.state_sizes == [5, 5]
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
