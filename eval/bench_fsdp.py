@@ -3,7 +3,7 @@ steps per second, each rank's peak resident memory in steady state and across th
 (docs/scale.md). Runs the one trainer on a Mamba-2 language model large enough for its training
 state to show in the memory of a process (about 13 M parameters).
 
-    python eval/bench_fsdp.py --steps 30 --out /tmp/bench_fsdp
+    python -m compressmamba.eval.bench_fsdp --steps 30 --out /tmp/bench_fsdp
 
 Each arm is started as a user would start it: FSDP2 with ``accelerate launch --config_file
 compressmamba/recipes/accelerate/fsdp2_cpu.yaml``, DDP with torchrun. The ranks run this file
@@ -22,9 +22,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-FSDP2_CPU = ROOT / "compressmamba" / "recipes" / "accelerate" / "fsdp2_cpu.yaml"
 
 
 def recipe(out: Path, steps: int) -> dict:
@@ -68,10 +65,13 @@ def worker(out: Path, steps: int) -> None:
 
 
 def run_arm(name: str, out: Path, steps: int) -> list[dict]:
+    from compressmamba.recipe_index import RECIPES_DIR
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     me = [str(Path(__file__).resolve()), "--worker", "--out", str(out), "--steps", str(steps)]
     if name == "fsdp2":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CPU), *me]
+        config = RECIPES_DIR / "accelerate" / "fsdp2_cpu.yaml"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *me]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *me]
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def main() -> None:
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"machine: {machine}; torch {torch.__version__}, accelerate {accelerate.__version__}; "
-          f"command: python eval/bench_fsdp.py --steps {args.steps}\n")  # fmt: skip
+          f"command: python -m compressmamba.eval.bench_fsdp --steps {args.steps}\n")  # fmt: skip
     print("| arm | samples/s (global batch 8) | peak RSS before the cut, MB (rank 0 / 1) | after the cut "
           "| at the end |")  # fmt: skip
     print("|---|---|---|---|---|")

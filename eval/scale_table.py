@@ -3,7 +3,7 @@
 precision, and the activations at the recipe's batch and length with and without activation
 checkpointing; then the memory per GPU under DDP and under FSDP2 on 1, 2, 4 and 8 GPUs.
 
-    python eval/scale_table.py            # the markdown table docs/scale.md holds
+    python -m compressmamba.eval.scale_table      # the markdown table docs/scale.md holds
 
 An estimate, not a measurement: bf16 compute, fp32 master weights, gradients and two Adam
 moments (16 bytes a parameter; DDP holds them all on every GPU, FSDP2 a 1/N shard), FSDP2's two

@@ -17,13 +17,14 @@ from accelerate import Accelerator
 
 from compressmamba.data.text import text_lm
 from compressmamba.models import hybrid
+from compressmamba.recipe_index import RECIPES_DIR
 from compressmamba.training import Trainer, recipe_from_dict
 from compressmamba.training.metrics import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from hybrid_configs import tiny_config  # noqa: E402
 
-FSDP2_CPU = Path(__file__).resolve().parents[2] / "compressmamba" / "recipes" / "accelerate" / "fsdp2_cpu.yaml"
+FSDP2_CPU = RECIPES_DIR / "accelerate" / "fsdp2_cpu.yaml"
 needs_fsdp2 = pytest.mark.skipif(
     not hasattr(Accelerator, "is_fsdp2"), reason="FSDP2 through Accelerate needs accelerate>=1.6.0"
 )
