@@ -109,7 +109,9 @@ class Trainer(RunFolder, Evaluation):
         )
         self._stream = None  # training micro-batches, opened by fit() at the current step
         self._fit_start, self._time_base = None, self.state.train_time_s
-        self._logged_setup = False  # the first train row records the parallelism and world size
+        # the run's first train row records the parallelism and world size (a resumed run's rows stay
+        # those of the uninterrupted run; summary.json records the world size it ended at)
+        self._logged_setup = ck is not None
         self._open_outputs(trackers, changes)
         if ck:
             set_rng_state(ck["rng"])
