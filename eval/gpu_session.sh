@@ -28,8 +28,8 @@ LIM_SCAN_BF16=50   # the same, bf16
 LIM_SSD_FP32=35    # SSD (Mamba-2) scan, fp32
 LIM_SSD_BF16=35    # the same, bf16
 LIM_MODEL=60       # 24-layer Mamba training step: N = 128 against per-layer sizes around 12
-LIM_MODEL_HF=55    # the same against transformers' torch path, at a size its memory allows
-LIM_FSDP2=25       # 12 steps with two cuts under Accelerate's FSDP2 (fsdp2.yaml, bf16), one GPU
+LIM_MODEL_HF=50    # the same against transformers' torch path, at a size its memory allows
+LIM_FSDP2=30       # 12 steps with two cuts under Accelerate's FSDP2 (fsdp2.yaml, bf16), one GPU
 TOTAL=$((LIM_SETUP + LIM_TESTS + LIM_SCAN_FP32 + LIM_SCAN_BF16 + LIM_SSD_FP32 + LIM_SSD_BF16 + LIM_MODEL + LIM_MODEL_HF \
     + LIM_FSDP2))
 BUDGET=480
@@ -136,11 +136,11 @@ step model_vs_transformers "$LIM_MODEL_HF" bench_model.md \
 
 # the sharded trainer where Accelerate itself shards (bf16 compute, fp32 master weights), a cut
 # and a sharded checkpoint included; its summary names the parallelism it ran under
-fsdp2_run() {  # the token store first, so that no two ranks build it at once
-    $PY -m compressmamba prepare-data lm/stdlib_mamba2_demo >/dev/null || return 1
+fsdp2_run() {  # the token store first (a small one), so that no two ranks build it at once
+    $PY -m compressmamba prepare-data lm/stdlib_mamba2_demo data.max_bytes=300000 >/dev/null || return 1
     $PY -m accelerate.commands.launch $FSDP2_ARGS -m compressmamba train lm/stdlib_mamba2_demo \
-        train.steps=12 train.eval_every=6 train.eval_batches=2 train.progress=false "reduction.attempts=[4,8]" \
-        reduction.plots=false "out_dir=$OUT/fsdp2_run" --overwrite >/dev/null || return 1
+        data.max_bytes=300000 train.steps=12 train.eval_every=6 train.eval_batches=2 train.progress=false \
+        "reduction.attempts=[4,8]" reduction.plots=false "out_dir=$OUT/fsdp2_run" --overwrite >/dev/null || return 1
     grep -h '"parallelism"\|"final_state_sizes"' -A3 "$OUT/fsdp2_run/summary.json"
 }
 export FSDP2_ARGS="${FSDP2[*]}" OUT
