@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from . import __version__
 from .run_paths import LAST_CHECKPOINT
@@ -78,31 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _requested_cpu_processes() -> int:
-    """``accelerate launch --cpu --num_processes N`` without mpirun starts one plain process
-    (accelerate's simple launcher) and does not pass N on: no environment variable and no public
-    accelerate API tells the child N. Read N from the launcher's command line so that the request
-    is honoured instead of silently training on one process.
+    """``accelerate launch --cpu`` asked for N processes (its simple launcher starts one): N,
+    with the FSDP environment its config file asks for set for the ranks. cpu_launch.py reads
+    the request off the launcher's command line (``/proc/<ppid>/cmdline``, the only place N is
+    written) and says why; ``torchrun --nproc_per_node N -m compressmamba train ...`` (README
+    "Training") needs none of this."""
+    from .cpu_launch import requested_cpu_ranks
 
-    Why ``/proc/<ppid>/cmdline``: it is the only place N is written. Only under
-    ``ACCELERATE_USE_CPU`` with no ``WORLD_SIZE`` (a launcher that starts the ranks itself sets
-    it) and a parent that is ``accelerate``; elsewhere (no /proc: macOS, Windows) one process. The
-    documented way that needs none of this is ``torchrun --nproc_per_node N -m compressmamba
-    train ...`` (README "Training")."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true") or "WORLD_SIZE" in os.environ:
-        return 1
-    try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return 1
-    args = [a.decode(errors="replace") for a in parent]
-    if not any("accelerate" in a for a in args[:3]):
-        return 1
-    for i, a in enumerate(args):
-        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
-            return int(args[i + 1])
-        if a.startswith(("--num_processes=", "--num-processes=")):
-            return int(a.split("=", 1)[1])
-    return 1
+    n, env = requested_cpu_ranks()
+    os.environ.update(env)
+    return n
 
 
 def _spawn_cpu_workers(n: int, argv: list[str]) -> int:

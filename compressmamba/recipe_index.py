@@ -18,9 +18,13 @@ from pathlib import Path
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
+ACCELERATE_CONFIGS = "accelerate"  # recipes/accelerate/: Accelerate's launch configs (docs/scale.md), no recipes
+
+
 def recipe_names() -> list[str]:
     """Every shipped recipe's name (``family/stem``), sorted."""
-    return sorted(p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in RECIPES_DIR.rglob("*.yaml"))
+    paths = (p.relative_to(RECIPES_DIR) for p in RECIPES_DIR.rglob("*.yaml"))
+    return sorted(p.with_suffix("").as_posix() for p in paths if p.parts[0] != ACCELERATE_CONFIGS)
 
 
 def _as_name(arg: str) -> str:

@@ -22,18 +22,20 @@ set -uo pipefail
 # step limits in seconds; the total must stay under 480 (8 minutes), leaving the device call's
 # 10 minutes room for the machine's start and the transfers
 LIM_SETUP=40       # pip install --no-deps -e ., device and versions
-LIM_TESTS=130      # tests/kernels natively (TRITON_INTERPRET=0), gpu-marked cases included
+LIM_TESTS=125      # tests/kernels natively (TRITON_INTERPRET=0), gpu-marked cases included
 LIM_SCAN_FP32=50   # selective scan + conv1d, fp32
 LIM_SCAN_BF16=50   # the same, bf16
 LIM_SSD_FP32=35    # SSD (Mamba-2) scan, fp32
 LIM_SSD_BF16=35    # the same, bf16
 LIM_MODEL=60       # 24-layer Mamba training step: N = 128 against per-layer sizes around 12
-LIM_MODEL_HF=60    # the same against transformers' torch path, at a size its memory allows
-TOTAL=$((LIM_SETUP + LIM_TESTS + LIM_SCAN_FP32 + LIM_SCAN_BF16 + LIM_SSD_FP32 + LIM_SSD_BF16 + LIM_MODEL + LIM_MODEL_HF))
+LIM_MODEL_HF=50    # the same against transformers' torch path, at a size its memory allows
+LIM_FSDP2=30       # 12 steps with two cuts under Accelerate's FSDP2 (fsdp2.yaml, bf16), one GPU
+TOTAL=$((LIM_SETUP + LIM_TESTS + LIM_SCAN_FP32 + LIM_SCAN_BF16 + LIM_SSD_FP32 + LIM_SSD_BF16 + LIM_MODEL + LIM_MODEL_HF \
+    + LIM_FSDP2))
 BUDGET=480
 
 if [[ "${1:-}" == --limits ]]; then
-    for v in LIM_SETUP LIM_TESTS LIM_SCAN_FP32 LIM_SCAN_BF16 LIM_SSD_FP32 LIM_SSD_BF16 LIM_MODEL LIM_MODEL_HF; do
+    for v in LIM_SETUP LIM_TESTS LIM_SCAN_FP32 LIM_SCAN_BF16 LIM_SSD_FP32 LIM_SSD_BF16 LIM_MODEL LIM_MODEL_HF LIM_FSDP2; do
         echo "$v ${!v}"
     done
     echo "TOTAL $TOTAL"
@@ -95,6 +97,7 @@ if ((DRY)); then  # the shapes and options of every step, at sizes the interpret
     MODEL=(--device cpu --batch 1 --seqlen 8 --d-model 16 --layers 2 --gen-tokens 1 --reps 1)
     MODEL_HF=("${MODEL[@]}")
     CUTS=4,2:3
+    FSDP2=(--config_file compressmamba/recipes/accelerate/fsdp2_cpu.yaml)  # two CPU ranks over gloo
 else
     XDIST=()
     $PY -c "import xdist" 2>/dev/null && XDIST=(-n 8)
@@ -109,6 +112,7 @@ else
     MODEL_HF=(--device cuda --batch 1 --seqlen 512 --d-model 768 --layers 24 --gen-tokens 16 --reps 2)
     # per-layer sizes around 12 (mean 12), the kind a compressed run ends with
     CUTS=128,8:12:16:10:14:12
+    FSDP2=(--config_file compressmamba/recipes/accelerate/fsdp2.yaml --num_processes 1)
 fi
 
 # correctness first: every kernel test natively; on a CPU the dry run only collects them. Not
@@ -129,6 +133,18 @@ step model "$LIM_MODEL" bench_model.md \
     $PY -m compressmamba.eval.bench_model "${MODEL[@]}" --states "$CUTS" --models compressmamba
 step model_vs_transformers "$LIM_MODEL_HF" bench_model.md \
     $PY -m compressmamba.eval.bench_model "${MODEL_HF[@]}" --states "$CUTS"
+
+# the sharded trainer where Accelerate itself shards (bf16 compute, fp32 master weights), a cut
+# and a sharded checkpoint included; its summary names the parallelism it ran under
+fsdp2_run() {  # the token store first (a small one), so that no two ranks build it at once
+    $PY -m compressmamba prepare-data lm/stdlib_mamba2_demo data.max_bytes=300000 >/dev/null || return 1
+    $PY -m accelerate.commands.launch $FSDP2_ARGS -m compressmamba train lm/stdlib_mamba2_demo \
+        data.max_bytes=300000 train.steps=12 train.eval_every=6 train.eval_batches=2 train.progress=false \
+        "reduction.attempts=[4,8]" reduction.plots=false "out_dir=$OUT/fsdp2_run" --overwrite >/dev/null || return 1
+    grep -h '"parallelism"\|"final_state_sizes"' -A3 "$OUT/fsdp2_run/summary.json"
+}
+export FSDP2_ARGS="${FSDP2[*]}" OUT
+OMP_NUM_THREADS=1 step fsdp2 "$LIM_FSDP2" fsdp2.log fsdp2_run
 
 echo "done in $SECONDS s" | tee -a "$LOG"
 ! grep -q "exit [1-9]" "$LOG"

@@ -263,6 +263,8 @@ class MambaClassifier(nn.Module):
     (ids (B, L)), final RMSNorm, mean pooling over the valid positions, a linear head — the
     paper's Mamba rows on sCIFAR and IMDB. Same mixers, protocol and per-layer sizes as the LM."""
 
+    _no_split_modules = ["Block"]  # FSDP2 shards, and activation checkpointing recomputes, per block
+
     def __init__(self, config, n_classes: int, d_input: int | None = None, mixer_cls: type[nn.Module] | None = None):
         super().__init__()
         self.config = config

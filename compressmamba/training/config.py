@@ -54,6 +54,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes building training batches (0: in-process)
     progress: bool = True
     report_to: str | list[str] | None = None  # Accelerate trackers: tensorboard, wandb, mlflow, comet_ml, trackio ...
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (sharded.py)
 
 
 @dataclass
@@ -93,6 +94,7 @@ HARMLESS_KEYS = frozenset(
         "train.num_workers",
         "train.log_every",
         "train.checkpoint_every",
+        "train.activation_checkpointing",
         "train.report_to",
         "reduction.plots",
     }

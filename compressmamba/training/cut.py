@@ -99,13 +99,16 @@ def compression_event(
     accelerator,
     generator: torch.Generator,
     plan: Callable[[int, torch.Tensor], int] | None = None,
+    target: nn.Module | None = None,
 ) -> CutReport:
     """Cut every layer of ``model`` (the unwrapped module) by ``cfg``'s rule at ``step``, or to
-    the sizes ``plan(layer_index, energy)`` gives (``reduction.budget: final``)."""
+    the sizes ``plan(layer_index, energy)`` gives (``reduction.budget: final``). ``target``: cut
+    that model instead (an unsharded copy of a sharded ``model``, which is calibrated)."""
     t0 = time.perf_counter()
-    layers = model.ssm_layers()
-    names = _layer_names(model)
-    stats = calibrate(model, layers, batches, accelerator)
+    cut_model = model if target is None else target
+    layers = cut_model.ssm_layers()
+    names = _layer_names(cut_model)
+    stats = calibrate(model, model.ssm_layers(), batches, accelerator)
     decisions: list[LayerDecision] = []
     energies, orders, raw = [], [], []
     for i, (layer, s) in enumerate(zip(layers, stats)):

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .cut import CutReport, compression_event
 from .optim import build_optimizer, carry_optimizer_state, snapshot_state
 from .schedule import attempt_steps, rule_rank, stepped_rank
+from .sharded import is_fsdp2, optimizer_states, place_optimizer_states, slice_states, unsharded_copy
 
 
 class CutController:
@@ -37,11 +38,11 @@ class CutController:
         tr.state.attempts_done.append(tr.step)
         if red.mode == "pragmatic" and self._rolled_back():
             return None
+        if is_fsdp2(tr):
+            return self._run_sharded()
         before = snapshot_state(tr.model, tr.optimizer)
-        # random selection: seeded by (seed, step), so a resumed run draws what it would have drawn
-        rng = torch.Generator().manual_seed(tr.recipe.seed * 1_000_003 + tr.step)
         report = compression_event(
-            tr.model, red, tr.step, tr.calibration_batches(), tr.accelerator, rng, plan=self._size_plan()
+            tr.model, red, tr.step, tr.calibration_batches(), tr.accelerator, self._rng(), plan=self._size_plan()
         )
         counts = {}
         if report.changed:
@@ -51,6 +52,33 @@ class CutController:
             else:  # reset: every parameter's Adam moments and step start again
                 counts = {"reset": sum(1 for _ in tr.model.parameters())}
             tr.set_optimizer(new_opt)
+        return report, counts
+
+    def _rng(self) -> torch.Generator:
+        """random selection: seeded by (seed, step), so a resumed run draws what it would have drawn."""
+        tr = self.trainer
+        return torch.Generator().manual_seed(tr.recipe.seed * 1_000_003 + tr.step)
+
+    def _run_sharded(self) -> tuple[CutReport, dict]:
+        """The cut of an FSDP2-sharded model (sharded.py): calibrate it sharded, cut an unsharded
+        host copy, shard that copy again with the sliced Adam moments."""
+        tr, red = self.trainer, self.trainer.recipe.reduction
+        states = optimizer_states(tr.model, tr.optimizer) if red.moments == "slice" else {}
+        shapes = {name: tuple(p.shape) for name, p in tr.model.named_parameters()}
+        copy = unsharded_copy(tr)
+        report = compression_event(
+            tr.model, red, tr.step, tr.calibration_batches(), tr.accelerator, self._rng(),
+            plan=self._size_plan(), target=copy,
+        )  # fmt: skip
+        counts = {}
+        if report.changed:
+            if red.moments == "slice":
+                states, counts = slice_states(states, shapes, report.maps)
+            else:
+                counts = {"reset": len(shapes)}
+            tr.model = copy
+            tr.set_optimizer(build_optimizer(copy, tr.recipe.optim))
+            place_optimizer_states(tr.model, tr.optimizer, states)
         return report, counts
 
     def after(self, report: CutReport, counts: dict) -> dict | None:

@@ -14,6 +14,7 @@ from ..models.protocol import IGNORE_INDEX, next_token_pairs
 from .answers import answer_counts
 from .data import shard_batches
 from .metrics import target_bytes
+from .sharded import is_fsdp2
 
 
 class Evaluation:
@@ -31,10 +32,12 @@ class Evaluation:
         tot = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss sum, correct, count, bytes
         zero = torch.zeros((), device=acc.device, dtype=torch.float64)
         bs = t.eval_batch_size or t.batch_size
-        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, None if whole else t.eval_batches):
+        for batch, real in self._eval_batches(ds, bs, None if whole else t.eval_batches):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
                 out = model(**batch)
+            if not real:
+                continue
             if self.task == "lm":
                 _, targets = next_token_pairs(out.logits, batch["labels"])
                 n = (targets != IGNORE_INDEX).sum()
@@ -63,6 +66,23 @@ class Evaluation:
         if self.task != "lm" or self.answer_accuracy:
             res["accuracy"] = (tot[1] / tot[2].clamp_min(1)).item()
         return res
+
+    def _eval_batches(self, ds, bs: int, limit: int | None):
+        """(batch, real) of this rank's evaluation batches. Under FSDP2 a forward is collective,
+        so a rank with fewer batches than rank 0 runs its first batch again (real False: not
+        counted) until every rank has run as many forwards."""
+        acc = self.accelerator
+        n = 0
+        for batch in shard_batches(ds, bs, acc.process_index, acc.num_processes, limit):
+            n += 1
+            yield batch, True
+        if not is_fsdp2(self) or n == 0:
+            return
+        most = -(-len(range(0, len(ds), acc.num_processes)) // bs)
+        most = min(most, limit) if limit is not None else most
+        first = next(shard_batches(ds, bs, acc.process_index, acc.num_processes, 1))
+        for _ in range(most - n):
+            yield first, False
 
     @functools.cached_property
     def _token_bytes(self) -> torch.Tensor | None:

@@ -21,6 +21,8 @@ def check_finite(trainer, bad_inputs: dict[str, Tensor], loss: Tensor, grad_norm
     if grad_norm is None and not fp16:
         grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
         grad_norm = torch.stack(grads).norm() if grads else torch.zeros((), device=acc.device)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm of sharded gradients, a DTensor
+        grad_norm = grad_norm.full_tensor()
     bad_grads = no if fp16 else ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
     bad_batch = torch.stack(list(bad_inputs.values())).any() if bad_inputs else no
     flags = torch.stack([bad_batch, ~torch.isfinite(loss), bad_grads]).float()

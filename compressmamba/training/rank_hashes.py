@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from .sharded import full_tensor
+
 ENV = "COMPRESSMAMBA_RANK_HASHES"
 
 
@@ -20,7 +22,7 @@ def param_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(full_tensor(p).contiguous().numpy().tobytes())  # a sharded parameter whole
     return h.hexdigest()[:16]
 
 

@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..atomic import atomic_write_text
 from ..registry import MODEL_INFO_KEYS
-from . import run_lock, tracking
+from . import run_lock, sharded, tracking
 from .checkpoint import checkpoint_path
 from .config import recipe_differences
 from .metrics import MetricsWriter, write_json
@@ -135,12 +135,13 @@ class RunFolder:
 
     def _export_model(self) -> None:
         """RUN_DIR/model/: the final model (training/export.py), main process."""
+        model = sharded.unsharded_copy(self) if sharded.is_fsdp2(self) else self.model
         if self.accelerator.is_main_process:
             from .export import save_final_model
 
             info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
             save_final_model(
-                self.model,
+                model,
                 self.run_dir,
                 model_cfg=self.recipe.model,
                 info=info,
@@ -187,6 +188,8 @@ class RunFolder:
             "cut_time_s": s.cut_time_s,
             "train_flops": s.train_flops,
             "best_val_loss": (s.val_at_best or {}).get("loss"),
+            "parallelism": self.parallelism,
+            "world_size": self.accelerator.num_processes,
         }
         if self.task == "lm":
             summary["val_perplexity"] = (s.val_at_best or {}).get("perplexity")

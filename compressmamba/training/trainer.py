@@ -17,18 +17,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..flops import FlopMeter
 from ..registry import MODEL_INFO_KEYS, build_data, build_model
 from ..run_paths import last_checkpoint
-from . import rank_hashes, tracking
+from . import rank_hashes, sharded, sharded_checkpoint, tracking
 from .checkpoint import (
     CheckpointWriteError,
     load_checkpoint,
     load_checkpoint_model,
     resume_hint,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -79,11 +80,13 @@ class Trainer(RunFolder, Evaluation):
             self.callbacks.append(PlotCallback())
         t = recipe.train
         self.run_dir = recipe.run_dir()
-        self.ckpt = load_checkpoint(resume) if resume else None
+        self.ckpt = _load_resume(resume) if resume else None
         changes = self._check_recipe_change(allow_recipe_change)
         trackers = tracking.tracker_names(t.report_to)
         tracking.check_trackers(trackers)
         self.accelerator = acc = _accelerator(recipe, trackers, accelerator)
+        sharded.check_supported(acc, recipe)
+        self.parallelism = sharded.parallelism(acc)
         if rank_hashes.wanted(acc.num_processes):
             self.callbacks.insert(0, rank_hashes.RankHashes())
         self._claim_run_dir(resume, overwrite)
@@ -96,23 +99,31 @@ class Trainer(RunFolder, Evaluation):
         self.answer_accuracy = self.task == "lm" and bool(self.data.info.get("answer_accuracy"))
         ck = self.ckpt
         self.model = self._build_model(ck["state_sizes"] if ck else None)
-        if ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
+        if ck and "model" in ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
             load_checkpoint_model(self.model, ck, resume, changes)
+        elif ck:  # sharded: loaded after _prepare, into the model as it is then
+            sharded_checkpoint.add_projections(self.model, ck.get("projections", {}))
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.step = ck["step"] if ck else 0
         self.state = TrainerState(initial_state_sizes=self.model.state_sizes)
         if ck:
-            self.optimizer.load_state_dict(ck["optimizer"])
+            if "optimizer" in ck:
+                self.optimizer.load_state_dict(ck["optimizer"])
             self.state = TrainerState.from_dict(ck["trainer"], self.model.state_sizes)
         self.flop_meter = FlopMeter()  # state.train_flops: every rank's steps, calibrations (compressmamba/flops.py)
         self.saved_step = self.step if ck else None  # the step of the last checkpoint written or loaded
         self.cuts = CutController(self, ck.get("pragmatic_snapshot") if ck else None)
         self._prepare()
+        if ck and "sharded_path" in ck:
+            sharded_checkpoint.load_sharded(Path(ck["sharded_path"]), self.model, self.optimizer)
         self.batches = StepBatches(
             self.data.train, t.batch_size, recipe.seed, acc.process_index, acc.num_processes, t.grad_accum
         )
         self._stream = None  # training micro-batches, opened by fit() at the current step
         self._fit_start, self._time_base = None, self.state.train_time_s
+        # the run's first train row records the parallelism and world size (a resumed run's rows stay
+        # those of the uninterrupted run; summary.json records the world size it ended at)
+        self._logged_setup = ck is not None
         self._open_outputs(trackers, changes)
         if ck:
             set_rng_state(ck["rng"])
@@ -125,12 +136,28 @@ class Trainer(RunFolder, Evaluation):
     def _build_model(self, state_sizes=None):
         info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
         extra = {"state_sizes": list(state_sizes)} if state_sizes is not None else {}
-        return build_model(self.recipe.model, **info, **extra)
+        model = build_model(self.recipe.model, **info, **extra)
+        if self.recipe.train.activation_checkpointing:
+            sharded.checkpoint_blocks(model)
+        return model
 
     def _prepare(self):
+        """Hand the model and optimizer to Accelerate (DDP wrapping, or FSDP2 sharding: then the
+        optimizer's state, keyed by the unsharded parameters, is moved onto the sharded ones)."""
         acc = self.accelerator
         acc.free_memory()
-        self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+        if not sharded.is_fsdp2(self):
+            self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+            return
+        moved = sharded.optimizer_states(self.model, self.optimizer)
+        if getattr(acc, "is_fsdp2", False):
+            self.wrapped, self.opt = acc.prepare(self.model, self.optimizer)
+        else:  # CPU ranks: Accelerate has no FSDP there (sharded.shard_on_cpu)
+            self.wrapped = sharded.shard_on_cpu(self.model)
+            self.optimizer = build_optimizer(self.wrapped, self.recipe.optim)
+            self.opt = acc.prepare_optimizer(self.optimizer)
+        self.model = self.wrapped  # sharded in place
+        sharded.place_optimizer_states(self.model, self.optimizer, moved)
 
     def set_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Train on with ``optimizer`` (after a cut changed the parameters): re-prepared with
@@ -144,6 +171,10 @@ class Trainer(RunFolder, Evaluation):
         re-warms after the last cut (1 otherwise)."""
         cuts = self.state.cut_steps
         return rewarm_factor(self.step, cuts[-1] if cuts else None, self.recipe.reduction.rewarm_steps)
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
 
     # --- training ----------------------------------------------------------------------------
     def _train_step(self) -> tuple[torch.Tensor, int, float]:
@@ -160,7 +191,7 @@ class Trainer(RunFolder, Evaluation):
                 if v.is_floating_point():
                     bad_inputs[k] = bad_inputs.get(k, False) | ~torch.isfinite(v).all()
             sync = micro == t.grad_accum - 1
-            ctx = acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
+            ctx = self._no_sync() if not sync and acc.num_processes > 1 else contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     out = self.wrapped(**batch)
@@ -180,6 +211,19 @@ class Trainer(RunFolder, Evaluation):
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return total_loss, n_tokens, lr
+
+    @contextlib.contextmanager
+    def _no_sync(self):
+        """Accumulate gradients locally (no all-reduce) for a micro-batch that is not the last."""
+        if sharded.is_fsdp2(self) and not getattr(self.accelerator, "is_fsdp2", False):
+            self.wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.wrapped.set_requires_gradient_sync(True)
+        else:
+            with self.accelerator.no_sync(self.wrapped):
+                yield
 
     def calibration_batches(self):
         """The calibration batches of a cut at the current step (the same on resume)."""
@@ -201,13 +245,21 @@ class Trainer(RunFolder, Evaluation):
             self.state.train_time_s = self._time_base + (time.time() - self._fit_start)
 
     def save(self):
-        """Write ``checkpoints/last.pt`` at this step (the one entry point: evaluation cadence,
-        the end, preemption). A write that fails (disk full) is one line on every rank naming
-        the file, the OS error and the last good checkpoint; the previous ``last.pt`` stays."""
+        """Write the run's checkpoint at this step (the one entry point: evaluation cadence, the
+        end, preemption): sharded (every rank its shards) when the model is, else
+        ``checkpoints/last.pt`` from the main process. A write that fails (disk full) is one line on
+        every rank naming the file, the OS error and the last good checkpoint; the previous
+        checkpoint stays."""
         self._sync_time()
         failed = None
-        if self.accelerator.is_main_process:
-            try:
+        try:
+            if sharded.is_fsdp2(self):
+                meta = dict(step=self.step, state_sizes=self.model.state_sizes, rng=rng_state(),
+                            trainer=self.state.to_dict(), recipe=self.recipe.to_dict(), pragmatic_snapshot=None,
+                            projections=sharded_checkpoint.projection_shapes(self.model))  # fmt: skip
+                sharded_checkpoint.save_sharded(self.run_dir / "checkpoints", self.model, self.optimizer, meta,
+                                                self.accelerator)  # fmt: skip
+            elif self.accelerator.is_main_process:
                 save_checkpoint(
                     last_checkpoint(self.run_dir),
                     model=self.model,
@@ -218,12 +270,12 @@ class Trainer(RunFolder, Evaluation):
                     recipe=self.recipe.to_dict(),
                     pragmatic_snapshot=self.cuts.pragmatic_snapshot,
                 )
-            except CheckpointWriteError as e:
-                failed = f"step {self.step}: {e}. {resume_hint(self.run_dir, self.saved_step)}"
+                sharded_checkpoint.drop_sharded(self.run_dir / "checkpoints")
+        except OSError as e:  # CheckpointWriteError is one
+            failed = f"step {self.step}: {e}. {resume_hint(self.run_dir, self.saved_step)}"
         if self.accelerator.num_processes > 1:
-            box = [failed]
-            broadcast_object_list(box, from_process=0)
-            failed = box[0]
+            # every rank raises alike, whichever rank's write failed
+            failed = next((f for f in gather_object([failed]) if f), None)
         if failed:
             raise CheckpointWriteError(failed)
         self.saved_step = self.step
@@ -252,6 +304,8 @@ class Trainer(RunFolder, Evaluation):
             loss, n_tok, lr = self._train_step()
             window.count(t.batch_size * t.grad_accum * acc.num_processes, n_tok * acc.num_processes)
             if self.step % t.log_every == 0 or self.step == t.steps:
+                if acc.num_processes > 1:  # the mean over every rank's batch, as one process would log it
+                    loss = acc.reduce(loss, reduction="mean")
                 shown_loss = self._log_train(loss.item(), lr, window)  # the loss leaves the device here only
             window.pause()  # throughput counts training steps only: not evaluation, cuts or checkpoints
             if self.step % t.eval_every == 0 or self.step == t.steps:
@@ -288,8 +342,10 @@ class Trainer(RunFolder, Evaluation):
         """The train row of this step (throughput over the window since the last one); returns
         the loss as the progress bar shows it."""
         samples_per_s, tokens_per_s = window.rates()
+        first = {} if self._logged_setup else {"parallelism": self.parallelism, "world_size": self.world_size}
+        self._logged_setup = True
         self._log(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
-                  samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, wall_time=time.time())  # fmt: skip
+                  samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, wall_time=time.time(), **first)  # fmt: skip
         return f"{loss:.3f}"
 
     def _finish(self) -> dict:
@@ -323,6 +379,13 @@ def _accelerator(recipe: Recipe, trackers: list[str], given: Accelerator | None)
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "trackers")),
     )
+
+
+def _load_resume(resume) -> dict:
+    """The checkpoint ``--resume`` names: a sharded one (its meta; the tensors load after the
+    model is prepared) or ``last.pt``."""
+    folder = sharded_checkpoint.sharded_path(resume)
+    return sharded_checkpoint.load_meta(folder) if folder is not None else load_checkpoint(resume)
 
 
 def _report_repairs(info: dict) -> None:

@@ -12,7 +12,7 @@ from compressmamba.registry import _DATA_MODULES, DATASETS, _import_all
 from compressmamba.training import Trainer, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")  # launch configs
 RNG = np.random.default_rng(0)
 
 

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "eval" / "gpu_session.sh"
-STEPS = ("setup", "tests_kernels", "scan_fp32", "scan_bf16", "ssd_fp32", "ssd_bf16", "model", "model_vs_transformers")
+STEPS = ("setup", "tests_kernels", "scan_fp32", "scan_bf16", "ssd_fp32", "ssd_bf16", "model", "model_vs_transformers",
+         "fsdp2")
 
 
 def test_step_limits_add_up_to_under_eight_minutes():

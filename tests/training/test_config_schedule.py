@@ -29,7 +29,7 @@ def test_every_recipe_in_repo_parses():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "recipes"
-    files = sorted(root.rglob("*.yaml"))
+    files = sorted(p for p in root.rglob("*.yaml") if p.parent.name != "accelerate")  # launch configs, no recipes
     assert files
     for f in files:
         load_recipe(f)
