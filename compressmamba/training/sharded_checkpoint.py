@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ..models.files import safe_torch_load
-from .checkpoint import FORMAT, atomic_save, verify_checksum
+from ..run_paths import LAST_CHECKPOINT
+from .checkpoint import FORMAT, PREVIOUS, atomic_save, verify_checksum
 
 LAST, PREV, META, MANIFEST = "last", "prev", "meta.pt", "manifest.json"
 
@@ -118,7 +119,7 @@ def _point(ckpt_dir: Path) -> None:
     for p in ckpt_dir.glob("step-*"):
         if p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
-    for stale in ("last.pt", "prev.pt"):  # a whole-model checkpoint this sharded one follows
+    for stale in (Path(LAST_CHECKPOINT).name, PREVIOUS):  # a whole-model checkpoint this sharded one follows
         (ckpt_dir / stale).unlink(missing_ok=True)
 
 
