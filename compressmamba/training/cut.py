@@ -108,6 +108,7 @@ def compression_event(
     cut_model = model if target is None else target
     layers = cut_model.ssm_layers()
     names = _layer_names(cut_model)
+    before = [layer.state_size for layer in layers]  # N, not the count of energies (Mamba-3: modes)
     stats = calibrate(model, model.ssm_layers(), batches, accelerator)
     decisions: list[LayerDecision] = []
     energies, orders, raw = [], [], []
@@ -138,7 +139,7 @@ def compression_event(
                 maps[f"{prefix}.{k}" if prefix else k] = fn
     return CutReport(
         step=step,
-        old_sizes=[d[0] for d in box[0]],
+        old_sizes=before,
         new_sizes=[layer.state_size for layer in layers],
         energy_kept=[d[3] for d in box[0]],
         energies=energies,

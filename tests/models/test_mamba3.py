@@ -206,8 +206,9 @@ def test_post_hoc_compress_cuts_modes_and_the_cut_model_reloads(tmp_path):
     gen = torch.Generator().manual_seed(3)
     batches = [{"input_ids": torch.randint(0, 37, (2, 16), generator=gen)} for _ in range(2)]
     report = compress_model(m, batches, tau=0.2, method="hankel")
-    assert report.old_sizes == [9, 8]  # modes: S pairs + N − 2S coordinates
-    assert all(n < o for n, o in zip(m.state_sizes, (12, 10)))
+    assert report.old_sizes == [12, 10]  # coordinates (N) before and after, like every family
+    assert [len(e) for e in report.energies] == [9, 8]  # one energy per mode: S pairs + N − 2S coordinates
+    assert report.new_sizes == m.state_sizes and all(n < o for n, o in zip(m.state_sizes, (12, 10)))
     m.save_pretrained(tmp_path)
     back = load_pretrained(tmp_path)
     assert back.state_sizes == m.state_sizes and back.config.rope_angles == m.config.rope_angles
