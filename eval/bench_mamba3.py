@@ -14,11 +14,9 @@ least (x, B, C, Δ, A, λ, θ read, y written).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from compressmamba.eval.bench_timing import DTYPES, print_table, reference_bandwidth, time_row
+from compressmamba.eval.bench_timing import DTYPES, head_scan_args, print_table, reference_bandwidth, time_row
 from compressmamba.kernels.mamba3 import mamba3_scan_fn
 
 
@@ -76,27 +74,7 @@ def bench(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--backends", type=lambda s: s.split(","), default=None, help="default: triton,cpu on CUDA, else cpu"
-    )
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--d-inner", type=int, default=1536)
-    p.add_argument("--headdim", type=int, default=64)
-    p.add_argument("--groups", type=int, default=1)
-    p.add_argument("--mimo-rank", type=int, default=1)
-    p.add_argument("--chunk-size", type=int, default=64)
-    p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64, 128])
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    p.add_argument("--reps", type=int, default=3)
-    args = p.parse_args(argv)
-    if args.d_inner % args.headdim:
-        p.error(f"--d-inner {args.d_inner} is not a multiple of --headdim {args.headdim}")
-    args.backends = args.backends or (["triton", "cpu"] if args.device.startswith("cuda") else ["cpu"])
-    args.states = sorted(args.states, reverse=True)
-    return bench(args)
+    return bench(head_scan_args(argv, __doc__, chunk_size=64, mimo=True))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""What the scan benchmarks share (bench_scan.py, bench_ssd.py; bench_model.py times with it):
-dtypes by name, a best-of-reps timer that synchronises CUDA, the device's copy bandwidth, the
-timing of one forward and one forward+backward, and the markdown rows of a scan table."""
+"""What the scan benchmarks share (bench_scan.py, bench_ssd.py, bench_mamba3.py; bench_model.py
+times with it): dtypes by name, a best-of-reps timer that synchronises CUDA, the device's copy
+bandwidth, the timing of one forward and one forward+backward, the markdown rows of a scan table,
+and the head-structured scans' command line."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -82,3 +84,30 @@ def print_table(rows: list[tuple], bw: float | None, first_n: int, speedup: str 
         sp = f"{base[backend] / tfb:.2f}x" if backend in base else ""
         share = f" {gf / bw:.0%} |" if bw else ""
         print(f"| {backend} | {n} | {tf:.2f} | {tfb:.2f} | {gf:.1f} | {gfb:.1f} |{share} {sp} |")
+
+
+def head_scan_args(argv, description: str, chunk_size: int, mimo: bool = False) -> argparse.Namespace:
+    """The command line of a benchmark of a scan over heads (bench_ssd.py, bench_mamba3.py): the
+    layer's shape, the state sizes to time (largest first), dtype, backends and repetitions."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--backends", type=lambda s: s.split(","), default=None, help="default: triton,cpu on CUDA, else cpu"
+    )
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--d-inner", type=int, default=1536)
+    p.add_argument("--headdim", type=int, default=64)
+    p.add_argument("--groups", type=int, default=1)
+    if mimo:
+        p.add_argument("--mimo-rank", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=chunk_size)
+    p.add_argument("--states", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64, 128])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.d_inner % args.headdim:
+        p.error(f"--d-inner {args.d_inner} is not a multiple of --headdim {args.headdim}")
+    args.backends = args.backends or (["triton", "cpu"] if args.device.startswith("cuda") else ["cpu"])
+    args.states = sorted(args.states, reverse=True)
+    return args
