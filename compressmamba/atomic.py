@@ -1,13 +1,15 @@
 """Atomic file writes, the one implementation: a file is written to a temp file beside it,
 fsynced, then renamed over the target, so a crash mid-write leaves the previous file intact.
 Checkpoints, config.yaml, metrics and summaries, the token store's manifest, the ListOps
-release files and copied recipes all write through here. A leaf: it imports nothing of the
-library."""
+release files and copied recipes all write through here; folders built whole beside their
+place (the run's ``model/``, the token store and its splits) are swapped in by
+:func:`publish_folder`. A leaf: it imports nothing of the library."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -42,3 +44,28 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     data = text.encode(encoding)
     atomic_write(path, lambda f: f.write(data))
+
+
+def publish_folder(tmp: str | Path, final: str | Path, *, replace: bool) -> bool:
+    """Put the complete folder ``tmp`` (built beside ``final``, on the same filesystem) at
+    ``final`` by renames, so a reader sees the old folder or the new one, never a mix.
+    ``replace``: an existing ``final`` is moved aside, then removed. Otherwise the first folder
+    published wins: when ``final`` already exists (another process built the same content),
+    ``tmp`` is removed. Returns whether ``tmp`` became ``final``."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if replace and final.exists():
+        old = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
+        final.rename(old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if replace or not final.exists():
+            if old is not None:
+                old.rename(final)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True

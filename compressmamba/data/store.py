@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, publish_folder
 from .tokenize import Tokenizer, encode_chunk, token_dtype
 
 FORMAT_VERSION = 2  # 2: per-block checksums of tokens.bin
@@ -164,10 +164,7 @@ class TokenStore:
             "tokens": {s: int(r[:, 2].sum()) for s, r in runs.items()},
         }
         (tmp / "split.json").write_text(json.dumps(info, indent=1))
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another rank finished the same split first: identical content
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, folder, replace=False)  # another rank may have finished the same split first
 
 
 def verify_block(fd: int, block: int, block_bytes: int, crcs: list[int]) -> str | None:
@@ -447,7 +444,7 @@ def _build(folder, source, tok, inputs, max_bytes, max_tokens, num_proc, chunk_b
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write_json(tmp / "manifest.json", manifest)
-    os.rename(tmp, folder)
+    publish_folder(tmp, folder, replace=True)  # under the build lock: whatever stands there is stale
     return manifest
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import publish_folder
+
 CLASSIFIER_FORMAT = "compressmamba-classifier-1"
 
 
@@ -72,13 +74,7 @@ def save_final_model(
                 save_tokenizer(tokenizer, tmp)
         else:
             _write_classifier(model, tmp, model_cfg, info)
-        old = None
-        if final.exists():
-            old = run_dir / f".model.{secrets.token_hex(4)}.old"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_folder(tmp, final, replace=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
