@@ -1,5 +1,6 @@
 """`compressmamba env`, and the declared dependency ranges agreeing in every place they are written."""
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -61,7 +62,10 @@ def test_env_command_prints_the_report():
     rows = dict(line[2:].split(":", 1) for line in out.splitlines() if line.startswith("- "))
     rows = {k.strip(): v.strip() for k, v in rows.items()}
     assert list(rows) == list(env_info()), "the report's keys, in order"
-    assert rows["torch"] == torch.__version__ and rows["transformers"] == transformers.__version__
+    # the installed distributions' versions (a CUDA wheel's torch.__version__ may add a local tag, +cu130,
+    # that its metadata does not carry)
+    assert rows["torch"] == importlib.metadata.version("torch") and torch.__version__.startswith(rows["torch"])
+    assert rows["transformers"] == transformers.__version__
     assert rows["compressmamba"] == compressmamba.__version__
     if not torch.cuda.is_available():
         assert rows["CUDA device"] == "none"

@@ -140,6 +140,8 @@ def test_matmuls_agree_with_torch_flop_counter(cfg):
 def test_hybrid_attention_mlp_moe_and_mixers_agree_with_torch_flop_counter(family, extra):
     from compressmamba.models import hybrid
 
+    if why := hybrid.available(family):
+        pytest.skip(why)
     sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
     from hybrid_configs import tiny_config
 

@@ -92,3 +92,13 @@ def test_the_last_checkpoint_path_is_written_once():
         if re.search(r"[\"']last\.pt[\"']|checkpoints/last\.pt[\"']", f.read_text())
     ]
     assert files == ["run_paths.py"]
+
+
+def test_the_cut_controller_uses_the_trainers_public_surface():
+    """cut_controller.py and sharded.py reach the trainer through public names only (log_row,
+    val_score, make_model, prepare, set_optimizer ...), never its private ``_...`` members."""
+    import re
+
+    for name in ("cut_controller.py", "sharded.py"):
+        text = (ROOT / "compressmamba" / "training" / name).read_text()
+        assert not re.findall(r"\b(?:tr|trainer)\._[a-z]\w*", text), name

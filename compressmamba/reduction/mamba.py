@@ -195,15 +195,3 @@ def mamba_energy(
     if groups < 1 or d % groups:
         raise ValueError(f"layer {layer}: groups={groups} must be >= 1 and divide the channels d={d}")
     return per_channel.reshape(groups, d // groups, n).sum(1)
-
-
-def per_channel_hsv(stats: dict[str, Tensor], layer: str = "?") -> Tensor:
-    """Diagnostic: for each channel d, the Hankel singular values (n,) of its mean system
-    (diag(ā[d]), b̄[d], c̄) — the paper's per-channel surrogate. Returns (d, n), descending."""
-    m = _means(stats, layer)
-    a, bb, c = m["decay"], m["dB"], m["c"]  # (d, n) each
-    denom = 1 - a[:, :, None] * a[:, None, :]
-    P = bb[:, :, None] * bb[:, None, :] / denom
-    Q = c[:, :, None] * c[:, None, :] / denom
-    ev = torch.linalg.eigvals(P @ Q).real.clamp_min(0).sqrt()
-    return torch.sort(ev, dim=-1, descending=True).values

@@ -106,7 +106,7 @@ class CutController:
         tr.state.cut_time_s += report.seconds
         if report.changed:
             tr.state.n_cuts += 1
-            tr._log(step=tr.step, **report.row(), **fields, wall_time=time.time())
+            tr.log_row(step=tr.step, **report.row(), **fields, wall_time=time.time())
 
     def _rolled_back(self) -> bool:
         """The pragmatic schedule: if validation fell below the last snapshot's score by more than
@@ -115,21 +115,21 @@ class CutController:
         tr, red = self.trainer, self.trainer.recipe.reduction
         val = tr.evaluate("val")
         snap = self.pragmatic_snapshot
-        if snap is not None and tr._score(val) < snap["score"] - red.pragmatic_tolerance:
+        if snap is not None and tr.val_score(val) < snap["score"] - red.pragmatic_tolerance:
             self._restore(snap)
             tr.state.cutting_stopped = True
             self.pragmatic_snapshot = None  # cutting has stopped: no later checkpoint needs it
-            tr._log(
+            tr.log_row(
                 step=tr.step,
                 kind="rollback",
                 to_sizes=snap["sizes"],
                 wall_time=time.time(),
-                val_score=tr._score(val),
+                val_score=tr.val_score(val),
                 snapshot_score=snap["score"],
             )
             return True
         self.pragmatic_snapshot = {
-            "score": tr._score(val),
+            "score": tr.val_score(val),
             "sizes": tr.model.state_sizes,
             "model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
             "optimizer": _clone_state(tr.optimizer.state_dict()),
@@ -158,11 +158,11 @@ class CutController:
 
     def _restore(self, snap: dict) -> None:
         tr = self.trainer
-        tr.model = tr._build_model(snap["sizes"]).to(tr.accelerator.device)
+        tr.model = tr.make_model(snap["sizes"]).to(tr.accelerator.device)
         tr.model.load_state_dict(snap["model"])
         tr.optimizer = build_optimizer(tr.model, tr.recipe.optim)
         tr.optimizer.load_state_dict(snap["optimizer"])
-        tr._prepare()
+        tr.prepare()
 
 
 def _clone_state(sd):

@@ -91,22 +91,23 @@ class Evaluation:
         table = getattr(tok, "token_bytes", None)
         return None if table is None else torch.as_tensor(table(), dtype=torch.float64, device=self.accelerator.device)
 
-    def _score(self, res: dict) -> float:
+    def val_score(self, res: dict) -> float:
+        """Higher is better: accuracy for classification, minus the loss for language models."""
         return res["accuracy"] if "accuracy" in res else -res["loss"]
 
     def evaluate_and_track(self, after_cut: bool = False) -> dict:
         val = self.evaluate("val")
-        self._log(
+        self.log_row(
             step=self.step, kind="eval", split="val", state_sizes=self.model.state_sizes, wall_time=time.time(), **val
         )
         best = self.state.best_val
-        if after_cut or best is None or self._score(val) > best:
-            self.state.best_val = self._score(val)
+        if after_cut or best is None or self.val_score(val) > best:
+            self.state.best_val = self.val_score(val)
             self.state.val_at_best = val
             if self.data.test is not None:
                 test = self.evaluate("test")
                 self.state.test_at_best = test
-                self._log(
+                self.log_row(
                     step=self.step,
                     kind="eval",
                     split="test",

@@ -109,7 +109,7 @@ class RunFolder:
             acc.init_trackers(_tracker_project(self.recipe.name), config=tracking.flat_config(self.recipe.to_dict()))
         if changes:
             self.state.recipe_changes.append({"step": self.step, "changes": changes})
-            self._log(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
+            self.log_row(step=self.step, kind="recipe_change", changes=changes, wall_time=time.time())
 
     def _check_recipe_change(self, allow: bool) -> list[dict]:
         """The differences between this recipe and the checkpoint's that change the run's meaning:
@@ -126,7 +126,7 @@ class RunFolder:
             )
         return changes
 
-    def _log(self, **row) -> None:
+    def log_row(self, **row) -> None:
         """One metrics.jsonl row, also sent to the trackers (``train.report_to``), with the
         cumulative ``train_flops`` so far."""
         row.setdefault("train_flops", self.state.train_flops)

@@ -113,7 +113,7 @@ def unsharded_copy(trainer) -> nn.Module:
     tensor at a time; every rank calls it."""
     model = trainer.model
     full = {k: full_tensor(v) for k, v in model.state_dict().items()}
-    copy = trainer._build_model(model.state_sizes)
+    copy = trainer.make_model(model.state_sizes)
     copy.load_state_dict(full)
     copy.train(model.training)
     return copy

@@ -168,7 +168,9 @@ def load_sharded(folder: Path, model, optimizer) -> None:
     state = {"model": msd, "optim": osd["state"]}
     try:
         reader, planner = _safe_reader()
-        dcp.load(state, storage_reader=reader(str(folder)), planner=planner())
+        storage = reader(str(folder))
+        storage.read_metadata()  # refuse bad metadata here, alike on every torch (2.11's dcp.load hides why)
+        dcp.load(state, storage_reader=storage, planner=planner())
     except dcp.api.CheckpointException as e:
         refused = [line for line in str(e).splitlines() if "refused" in line]
         raise ValueError(refused[-1].split(": ", 1)[-1] if refused else f"checkpoint {folder}: {e}") from None

@@ -98,7 +98,7 @@ class Trainer(RunFolder, Evaluation):
         # a recall task (data/mqar.py): an LM scored by the accuracy of its labelled answers
         self.answer_accuracy = self.task == "lm" and bool(self.data.info.get("answer_accuracy"))
         ck = self.ckpt
-        self.model = self._build_model(ck["state_sizes"] if ck else None)
+        self.model = self.make_model(ck["state_sizes"] if ck else None)
         if ck and "model" in ck:  # before the optimizer: loading may reshape a layer (a balanced cut's bc_proj)
             load_checkpoint_model(self.model, ck, resume, changes)
         elif ck:  # sharded: loaded after _prepare, into the model as it is then
@@ -113,7 +113,7 @@ class Trainer(RunFolder, Evaluation):
         self.flop_meter = FlopMeter()  # state.train_flops: every rank's steps, calibrations (compressmamba/flops.py)
         self.saved_step = self.step if ck else None  # the step of the last checkpoint written or loaded
         self.cuts = CutController(self, ck.get("pragmatic_snapshot") if ck else None)
-        self._prepare()
+        self.prepare()
         if ck and "sharded_path" in ck:
             sharded_checkpoint.load_sharded(Path(ck["sharded_path"]), self.model, self.optimizer)
         self.batches = StepBatches(
@@ -133,7 +133,10 @@ class Trainer(RunFolder, Evaluation):
             attach_baseline(self)
 
     # --- model / optimizer lifecycle ----------------------------------------------------------
-    def _build_model(self, state_sizes=None):
+    def make_model(self, state_sizes=None):
+        """A fresh model of the recipe at ``state_sizes`` (one per layer; None: the recipe's), with
+        the recipe's activation checkpointing: the model a resume, a rollback or a sharded cut
+        rebuilds."""
         info = {k: v for k, v in self.data.info.items() if k in MODEL_INFO_KEYS}
         extra = {"state_sizes": list(state_sizes)} if state_sizes is not None else {}
         model = build_model(self.recipe.model, **info, **extra)
@@ -141,7 +144,7 @@ class Trainer(RunFolder, Evaluation):
             sharded.checkpoint_blocks(model)
         return model
 
-    def _prepare(self):
+    def prepare(self):
         """Hand the model and optimizer to Accelerate (DDP wrapping, or FSDP2 sharding: then the
         optimizer's state, keyed by the unsharded parameters, is moved onto the sharded ones)."""
         acc = self.accelerator
@@ -163,7 +166,7 @@ class Trainer(RunFolder, Evaluation):
         """Train on with ``optimizer`` (after a cut changed the parameters): re-prepared with
         the model for Accelerate; the learning-rate schedule and step count go on."""
         self.optimizer = optimizer
-        self._prepare()
+        self.prepare()
         set_lr(self.opt, self.step, self.recipe.train.steps, self.recipe.optim, self.lr_scale())
 
     def lr_scale(self) -> float:
@@ -335,7 +338,7 @@ class Trainer(RunFolder, Evaluation):
         )
         if self.accelerator.is_main_process:
             print(msg, file=sys.stderr)
-        self._log(step=self.step, kind="preempted", signal=signal_name(signum), wall_time=time.time())
+        self.log_row(step=self.step, kind="preempted", signal=signal_name(signum), wall_time=time.time())
         raise Preempted(msg, self.step)
 
     def _log_train(self, loss: float, lr: float, window: Throughput) -> str:
@@ -344,7 +347,7 @@ class Trainer(RunFolder, Evaluation):
         samples_per_s, tokens_per_s = window.rates()
         first = {} if self._logged_setup else {"parallelism": self.parallelism, "world_size": self.world_size}
         self._logged_setup = True
-        self._log(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
+        self.log_row(step=self.step, kind="train", loss=loss, lr=lr, state_sizes=self.model.state_sizes,
                   samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, wall_time=time.time(), **first)  # fmt: skip
         return f"{loss:.3f}"
 
