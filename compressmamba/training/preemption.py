@@ -72,7 +72,9 @@ def signal_name(signum: int) -> str:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: a worker leaves SIGTERM and SIGUSR1 to the training process
-    (a scheduler that signals every process of the job would otherwise kill the workers mid-step)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: a worker leaves SIGUSR1, the scheduler's advance warning
+    (SLURM's ``--signal=USR1@N`` reaches every process of the job), to the training process
+    instead of dying of it mid-step. SIGTERM keeps its default: it is how multiprocessing stops
+    the workers when the process exits, so a worker that ignored it would hang that exit."""
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)

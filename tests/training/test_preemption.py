@@ -192,19 +192,42 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_resume_equals_an
 
 
 class _SignalDisposition(torch.utils.data.Dataset):
-    """Each item says whether the process that built it ignores SIGTERM and SIGUSR1."""
+    """Each item says whether the process that built it ignores SIGUSR1, and SIGTERM."""
 
     def __len__(self):
         return 8
 
     def __getitem__(self, i):
-        ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1))
-        return {"ignored": torch.tensor(ignored), "pid": torch.tensor(os.getpid())}
+        return {
+            "usr1_ignored": torch.tensor(signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN),
+            "term_ignored": torch.tensor(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN),
+            "pid": torch.tensor(os.getpid()),
+        }
 
 
-def test_dataloader_workers_leave_the_stop_signals_to_the_training_process():
+def test_dataloader_workers_leave_the_advance_warning_to_the_training_process():
+    """Workers ignore SIGUSR1 (the trainer's to handle) but not SIGTERM, by which multiprocessing
+    stops them when the process exits (ignoring it hung every exit with live workers)."""
     from compressmamba.training.data import StepBatches
 
     batches = list(StepBatches(_SignalDisposition(), 2, seed=0).stream(0, 2, num_workers=1))
-    assert all(b["ignored"].all() and (b["pid"] != os.getpid()).all() for b in batches)
+    assert all((b["pid"] != os.getpid()).all() for b in batches)
+    assert all(b["usr1_ignored"].all() and not b["term_ignored"].any() for b in batches)
     assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # not in the training process itself
+
+
+def test_a_process_with_live_dataloader_workers_exits():
+    """The hang this guards: workers that ignored SIGTERM outlived multiprocessing's terminate()
+    at interpreter exit, whose join() then waited forever (pytest itself never exited)."""
+    code = (
+        "from compressmamba.training.data import StepBatches\n"
+        "import torch\n"
+        "class D(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 64\n"
+        "    def __getitem__(self, i): return {'x': torch.tensor(float(i))}\n"
+        "it = StepBatches(D(), 2, seed=0).stream(0, 50, num_workers=2)\n"
+        "next(it)\n"  # workers alive, the stream left open at exit
+        "print('done', flush=True)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "done" in res.stdout, res.stderr[-2000:]
