@@ -163,10 +163,14 @@ def family_of_model_type(model_type: str) -> ModelFamily | None:
 
 
 def family_of_model(model) -> ModelFamily | None:
-    """The family whose module defines ``type(model)`` (each family's classes live beside its
-    builder), or None."""
-    module = type(model).__module__
-    return next((f for f in families().values() if f.build.__module__ == module), None)
+    """The family whose module defines ``model``'s class or the class it derives from (each
+    family's classes live beside its builder; FSDP2's ``fully_shard`` swaps in a subclass made
+    on the fly), or None."""
+    for cls in type(model).__mro__:
+        family = next((f for f in families().values() if f.build.__module__ == cls.__module__), None)
+        if family is not None:
+            return family
+    return None
 
 
 def default_energy_method(model, layer=None) -> str:
